@@ -1,0 +1,1 @@
+"""Cython hot paths of the SFU (compiled by setup.py)."""
