@@ -1,0 +1,148 @@
+"""HTTP signaling: WHIP (RFC 9725) and WHEP, /healthz, and the static test page.
+
+Every response carries CORS headers so that a page on another origin can
+publish and play; ``Location`` is exposed to such pages.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import re
+
+from aiohttp import web
+
+from . import __version__
+from .engine import MediaEngine
+from .log import event
+from .sdp import SdpError
+
+logger = logging.getLogger("sfu.api")
+
+STATIC_DIR = pathlib.Path(__file__).parent / "static"
+ROOM_RE = re.compile(r"^[A-Za-z0-9_.~-]{1,64}$")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch, Accept-Post",
+    "Access-Control-Max-Age": "86400",
+}
+
+ENGINE_KEY = web.AppKey("engine", MediaEngine)
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=reason + "\n", content_type="text/plain")
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler):
+    if request.method == "OPTIONS":
+        response = web.Response(status=204)
+        response.headers["Accept-Post"] = "application/sdp"
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = _error(exc.status, exc.reason)
+            if exc.status == 405:
+                response.headers["Allow"] = "POST, DELETE, OPTIONS"
+    response.headers.update(CORS_HEADERS)
+    return response
+
+
+async def _read_offer(request: web.Request, max_bytes: int) -> str:
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype != "application/sdp":
+        raise _HttpError(415, "Content-Type must be application/sdp")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _HttpError(413, f"SDP offer larger than {max_bytes} bytes")
+    body = await request.content.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise _HttpError(413, f"SDP offer larger than {max_bytes} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _HttpError(400, "SDP offer is not UTF-8 text") from None
+    if not text.strip():
+        raise _HttpError(400, "empty SDP offer")
+    return text
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _make_post(role: str, prefix: str):
+    async def handler(request: web.Request) -> web.Response:
+        engine = request.app[ENGINE_KEY]
+        room = request.match_info["room"]
+        if not ROOM_RE.match(room):
+            return _error(400, "room name must be 1-64 characters of A-Z a-z 0-9 _ . ~ -")
+        try:
+            offer = await _read_offer(request, engine.config.max_sdp_bytes)
+            info = engine.create_session(room, role, offer)
+        except _HttpError as exc:
+            return _error(exc.status, exc.reason)
+        except SdpError as exc:
+            event(logger, "offer rejected", logging.INFO, role=role, room=room, reason=str(exc))
+            return _error(400, str(exc).splitlines()[0] if str(exc) else "unusable SDP offer")
+        location = f"/{prefix}/{room}/{info.id}"
+        return web.Response(
+            status=201,
+            text=info.answer,
+            content_type="application/sdp",
+            headers={"Location": location, "ETag": f'"{info.id}"'},
+        )
+
+    return handler
+
+
+def _make_delete(prefix: str):
+    async def handler(request: web.Request) -> web.Response:
+        engine = request.app[ENGINE_KEY]
+        session_id = request.match_info["session"]
+        transport = engine.transports.get(session_id)
+        if transport is None or transport.room_name != request.match_info["room"]:
+            return _error(404, "no such session")
+        engine.close_session(session_id)
+        return web.Response(status=200)
+
+    return handler
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    # RFC 9725 §4.3.1: trickle ICE and ICE restarts are optional; an ICE-lite
+    # server with its one candidate in the answer does not support them.
+    engine = request.app[ENGINE_KEY]
+    if not engine.has_session(request.match_info["session"]):
+        return _error(404, "no such session")
+    return web.Response(status=405, headers={"Allow": "POST, DELETE, OPTIONS"},
+                        text="trickle ICE and ICE restart are not supported\n")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE_KEY]
+    return web.json_response({"status": "ok", "version": __version__, **engine.snapshot()})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def make_app(engine: MediaEngine) -> web.Application:
+    app = web.Application(middlewares=[cors_middleware], client_max_size=engine.config.max_sdp_bytes + 1024)
+    app[ENGINE_KEY] = engine
+    for prefix, role in (("whip", "publish"), ("whep", "subscribe")):
+        app.router.add_post(f"/{prefix}/{{room}}", _make_post(role, prefix))
+        app.router.add_delete(f"/{prefix}/{{room}}/{{session}}", _make_delete(prefix))
+        app.router.add_patch(f"/{prefix}/{{room}}/{{session}}", patch_session)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR)
+    return app

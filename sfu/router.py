@@ -1,0 +1,333 @@
+"""Media objects of a room: Producer (a published track), Consumer (one
+subscriber's copy of a track), Room (who forwards to whom).
+
+The forwarding path for now is Python calling the Cython header parser and
+rewriter (``sfu._fast.packet``); ``sfu.rtp`` is the pure-Python twin of the
+same functions, selected with ``pure_python=True``.  Everything in this module
+is driven by the engine with ``now`` passed in; it never touches a socket.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from . import rtcp
+from .sdp import Codec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .transport import Transport
+
+CACHE_SIZE = 1024  # packets kept per published stream for NACK (power of two)
+NACK_MAX_TRIES = 8
+NACK_RETRY_INTERVAL = 0.03  # seconds between two NACKs of the same packet
+NACK_MAX_AGE = 1.0  # give up on a packet lost this long ago
+NACK_MAX_GAP = 256  # a larger gap is a stream restart, not loss
+
+# Header extensions forwarded to subscribers (when both sides negotiated them).
+FORWARDED_EXTENSIONS = {
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "urn:3gpp:video-orientation",
+}
+
+
+def load_packet_impl(pure_python: bool = False):
+    """The module providing parse_rtp_header, Rewriter and SeqUnwrapper."""
+    if pure_python:
+        from . import rtp as impl
+    else:
+        from ._fast import packet as impl  # compiled by setup.py
+    return impl
+
+
+def _same_codec(a: Codec, b: Codec) -> bool:
+    if a.name.lower() != b.name.lower() or a.clock_rate != b.clock_rate:
+        return False
+    if a.name.lower() == "h264":
+        pa = a.fmtp.get("profile-level-id", "42e01f")[:4].lower()
+        pb = b.fmtp.get("profile-level-id", "42e01f")[:4].lower()
+        return pa == pb
+    return True
+
+
+class Producer:
+    """A track published into a room by one transport."""
+
+    def __init__(
+        self,
+        transport: "Transport",
+        kind: str,
+        mid: str,
+        codec: Codec,
+        ssrc: int | None,
+        extensions: dict[int, str],
+        impl,
+    ) -> None:
+        self.id = f"{transport.id}:{mid}"
+        self.transport = transport
+        self.room: Room | None = None
+        self.kind = kind
+        self.mid = mid
+        self.codec = codec
+        self.ssrc = ssrc
+        self.extensions = extensions
+        self.consumers: tuple[Consumer, ...] = ()
+        self._cache: list[tuple[int, bytes] | None] = [None] * CACHE_SIZE
+        self._unwrapper = impl.SeqUnwrapper()
+        fb = set(codec.rtcp_fb)
+        self.supports_nack = "nack" in fb
+        self.supports_pli = "nack pli" in fb
+        self.supports_fir = "ccm fir" in fb
+        self.supports_remb = "goog-remb" in fb
+        # receive statistics (RFC 3550 A.3, A.8)
+        self.packets = 0
+        self.bytes = 0
+        self.base_ext_seq: int | None = None
+        self.highest_ext_seq = -1
+        self.jitter = 0.0
+        self._last_transit: float | None = None
+        self._expected_prior = 0
+        self._received_prior = 0
+        self.last_sr_ntp = 0
+        self.last_sr_time = 0.0
+        # NACK generator: extended seq -> [time first missed, tries, last request]
+        self.missing: dict[int, list[float]] = {}
+        # keyframe requests
+        self._last_keyframe_request = -1e9
+        self._keyframe_pending = False
+        self._fir_seq = 0
+        self.keyframe_requests_sent = 0
+        self.nacks_sent = 0
+
+    # -- receive ---------------------------------------------------------------
+    def on_packet(self, plain: bytes, seq: int, ts: int, now: float) -> None:
+        """Account, cache and track loss for one received packet (publisher's numbering)."""
+        ext = self._unwrapper.unwrap(seq)
+        self.packets += 1
+        self.bytes += len(plain)
+        self._cache[seq & (CACHE_SIZE - 1)] = (seq, plain)
+        if self.base_ext_seq is None:
+            self.base_ext_seq = ext
+            self.highest_ext_seq = ext
+        elif ext > self.highest_ext_seq:
+            gap = ext - self.highest_ext_seq - 1
+            if gap and self.supports_nack:
+                if gap > NACK_MAX_GAP:
+                    self.missing.clear()
+                else:
+                    for s in range(self.highest_ext_seq + 1, ext):
+                        self.missing[s] = [now, 0, 0.0]
+            self.highest_ext_seq = ext
+        elif self.missing:
+            self.missing.pop(ext, None)
+        # interarrival jitter, RFC 3550 A.8
+        transit = now * self.codec.clock_rate - ts
+        if self._last_transit is not None:
+            d = abs(transit - self._last_transit)
+            if d < self.codec.clock_rate * 10:  # ignore timestamp jumps
+                self.jitter += (d - self.jitter) / 16.0
+        self._last_transit = transit
+
+    def cached(self, seq: int) -> bytes | None:
+        entry = self._cache[seq & (CACHE_SIZE - 1)]
+        if entry is not None and entry[0] == seq:
+            return entry[1]
+        return None
+
+    # -- feedback to the publisher ---------------------------------------------
+    def request_keyframe(self, now: float, throttle: float) -> rtcp.Pli | rtcp.Fir | None:
+        """A PLI (or FIR) to send now, or None when throttled (then sent later by poll_keyframe)."""
+        if self.kind != "video" or self.ssrc is None:
+            return None
+        if now - self._last_keyframe_request < throttle:
+            self._keyframe_pending = True
+            return None
+        self._last_keyframe_request = now
+        self._keyframe_pending = False
+        self.keyframe_requests_sent += 1
+        if self.supports_pli or not self.supports_fir:
+            return rtcp.Pli(sender_ssrc=self.transport.rtcp_ssrc, media_ssrc=self.ssrc)
+        self._fir_seq = (self._fir_seq + 1) & 0xFF
+        return rtcp.Fir(sender_ssrc=self.transport.rtcp_ssrc, entries=[(self.ssrc, self._fir_seq)])
+
+    def poll_keyframe(self, now: float, throttle: float):
+        if self._keyframe_pending:
+            return self.request_keyframe(now, throttle)
+        return None
+
+    def poll_nack(self, now: float) -> rtcp.Nack | None:
+        if not self.missing or self.ssrc is None:
+            return None
+        lost = []
+        for ext, entry in list(self.missing.items()):
+            first, tries, last = entry
+            if now - first > NACK_MAX_AGE or tries >= NACK_MAX_TRIES:
+                del self.missing[ext]
+                continue
+            if now - last >= NACK_RETRY_INTERVAL:
+                entry[1] = tries + 1
+                entry[2] = now
+                lost.append(ext & 0xFFFF)
+        if not lost:
+            return None
+        self.nacks_sent += 1
+        return rtcp.Nack(sender_ssrc=self.transport.rtcp_ssrc, media_ssrc=self.ssrc, lost=lost)
+
+    def report_block(self, now: float) -> rtcp.ReportBlock | None:
+        """RFC 3550 §6.4.1 report block about this stream."""
+        if self.base_ext_seq is None or self.ssrc is None:
+            return None
+        expected = self.highest_ext_seq - self.base_ext_seq + 1
+        lost = max(0, expected - self.packets)
+        expected_interval = expected - self._expected_prior
+        received_interval = self.packets - self._received_prior
+        self._expected_prior = expected
+        self._received_prior = self.packets
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        dlsr = 0
+        if self.last_sr_ntp:
+            dlsr = int((now - self.last_sr_time) * 65536) & 0xFFFFFFFF
+        return rtcp.ReportBlock(
+            ssrc=self.ssrc,
+            fraction_lost=fraction,
+            packets_lost=min(lost, 0x7FFFFF),
+            highest_sequence=self.highest_ext_seq & 0xFFFFFFFF,
+            jitter=int(self.jitter) & 0xFFFFFFFF,
+            lsr=rtcp.ntp_middle32(self.last_sr_ntp) if self.last_sr_ntp else 0,
+            dlsr=dlsr,
+        )
+
+    def set_consumers(self, consumers: Iterable["Consumer"]) -> None:
+        self.consumers = tuple(consumers)
+
+
+class Consumer:
+    """One subscriber's copy of a track: its own SSRC, numbering, PT and extension ids."""
+
+    def __init__(
+        self,
+        transport: "Transport",
+        kind: str,
+        mid: str,
+        codec: Codec,
+        extensions: dict[int, str],
+        impl,
+    ) -> None:
+        self.id = f"{transport.id}:{mid}"
+        self.transport = transport
+        self.kind = kind
+        self.mid = mid
+        self.codec = codec
+        self.extensions = extensions
+        self.ssrc = random.getrandbits(32) or 1
+        self.rtx_ssrc = (random.getrandbits(32) or 1) if codec.rtx_payload_type is not None else None
+        self.rtx_seq = random.getrandbits(16)
+        self.cname = transport.cname
+        self.msid = f"sfu-{transport.id} {kind}-{mid}"
+        self.producer: Producer | None = None
+        self.rewriter = impl.Rewriter(self.ssrc, {}, {})
+        self.synced = False
+        self.paused = False
+        self.last_out_seq: int | None = None
+        self.last_out_ts: int | None = None
+        self.last_out_time = 0.0
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.retransmissions = 0
+        self.last_report: rtcp.ReportBlock | None = None
+
+    def can_consume(self, producer: Producer) -> bool:
+        return producer.kind == self.kind and _same_codec(producer.codec, self.codec)
+
+    def attach(self, producer: Producer | None) -> None:
+        self.producer = producer
+        self.synced = False
+        if producer is None:
+            return
+        self.rewriter.set_pt_map({producer.codec.payload_type: self.codec.payload_type})
+        by_uri = {uri: i for i, uri in self.extensions.items() if uri in FORWARDED_EXTENSIONS}
+        self.rewriter.set_ext_map(
+            {i: by_uri[uri] for i, uri in producer.extensions.items() if uri in by_uri}
+        )
+
+    def sync(self, seq: int, ts: int, now: float) -> None:
+        """Set the deltas so that the output continues where it left off (or starts at random)."""
+        if self.last_out_seq is None:
+            out_seq = random.getrandbits(15)
+            out_ts = random.getrandbits(31)
+        else:
+            out_seq = (self.last_out_seq + 1) & 0xFFFF
+            elapsed = max(1, int((now - self.last_out_time) * self.codec.clock_rate))
+            out_ts = (self.last_out_ts + elapsed) & 0xFFFFFFFF
+        self.rewriter.seq_delta = (out_seq - seq) & 0xFFFF
+        self.rewriter.ts_delta = (out_ts - ts) & 0xFFFFFFFF
+        self.synced = True
+
+
+class Room:
+    """The producers and consumers of one room; decides who receives what."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.producers: list[Producer] = []
+        self.consumers: list[Consumer] = []
+
+    def is_empty(self) -> bool:
+        return not self.producers and not self.consumers
+
+    def codec_preference(self, kind: str, defaults: list[str]) -> list[str]:
+        """Codec names in preference order: what the room already forwards comes first."""
+        names = [p.codec.name for p in reversed(self.producers) if p.kind == kind]
+        out: list[str] = []
+        for name in names + defaults:
+            if name.lower() not in (n.lower() for n in out):
+                out.append(name)
+        return out
+
+    def add_producer(self, producer: Producer, on_attach: Callable[[Consumer], None]) -> None:
+        producer.room = self
+        self.producers.append(producer)
+        for consumer in self.consumers:
+            if consumer.producer is None and consumer.transport is not producer.transport and consumer.can_consume(producer):
+                self._attach(consumer, producer)
+                on_attach(consumer)
+
+    def remove_producer(self, producer: Producer, on_attach: Callable[[Consumer], None]) -> None:
+        if producer in self.producers:
+            self.producers.remove(producer)
+        for consumer in producer.consumers:
+            consumer.attach(None)
+            replacement = self._best_producer(consumer)
+            if replacement is not None:
+                self._attach(consumer, replacement)
+                on_attach(consumer)
+        producer.set_consumers(())
+        producer.room = None
+
+    def add_consumer(self, consumer: Consumer, on_attach: Callable[[Consumer], None]) -> None:
+        self.consumers.append(consumer)
+        producer = self._best_producer(consumer)
+        if producer is not None:
+            self._attach(consumer, producer)
+            on_attach(consumer)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+        producer = consumer.producer
+        if producer is not None:
+            producer.set_consumers(c for c in producer.consumers if c is not consumer)
+        consumer.attach(None)
+
+    def _best_producer(self, consumer: Consumer) -> Producer | None:
+        for producer in reversed(self.producers):  # the newest compatible track
+            if producer.transport is not consumer.transport and consumer.can_consume(producer):
+                return producer
+        return None
+
+    def _attach(self, consumer: Consumer, producer: Producer) -> None:
+        consumer.attach(producer)
+        producer.set_consumers(producer.consumers + (consumer,))

@@ -1,0 +1,76 @@
+"""The asyncio glue: start the media engine and the HTTP server, stop on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from aiohttp import web
+
+from . import log
+from .api import make_app
+from .config import Config
+from .engine import MediaEngine
+
+logger = logging.getLogger("sfu.server")
+
+
+class Server:
+    """Engine + HTTP site; usable from tests inside a running loop."""
+
+    def __init__(self, config: Config, pure_python: bool = False) -> None:
+        self.config = config
+        self.engine = MediaEngine(config, pure_python=pure_python)
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    async def start(self) -> None:
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        await self.engine.start()
+        self._runner = web.AppRunner(make_app(self.engine), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        await site.start()
+        self.http_port = self._runner.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        return f"http://{host}:{self.http_port}"
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def serve(config: Config) -> None:
+    server = Server(config)
+    await server.start()
+    url = server.url
+    # the structured log never carries addresses; the one human line on stdout does
+    log.event(logger, "sfu serving", http_port=server.http_port, rtc_port=server.engine.port)
+    print(f"SFU ready: page {url}/  WHIP {url}/whip/<room>  WHEP {url}/whep/<room>  "
+          f"health {url}/healthz  media udp/{server.engine.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.event(logger, "sfu stopping")
+    await server.stop()
+    log.event(logger, "sfu stopped")
+
+
+def run(config: Config) -> int:
+    log.setup(config.log_level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+    return 0

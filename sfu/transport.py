@@ -1,0 +1,314 @@
+"""One peer's bundled WebRTC transport on the shared UDP port.
+
+A Transport combines the sans-I/O pieces: ICE-lite consent and addressing
+(:mod:`sfu.ice`), the DTLS handshake (:mod:`sfu.dtls`) and the SRTP sessions
+(:mod:`sfu.srtp`).  It handles RTP and RTCP for the producers it publishes and
+the consumers it receives.  It sends through ``send(data, addr)`` given by
+the engine and never touches a socket itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import struct
+from typing import Callable
+
+from pylibsrtp import Error as SrtpError
+
+from . import rtcp
+from .dtls import Closed, DtlsEndpoint, HandshakeComplete, HandshakeFailed
+from .ice import IceLite
+from .log import event
+from .router import Consumer, Producer
+from .srtp import SrtpPair
+
+logger = logging.getLogger("sfu.transport")
+
+SDES_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+class Transport:
+    def __init__(
+        self,
+        engine,
+        room_name: str,
+        role: str,
+        remote_ufrag: str,
+        remote_fingerprints: list[tuple[str, str]],
+        dtls_role: str,
+        now: float,
+    ) -> None:
+        self.engine = engine
+        self.id = secrets.token_hex(8)
+        self.room_name = room_name
+        self.role = role  # "publish" | "subscribe"
+        self.local_ufrag = secrets.token_hex(4)
+        self.local_pwd = secrets.token_hex(16)
+        self.cname = secrets.token_hex(8)
+        self.rtcp_ssrc = random.getrandbits(32) or 1
+        self.created = now
+        self.ice = IceLite(
+            self.local_ufrag,
+            self.local_pwd,
+            remote_ufrag=remote_ufrag,
+            consent_timeout=engine.config.consent_timeout,
+            now=now,
+        )
+        self.dtls = DtlsEndpoint(engine.certificate, dtls_role, remote_fingerprints)
+        self.dtls_role = dtls_role
+        self.srtp: SrtpPair | None = None
+        self.addr: tuple | None = None
+        self.state = "new"  # new -> connected -> closed
+        self.producers: list[Producer] = []
+        self.producers_by_ssrc: dict[int, Producer] = {}
+        self.producers_by_mid: dict[str, Producer] = {}
+        self.mid_ext_id: int | None = None
+        self.consumers: list[Consumer] = []
+        self.consumers_by_ssrc: dict[int, Consumer] = {}
+        self.on_close: Callable[[Transport, str], None] | None = None
+        self._next_report = now + 1.0
+        self._dtls_started = False
+        self.rtcp_errors = 0
+
+    # -- sending ---------------------------------------------------------------
+    def _flush_dtls(self) -> None:
+        if self.addr is None:
+            return
+        for datagram in self.dtls.datagrams_to_send():
+            self.engine.send(datagram, self.addr)
+
+    def send_rtcp(self, packets: list) -> None:
+        if self.srtp is None or self.addr is None or not packets:
+            return
+        try:
+            data = self.srtp.protect_rtcp(rtcp.serialize(packets))
+        except (SrtpError, ValueError):
+            self.rtcp_errors += 1
+            return
+        self.engine.send(data, self.addr)
+
+    # -- receiving -------------------------------------------------------------
+    def receive_stun(self, data: bytes, addr: tuple, now: float) -> None:
+        response = self.ice.receive(data, addr, now)
+        if response is not None:
+            self.engine.send(response, addr)
+        selected = self.ice.selected_address
+        if selected is not None and selected != self.addr:
+            old = self.addr
+            self.addr = selected
+            self.engine.address_changed(self, old, selected)
+            if not self._dtls_started:
+                self._dtls_started = True
+                self.dtls.start(now)
+                self._flush_dtls()
+
+    def receive_dtls(self, data: bytes, now: float) -> None:
+        self.dtls.receive(data, now)
+        self._flush_dtls()
+        self._drain_dtls_events(now)
+
+    def _drain_dtls_events(self, now: float) -> None:
+        while True:
+            ev = self.dtls.next_event()
+            if ev is None:
+                return
+            if isinstance(ev, HandshakeComplete):
+                self.srtp = SrtpPair(ev.srtp_profile, ev.local_key, ev.remote_key)
+                self.state = "connected"
+                event(logger, "transport connected", transport=self.id, role=self.role,
+                      room=self.room_name, srtp_profile=ev.srtp_profile)
+                self.engine.transport_connected(self, now)
+            elif isinstance(ev, HandshakeFailed):
+                self.engine.stats["dtls_failures"] += 1
+                event(logger, "dtls handshake failed", logging.WARNING, transport=self.id, reason=ev.reason)
+                self.close("dtls failed")
+            elif isinstance(ev, Closed):
+                self.close("dtls closed")
+
+    def receive_rtp(self, data: bytes, now: float) -> None:
+        if self.srtp is None:
+            self.engine.drop("not_connected")
+            return
+        try:
+            plain = self.srtp.unprotect(data)
+        except SrtpError as exc:
+            self.engine.drop("srtp_replay" if "replay" in str(exc) else "srtp_auth")
+            return
+        impl = self.engine.impl
+        try:
+            pt, marker, seq, ts, ssrc, hlen = impl.parse_rtp_header(plain)
+        except ValueError:
+            self.engine.drop("malformed")
+            return
+        producer = self.producers_by_ssrc.get(ssrc)
+        if producer is None:
+            producer = self._learn_ssrc(plain, ssrc)
+            if producer is None:
+                self.engine.drop("unknown_ssrc")
+                return
+        if pt != producer.codec.payload_type:
+            # e.g. RTX or FEC we did not negotiate: not forwardable
+            self.engine.drop("unknown_payload_type")
+            return
+        producer.on_packet(plain, seq, ts, now)
+        self.engine.forward(producer, plain, seq, ts, now)
+
+    def _learn_ssrc(self, plain: bytes, ssrc: int) -> Producer | None:
+        """Bind an SSRC that the offer did not announce, using the MID header extension."""
+        if self.mid_ext_id is None:
+            if len(self.producers) == 1 and self.producers[0].ssrc is None:
+                producer = self.producers[0]
+            else:
+                return None
+        else:
+            mid = self.engine.impl.get_extension(plain, self.mid_ext_id)
+            producer = self.producers_by_mid.get(mid.decode("ascii", "replace")) if mid else None
+            if producer is None or producer.ssrc is not None:
+                return None
+        producer.ssrc = ssrc
+        self.producers_by_ssrc[ssrc] = producer
+        return producer
+
+    def receive_rtcp(self, data: bytes, now: float) -> None:
+        if self.srtp is None:
+            self.engine.drop("not_connected")
+            return
+        try:
+            plain = self.srtp.unprotect_rtcp(data)
+        except SrtpError as exc:
+            self.engine.drop("srtp_replay" if "replay" in str(exc) else "srtp_auth")
+            return
+        try:
+            packets = rtcp.parse_compound(plain)
+        except ValueError:
+            self.engine.drop("malformed")
+            return
+        for packet in packets:
+            handler = _RTCP_HANDLERS.get(type(packet))
+            if handler is not None:
+                handler(self, packet, now)
+
+    # -- RTCP handlers (table at the end of the module) ---------------------------
+    def _on_sender_report(self, sr: rtcp.SenderReport, now: float) -> None:
+        producer = self.producers_by_ssrc.get(sr.ssrc)
+        if producer is None:
+            return
+        producer.last_sr_ntp = sr.ntp_timestamp
+        producer.last_sr_time = now
+        # translate the SR for every subscriber so that their audio and video stay in sync
+        for consumer in producer.consumers:
+            if not consumer.synced:
+                continue
+            translated = rtcp.SenderReport(
+                ssrc=consumer.ssrc,
+                ntp_timestamp=sr.ntp_timestamp,
+                rtp_timestamp=(sr.rtp_timestamp + consumer.rewriter.ts_delta) & 0xFFFFFFFF,
+                packet_count=consumer.packets_sent & 0xFFFFFFFF,
+                octet_count=consumer.octets_sent & 0xFFFFFFFF,
+                reports=[],
+            )
+            consumer.transport.send_rtcp([translated])
+
+    def _on_receiver_report(self, rr, now: float) -> None:
+        for block in rr.reports:
+            consumer = self.consumers_by_ssrc.get(block.ssrc)
+            if consumer is not None:
+                consumer.last_report = block
+
+    def _on_nack(self, nack: rtcp.Nack, now: float) -> None:
+        consumer = self.consumers_by_ssrc.get(nack.media_ssrc)
+        self.engine.stats["nacks_received"] += 1
+        if consumer is None or consumer.producer is None or not consumer.synced:
+            return
+        self.engine.retransmit(consumer, nack.lost)
+
+    def _on_pli(self, pli: rtcp.Pli, now: float) -> None:
+        self.engine.stats["plis_received"] += 1
+        consumer = self.consumers_by_ssrc.get(pli.media_ssrc)
+        if consumer is not None and consumer.producer is not None:
+            self.engine.request_keyframe(consumer.producer, now)
+
+    def _on_fir(self, fir: rtcp.Fir, now: float) -> None:
+        self.engine.stats["firs_received"] += 1
+        for ssrc, _seq in fir.entries:
+            consumer = self.consumers_by_ssrc.get(ssrc)
+            if consumer is not None and consumer.producer is not None:
+                self.engine.request_keyframe(consumer.producer, now)
+
+    # -- timers ----------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        if self.state == "closed":
+            return
+        if self.ice.is_expired(now):
+            self.engine.stats["consent_timeouts"] += 1
+            self.close("ice consent timeout")
+            return
+        timer = self.dtls.get_timer()
+        if timer is not None and timer <= now:
+            self.dtls.handle_timer(now)
+            self._flush_dtls()
+            self._drain_dtls_events(now)
+            if self.state == "closed":
+                return
+        if self.srtp is None:
+            return
+        feedback: list = []
+        for producer in self.producers:
+            nack = producer.poll_nack(now)
+            if nack is not None:
+                feedback.append(nack)
+            pli = producer.poll_keyframe(now, self.engine.config.keyframe_interval_min)
+            if pli is not None:
+                feedback.append(pli)
+        if now >= self._next_report:
+            self._next_report = now + 1.0
+            feedback.extend(self._reports(now))
+        if feedback:
+            self.engine.stats["nacks_sent"] += sum(isinstance(p, rtcp.Nack) for p in feedback)
+            self.send_rtcp(feedback)
+
+    def _reports(self, now: float) -> list:
+        blocks = [b for b in (p.report_block(now) for p in self.producers) if b is not None]
+        out: list = [rtcp.ReceiverReport(ssrc=self.rtcp_ssrc, reports=blocks[:31])]
+        remb_ssrcs = [p.ssrc for p in self.producers if p.supports_remb and p.ssrc is not None]
+        if remb_ssrcs:
+            out.append(rtcp.Remb(sender_ssrc=self.rtcp_ssrc, bitrate=self.engine.config.publisher_bitrate,
+                                 ssrcs=remb_ssrcs))
+        return out if blocks or remb_ssrcs else []
+
+    # -- life cycle ------------------------------------------------------------
+    def close(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        if self.dtls.state == "connected":
+            self.dtls.close()
+            self._flush_dtls()
+        self.state = "closed"
+        event(logger, "transport closed", transport=self.id, role=self.role, room=self.room_name, reason=reason)
+        if self.on_close is not None:
+            self.on_close(self, reason)
+
+
+def build_rtx(packet: bytes | bytearray | memoryview, header_length: int, rtx_pt: int, rtx_seq: int, rtx_ssrc: int) -> bytes:
+    """RFC 4588 §4: the retransmission of an (already rewritten) packet on the RTX stream."""
+    header = bytearray(packet[:header_length])
+    osn = bytes(packet[2:4])
+    payload_end = len(packet)
+    if header[0] & 0x20:  # strip padding, RTX carries the payload only
+        payload_end -= packet[-1]
+        header[0] &= ~0x20 & 0xFF
+    header[1] = (header[1] & 0x80) | rtx_pt
+    struct.pack_into("!H", header, 2, rtx_seq)
+    struct.pack_into("!I", header, 8, rtx_ssrc)
+    return bytes(header) + osn + bytes(packet[header_length:payload_end])
+
+
+_RTCP_HANDLERS = {
+    rtcp.SenderReport: Transport._on_sender_report,
+    rtcp.ReceiverReport: Transport._on_receiver_report,
+    rtcp.Nack: Transport._on_nack,
+    rtcp.Pli: Transport._on_pli,
+    rtcp.Fir: Transport._on_fir,
+}

@@ -1,0 +1,113 @@
+"""Shared fixtures: a real SFU process on loopback, and a guard that WebRTC
+tests only run inside a loopback-only network namespace (see scripts/netns-run.sh)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def loopback_only() -> bool:
+    return all(name == "lo" for _index, name in socket.if_nameindex())
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SfuProcess:
+    """`sfu serve` as a child process, with its log captured to a file."""
+
+    def __init__(self, tmp_path, *extra: str, env: dict | None = None) -> None:
+        self.http_port = free_port()
+        self.rtc_port = free_port(socket.SOCK_DGRAM)
+        self.data_dir = str(tmp_path / "data")
+        self.log_path = tmp_path / "sfu.log"
+        self.args = [
+            sys.executable, "-m", "sfu", "serve",
+            "--host", "127.0.0.1",
+            "--http-port", str(self.http_port),
+            "--rtc-port", str(self.rtc_port),
+            "--data-dir", self.data_dir,
+            *extra,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.stdout = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 20.0) -> "SfuProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sfu exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("sfu did not become healthy: " + self.log())
+
+    def health(self) -> dict:
+        import json
+        with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
+            return json.loads(r.read())
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.stdout = self.proc.stdout.read().decode(errors="replace")
+            self.proc.stdout.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def netns():
+    """WebRTC clients must not see any interface but loopback."""
+    if not loopback_only():
+        pytest.fail(
+            "this test starts WebRTC clients and must run in a loopback-only network "
+            "namespace: use `make test` or `bash scripts/netns-run.sh .venv/bin/python -m pytest ...`"
+        )
+
+
+@pytest.fixture
+def sfu(tmp_path, netns):
+    server = SfuProcess(tmp_path).start()
+    yield server
+    server.stop()
