@@ -131,7 +131,8 @@ class IceLite:
         self.selected_address: tuple | None = None
         self.last_consent: float | None = None
         self._key = local_pwd.encode("utf8")
-        self._events: deque[AddressSelected] = deque()
+        # Bounded: a caller that only reads selected_address never drains it.
+        self._events: deque[AddressSelected] = deque(maxlen=16)
 
     # -- input ------------------------------------------------------------
 
