@@ -383,6 +383,8 @@ def _parse_media(lines: list[tuple[str, str]], sd: SessionDescription, index: in
     m = _MEDIA.fullmatch(lines[0][1])
     if m is None:
         raise SdpError(f"malformed m= line: {lines[0][1][:60]!r}")
+    if int(m.group(2)) > 65535:
+        raise SdpError(f"port out of range in m= line: {lines[0][1][:60]!r}")
     attributes = [_split_attribute(value) for kind, value in lines[1:] if kind == "a"]
     md = MediaDescription(
         kind=m.group(1),
@@ -558,6 +560,10 @@ def validate_offer(offer: SessionDescription, want: str) -> None:
             raise SdpError(f"offer uses {md.protocol} on {_label(md, i)}; DTLS-SRTP (UDP/TLS/RTP/SAVPF) is required")
         if not md.rtcp_mux:
             raise SdpError(f"offer has no a=rtcp-mux on {_label(md, i)} (RTP/RTCP multiplexing is required)")
+    mids = [md.mid for md in offer.media if md.mid is not None]
+    duplicates = sorted({mid for mid in mids if mids.count(mid) > 1})
+    if duplicates:
+        raise SdpError(f"offer has duplicate a=mid values ({', '.join(duplicates)})")  # RFC 9429 section 5.2.1
     if len(active) > 1:
         missing = [_label(md, i) for i, md in active if md.mid is None or md.mid not in offer.bundle]
         if missing:
