@@ -1,5 +1,6 @@
 """DTLS-SRTP endpoint: in-memory client/server pairs with a fake clock."""
 
+import asyncio
 import datetime
 import os
 import random
@@ -524,3 +525,68 @@ def test_rsa_endpoint_pair():
     client, server = pair(server_cert=rsa_certificate())
     [c], [s] = handshake(client, server)
     assert isinstance(c, HandshakeComplete) and c.local_key == s.remote_key
+
+
+class FakeIceTransport:
+    """What RTCDtlsTransport uses of an RTCIceTransport: a role and datagrams."""
+
+    def __init__(self, deliver):
+        self.role = "controlled"  # -> aiortc picks the DTLS client role
+        self.inbox = asyncio.Queue()
+        self._deliver = deliver
+
+    async def _recv(self):
+        data = await self.inbox.get()
+        if data is None:
+            raise ConnectionError
+        return data
+
+    async def _send(self, data):
+        self._deliver(data)
+
+
+async def test_interop_with_aiortc_dtls_transport():
+    # aiortc's real RTCDtlsTransport as client, our endpoint as server, in
+    # memory: handshake, SRTP both ways, close_notify.
+    from aiortc import RTCCertificate, RTCDtlsFingerprint, RTCDtlsParameters, RTCDtlsTransport
+
+    from sfu.srtp import SrtpPair
+
+    server = None
+
+    def deliver(data):
+        server.receive(data, time.monotonic())
+        for datagram in server.datagrams_to_send():
+            ice.inbox.put_nowait(datagram)
+
+    ice = FakeIceTransport(deliver)
+    aiortc_cert = RTCCertificate.generateCertificate()
+    aiortc_dtls = RTCDtlsTransport(ice, [aiortc_cert])
+    server = DtlsEndpoint(
+        CERT_B,
+        "server",
+        [(f.algorithm, f.value) for f in aiortc_cert.getFingerprints()],
+    )
+    server.start(time.monotonic())
+    await asyncio.wait_for(
+        aiortc_dtls.start(
+            RTCDtlsParameters(
+                fingerprints=[RTCDtlsFingerprint("sha-256", CERT_B.fingerprint())]
+            )
+        ),
+        timeout=10,
+    )
+    assert aiortc_dtls.state == "connected"
+    [s] = events(server)
+    assert isinstance(s, HandshakeComplete)
+    assert s.srtp_profile == "SRTP_AEAD_AES_128_GCM"
+
+    ours = SrtpPair(s.srtp_profile, s.local_key, s.remote_key)
+    packet = bytes([0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42]) + b"opus" * 20
+    assert ours.unprotect(aiortc_dtls._tx_srtp.protect(packet)) == packet
+    assert aiortc_dtls._rx_srtp.unprotect(ours.protect(packet)) == packet
+
+    await aiortc_dtls.stop()
+    assert events(server) == [Closed()]
+    ice.inbox.put_nowait(None)
+
