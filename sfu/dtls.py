@@ -88,6 +88,7 @@ MTU = 1200  # UDP payload; leaves room for IPv6 + UDP + TURN headers
 HANDSHAKE_TIMEOUT = 30.0
 MAX_RETRANSMISSIONS = 8  # OpenSSL doubles from 1 s: 1+2+4+...: > 30 s anyway
 
+DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence, length
 
 
@@ -134,6 +135,10 @@ class Certificate:
         if context is None:
             context = SSL.Context(SSL.DTLS_METHOD)
             context.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_QUERY_MTU)
+            # DTLS 1.2 only: RFC 8827 §6.5 forbids 1.0; 1.3 would keep a
+            # timer after the handshake, which this endpoint does not run.
+            context.set_min_proto_version(DTLS1_2_VERSION)
+            context.set_max_proto_version(DTLS1_2_VERSION)
             # Ask for the client's certificate as server; peers are
             # self-signed, so the callback decides by fingerprint alone.
             context.set_verify(

@@ -520,6 +520,28 @@ def test_our_client_with_rsa_server():
     assert peer.ssl.get_cipher_name().startswith("ECDHE-RSA")
 
 
+def test_dtls_1_0_peer_refused():
+    # RFC 8827 §6.5: DTLS 1.2 or later.
+    context = SSL.Context(SSL.DTLS_METHOD)
+    context.set_max_proto_version(0xFEFF)  # DTLS 1.0
+    context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    context.set_verify(SSL.VERIFY_PEER, lambda *a: True)
+    context.use_certificate(CERT_A.cert)
+    context.use_privatekey(CERT_A.key)
+    context.set_tlsext_use_srtp(b"SRTP_AES128_CM_SHA1_80")
+    peer = RawPeer(context, "client")
+    server = DtlsEndpoint(CERT_B, "server", [("sha-256", CERT_A.fingerprint())])
+    server.start(0.0)
+    peer.step()
+    try:
+        exchange(peer, server)
+    except SSL.Error:
+        pass  # the peer sees our alert
+    assert not peer.done
+    [s] = events(server)
+    assert s == HandshakeFailed("handshake failed: unsupported protocol")
+
+
 def test_rsa_endpoint_pair():
     # Our own endpoint with an RSA certificate as server, ours as client.
     client, server = pair(server_cert=rsa_certificate())
