@@ -239,6 +239,16 @@
     return out;
   };
 
+  // The raw getStats() reports of both connections (what webrtc-internals shows),
+  // optionally only the given types, for diagnostics.
+  window.sfuRtcStats = async (types = null) => {
+    const keep = (s) => !types || types.includes(s.type);
+    return {
+      publish: (await reportsOf(sessions.publish)).filter(keep),
+      play: (await reportsOf(sessions.play)).filter(keep),
+    };
+  };
+
   function startStats() {
     if (statsTimer !== null) return;
     const tick = async () => {

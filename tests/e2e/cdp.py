@@ -31,6 +31,9 @@ FLAGS = [
     "--disable-default-apps", "--mute-audio",
     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
+    # Chromium leaves loopback out of its network list, so in a loopback-only
+    # namespace it would gather no candidate at all and never send an ICE check.
+    "--allow-loopback-in-peer-connection",
     "--remote-debugging-port=0",
 ]
 
