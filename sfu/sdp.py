@@ -669,7 +669,7 @@ def build_answer(
     accepted = [
         (md, am) for md, am in plans if am is not None and not am.rejected and am.codecs and not md.rejected
     ]
-    accepted_mids = [am.mid for _, am in accepted]
+    accepted_mids = [md.mid for md, _ in accepted if md.mid is not None]
     accepted_ids = {id(md) for md, _ in accepted}
     if session_id is None:
         session_id = secrets.randbits(62)
@@ -687,14 +687,30 @@ def build_answer(
     for i, (md, am) in enumerate(plans):
         mid = md.mid if md.mid is not None else str(i)
         if id(md) not in accepted_ids:
-            # RFC 8866 section 5.14 / RFC 3264 section 6: port 0 rejects.
-            lines += [f"m={md.kind} 0 {md.protocol} {' '.join(md.formats) or '0'}", f"c={address}"]
-            if md.mid is not None:
-                lines.append(f"a=mid:{mid}")
+            lines += _rejected_section(md, mid, local, address)
             continue
         assert am is not None
         lines += _answer_section(md, am, local, address)
     return "\r\n".join(lines) + "\r\n"
+
+
+def _rejected_section(md: MediaDescription, mid: str, local: LocalTransport, address: str) -> list[str]:
+    """RFC 3264 section 6 / RFC 9429 section 5.3.1: port 0 rejects the section.
+    The transport attributes are repeated because aiortc refuses an answer
+    whose sections (even rejected ones) lack ICE credentials, a=setup or,
+    for audio/video, a=rtcp-mux; browsers accept either form."""
+    lines = [
+        f"m={md.kind} 0 {md.protocol} {' '.join(md.formats) or '0'}",
+        f"c={address}",
+        *([f"a=mid:{mid}"] if md.mid is not None else []),  # RFC 5888: no mid if the offer had none
+        f"a=ice-ufrag:{local.ice_ufrag}",
+        f"a=ice-pwd:{local.ice_pwd}",
+        f"a=fingerprint:sha-256 {local.fingerprint}",
+        f"a=setup:{local.setup}",
+    ]
+    if md.kind in ("audio", "video"):
+        lines += ["a=rtcp-mux", "a=inactive"]
+    return lines
 
 
 def _answer_section(md: MediaDescription, am: AnswerMedia, local: LocalTransport, address: str) -> list[str]:
@@ -706,7 +722,7 @@ def _answer_section(md: MediaDescription, am: AnswerMedia, local: LocalTransport
     lines = [
         f"m={md.kind} 9 {md.protocol} {' '.join(map(str, pts))}",
         f"c={address}",
-        f"a=mid:{am.mid}",
+        *([f"a=mid:{am.mid}"] if md.mid is not None else []),
         f"a=ice-ufrag:{local.ice_ufrag}",
         f"a=ice-pwd:{local.ice_pwd}",
         f"a=fingerprint:sha-256 {local.fingerprint}",
