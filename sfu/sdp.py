@@ -631,7 +631,7 @@ def answer_setup(media: MediaDescription) -> str:
 class AnswerMedia:
     """What to answer for one offered m-section (codecs already filtered)."""
 
-    mid: str
+    mid: str | None  # the offer's mid (None only for a mid-less offer section)
     kind: str
     direction: str  # ours: recvonly for a publisher, sendonly for a viewer
     codecs: list[Codec]  # offer's payload types (and rtx)
@@ -661,11 +661,15 @@ def build_answer(
 ) -> str:
     """Write the SDP answer: ICE-lite, one BUNDLE transport, the offer's
     m-sections in order, unanswered or codec-less ones rejected (port 0)."""
-    by_mid = {m.mid: m for m in medias}
-    plans = [
-        (md, by_mid.get(md.mid if md.mid is not None else str(i)))
-        for i, md in enumerate(offer.media)
-    ]
+    # Match by mid; a mid-less offer section matches the AnswerMedia at its
+    # position (whose mid is None or str(position)).
+    by_mid = {m.mid: m for m in medias if m.mid is not None}
+    plans = []
+    for i, md in enumerate(offer.media):
+        am = by_mid.get(md.mid if md.mid is not None else str(i))
+        if am is None and md.mid is None and i < len(medias) and medias[i].mid is None:
+            am = medias[i]
+        plans.append((md, am))
     accepted = [
         (md, am) for md, am in plans if am is not None and not am.rejected and am.codecs and not md.rejected
     ]

@@ -639,3 +639,5 @@ def test_answer_offer_without_mid():
     answer_text = build_answer(offer, LOCAL, [AnswerMedia("0", "audio", "recvonly", codecs, {})])
     assert "a=mid" not in answer_text and "a=group" not in answer_text
     assert parse_sdp(answer_text).media[0].codecs[0].payload_type == 96
+    positional = build_answer(offer, LOCAL, [AnswerMedia(None, "audio", "recvonly", codecs, {})])
+    assert positional == answer_text.replace(answer_text.split("\r\n")[1], positional.split("\r\n")[1])
