@@ -13,6 +13,7 @@ import random
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import rtcp
+from .rtp import SeqUnwrapper
 from .sdp import Codec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +33,7 @@ FORWARDED_EXTENSIONS = {
 
 
 def load_packet_impl(pure_python: bool = False):
-    """The module providing parse_rtp_header, Rewriter and SeqUnwrapper."""
+    """The module providing parse_rtp_header, get_extension and Rewriter."""
     if pure_python:
         from . import rtp as impl
     else:
@@ -73,7 +74,7 @@ class Producer:
         self.extensions = extensions
         self.consumers: tuple[Consumer, ...] = ()
         self._cache: list[tuple[int, bytes] | None] = [None] * CACHE_SIZE
-        self._unwrapper = impl.SeqUnwrapper()
+        self._unwrapper = SeqUnwrapper()
         fb = set(codec.rtcp_fb)
         self.supports_nack = "nack" in fb
         self.supports_pli = "nack pli" in fb

@@ -54,7 +54,7 @@ class Transport:
             self.local_pwd,
             remote_ufrag=remote_ufrag,
             consent_timeout=engine.config.consent_timeout,
-            now=now,
+            created=now,
         )
         self.dtls = DtlsEndpoint(engine.certificate, dtls_role, remote_fingerprints)
         self.dtls_role = dtls_role

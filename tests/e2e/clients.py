@@ -8,12 +8,22 @@ import fractions
 import time
 
 import aiohttp
+import aioice.ice
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
 NO_ICE_SERVERS = RTCConfiguration(iceServers=[])  # never ask a public STUN server
+
+
+def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+# aioice never gathers 127.0.0.1, and it gathers every other interface: the test
+# clients gather exactly one host candidate, on loopback.
+aioice.ice.get_host_addresses = _loopback_host_addresses
 
 
 class PatternVideoTrack(VideoStreamTrack):

@@ -77,10 +77,12 @@ async def test_late_viewer_gets_keyframe_within_a_second(sfu):
 
 
 class LossyProxy(asyncio.DatagramProtocol):
-    """A UDP relay between one viewer and the SFU that drops a share of the SFU's RTP."""
+    """A UDP relay between one viewer and the SFU that drops a share of the SFU's
+    video RTP packets (the payload type is clear text in SRTP)."""
 
     def __init__(self, sfu_addr, loss: float, seed: int = 7) -> None:
         self.sfu_addr = sfu_addr
+        self.video_pt: int | None = None
         self.loss = loss
         self.random = random.Random(seed)
         self.client_addr = None
@@ -102,8 +104,8 @@ class LossyProxy(asyncio.DatagramProtocol):
             def datagram_received(self, data, addr):
                 if proxy.client_addr is None:
                     return
-                is_rtp = 128 <= data[0] <= 191 and not (192 <= data[1] <= 223)
-                if is_rtp and proxy.random.random() < proxy.loss:
+                is_video = 128 <= data[0] <= 191 and (data[1] & 0x7F) == proxy.video_pt
+                if is_video and proxy.random.random() < proxy.loss:
                     proxy.dropped += 1
                     return
                 proxy.forwarded += 1
@@ -123,6 +125,7 @@ async def test_nack_repairs_five_percent_loss(sfu):
     port = await proxy.start()
 
     def via_proxy(answer: str) -> str:
+        proxy.video_pt = int(re.search(r"m=video \d+ \S+ (\d+)", answer).group(1))
         return re.sub(r"(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+", rf"\g<1>{port}", answer)
 
     pub = Publisher(sfu.url, "lossy")
@@ -132,13 +135,15 @@ async def test_nack_repairs_five_percent_loss(sfu):
         await viewer.start()
         assert await viewer.wait_frames("video", 10, timeout=20) >= 10, viewer.frames
         before = viewer.frames["video"]
-        await asyncio.sleep(5)
+        await asyncio.sleep(8)
         decoded = viewer.frames["video"] - before
         stats = sfu.health()["stats"]
-        assert proxy.dropped > 10
+        assert proxy.dropped >= 5, proxy.dropped
+        # the viewer NACKs what the proxy dropped and the SFU resends it from its cache
         assert stats.get("retransmissions", 0) >= proxy.dropped // 2, (stats, proxy.dropped)
         # about 30 frames/s are sent; the viewer keeps decoding despite the loss
-        assert decoded >= 75, f"only {decoded} frames decoded in 5 s with {proxy.dropped} packets dropped"
+        print(f"decoded {decoded} frames in 8 s, dropped {proxy.dropped}, stats {stats}")
+        assert decoded >= 150, f"only {decoded} frames decoded in 8 s with {proxy.dropped} packets dropped"
     finally:
         await viewer.stop()
         await pub.stop()
