@@ -1,9 +1,10 @@
 """A tiny Chrome DevTools Protocol client for the browser tests.
 
 `Chromium` runs headless Chromium as a child process in its own session (so
-that the whole process tree can be killed with one killpg), reads the DevTools
-port from the DevToolsActivePort file in its profile directory, and opens tabs
-with `PUT /json/new?<url>`. `Tab` speaks CDP over the tab's websocket
+that the whole process tree can be found and killed with killpg; this process
+is a child subreaper meanwhile, so orphaned renderers are reaped here), reads
+the DevTools port from the DevToolsActivePort file in its profile directory,
+and opens tabs with `PUT /json/new?<url>`. `Tab` speaks CDP over the tab's websocket
 (aiohttp): `call(method, **params)` and `evaluate(expression)`; console
 messages and uncaught exceptions are kept in `Tab.console` for diagnostics.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import itertools
 import os
 import signal
@@ -24,6 +26,7 @@ from typing import Any
 import aiohttp
 
 CHROMIUM = "/usr/bin/chromium"
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -121,7 +124,12 @@ class Tab:
         """Poll until `expression` is truthy; return its last value either way."""
         deadline = time.monotonic() + timeout
         while True:
-            value = await self.evaluate(expression)
+            try:
+                value = await self.evaluate(expression)
+            except CdpError:  # e.g. no execution context yet while the page loads
+                if time.monotonic() >= deadline:
+                    raise
+                value = None
             if value or time.monotonic() >= deadline:
                 return value
             await asyncio.sleep(interval)
@@ -151,14 +159,17 @@ class Chromium:
         self.extra_flags = extra_flags
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
+        self.browser_path: str | None = None  # /devtools/browser/<id>
         self.stderr_path = self.profile.parent / (self.profile.name + ".stderr.log")
         self._http: aiohttp.ClientSession | None = None
+        self._subreaper = False
         self._tabs: list[Tab] = []
 
     async def start(self, timeout: float = 20.0) -> "Chromium":
         self.profile.mkdir(parents=True, exist_ok=True)
         port_file = self.profile / "DevToolsActivePort"
         port_file.unlink(missing_ok=True)
+        self._subreaper = _set_child_subreaper(True)
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(
                 [self.executable, *FLAGS, *self.extra_flags, f"--user-data-dir={self.profile}",
@@ -167,17 +178,21 @@ class Chromium:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        # First line: the port; second: the browser target's path.
-        while self.port is None:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited with {self.proc.returncode}: {self.stderr()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("chromium did not open its DevTools port: " + self.stderr())
-            try:
-                first = port_file.read_text().splitlines()[0]
-                self.port = int(first)
-            except (OSError, IndexError, ValueError):
-                await asyncio.sleep(0.05)
+        try:
+            # First line: the port; second: the browser target's path.
+            while self.port is None:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"chromium exited with {self.proc.returncode}: {self.stderr()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("chromium did not open its DevTools port: " + self.stderr())
+                try:
+                    port, path = port_file.read_text().splitlines()[:2]
+                    self.port, self.browser_path = int(port), path
+                except (OSError, ValueError):
+                    await asyncio.sleep(0.05)
+        except BaseException:
+            self.kill()
+            raise
         self._http = aiohttp.ClientSession()
         return self
 
@@ -201,49 +216,82 @@ class Chromium:
         self._tabs.append(tab)
         return tab
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Ask the browser to quit (it then reaps its own children), kill what is left."""
         for tab in self._tabs:
             await tab.close()
         self._tabs.clear()
         if self._http is not None:
+            try:
+                async with self._http.ws_connect(f"ws://127.0.0.1:{self.port}{self.browser_path}") as ws:
+                    await ws.send_json({"id": 1, "method": "Browser.close"})
+                    await asyncio.wait_for(ws.receive(), timeout)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                pass
             await self._http.close()
             self._http = None
+        deadline = time.monotonic() + timeout
+        while self.proc is not None and self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         self.kill()
 
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL the whole process group (browser, zygote, renderers, GPU/utility)
-        and wait until none of its processes is left (they die asynchronously)."""
+        and wait until none of its processes is left, zombies included: while the
+        browser runs this process is a child subreaper, so the renderers orphaned
+        by the kill are reparented here and reaped below instead of by init."""
         if self.proc is None:
             return
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if self.proc.poll() is None:
-                self.proc.wait()
-            left = self.processes()
-            if not left:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"chromium processes left behind: {left}")
-            for pid in left:  # any that left the process group but not the session
+        try:
+            while True:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.02)
+                if self.proc.poll() is None:
+                    self.proc.wait()
+                me = os.getpid()
+                for pid, ppid, zombie in session_processes(self.proc.pid):
+                    if ppid == me:
+                        try:
+                            os.waitpid(pid, os.WNOHANG)
+                        except ChildProcessError:
+                            pass
+                    elif not zombie:  # left the process group but not the session
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                left = self.processes()
+                if not left:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"chromium processes left behind: {left}")
+                time.sleep(0.02)
+        finally:
+            if self._subreaper:
+                _set_child_subreaper(False)
+                self._subreaper = False
 
     def processes(self) -> list[int]:
-        """Live processes of this browser's session (zombies excluded), for leak checks."""
+        """Processes of this browser's session, for leak checks (zombies count
+        only where this process is their reaper)."""
         if self.proc is None:
             return []
-        return session_processes(self.proc.pid)
+        return [pid for pid, ppid, zombie in session_processes(self.proc.pid)
+                if not zombie or self._subreaper]
 
 
-def session_processes(sid: int) -> list[int]:
-    pids = []
+def _set_child_subreaper(on: bool) -> bool:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants are reparented to us."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def session_processes(sid: int) -> list[tuple[int, int, bool]]:
+    """(pid, parent pid, is zombie) of every process in session `sid`."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -253,6 +301,6 @@ def session_processes(sid: int) -> list[int]:
             continue
         # fields after the parenthesised command: state ppid pgrp session ...
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
+        if int(fields[3]) == sid:
+            found.append((int(entry), int(fields[1]), fields[0] == "Z"))
+    return found

@@ -1,8 +1,10 @@
 """Headless Chromium through the SFU: the test page (sfu/static/index.html)
 publishes with WHIP and plays with WHEP, driven over the DevTools protocol.
 
-Chromium gathers no loopback candidates, so these tests also cover the
-peer-reflexive path of the ICE-lite server (DESIGN.md, known pitfalls).
+Chromium leaves loopback out of its network list unless started with
+--allow-loopback-in-peer-connection (cdp.FLAGS); without it, in the
+loopback-only namespace, it has no candidate and never sends a check. The
+ICE-lite server learns the browser's address from those checks.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import json
 import time
 
+import aioice.ice
 import pytest
 
 from .cdp import Chromium, Tab
@@ -134,7 +137,14 @@ async def test_browser_player_waits_for_late_publisher(sfu, chromium):
     await stop_and_check_freed(sfu, player, publisher)
 
 
-async def test_aiortc_viewer_decodes_browser_publisher(sfu, chromium):
+@pytest.fixture
+def aiortc_on_loopback(monkeypatch):
+    """aioice leaves 127.0.0.1 out of its host addresses, so in a loopback-only
+    namespace an aiortc client gathers no candidate and never sends a check."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+async def test_aiortc_viewer_decodes_browser_publisher(sfu, chromium, aiortc_on_loopback):
     publisher = await open_page(chromium, sfu, "room=mixed&publish=1")
     await started(publisher, sfu, "publishing")
 
