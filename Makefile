@@ -23,7 +23,7 @@ $(STAMP): $(PY) pyproject.toml setup.py $(wildcard sfu/_fast/*.pyx sfu/_fast/*.p
 
 install: $(STAMP)
 
-# Programs the tests drive: Chromium (browser test), iproute2 (loopback-only namespace).
+# Programs the tests drive: Chromium and Firefox ESR (browser tests), iproute2 (loopback-only namespace).
 system-deps:
 	bash scripts/install-system-deps.sh
 

@@ -47,10 +47,11 @@ class PatternVideoTrack(VideoStreamTrack):
 
 
 class Publisher:
-    def __init__(self, base_url: str, room: str) -> None:
+    def __init__(self, base_url: str, room: str, answer_filter=None) -> None:
         self.base_url, self.room = base_url, room
         self.pc = RTCPeerConnection(NO_ICE_SERVERS)
         self.location: str | None = None
+        self.answer_filter = answer_filter
 
     async def start(self, audio: bool = True, video: bool = True) -> None:
         if audio:
@@ -62,6 +63,8 @@ class Publisher:
             f"{self.base_url}/whip/{self.room}", self.pc.localDescription.sdp
         )
         assert status == 201, answer
+        if self.answer_filter is not None:
+            answer = self.answer_filter(answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
 
     async def stop(self) -> None:

@@ -24,6 +24,15 @@ async def test_publisher_to_two_viewers(sfu):
         for v in viewers:
             assert await v.wait_frames("video", 30, timeout=20) >= 30, v.frames
             assert await v.wait_frames("audio", 50, timeout=10) >= 50, v.frames
+        await asyncio.sleep(2.5)  # let a few RTCP report intervals pass
+        # sender reports translated for each viewer reach its receivers (remote-outbound-rtp
+        # is built from SRs on the viewer's own SSRCs), receiver reports reach the publisher
+        for v in viewers:
+            kinds = {s.kind for s in (await v.pc.getStats()).values() if s.type == "remote-outbound-rtp"}
+            assert kinds == {"audio", "video"}, kinds
+        remote_inbound = [s for s in (await pub.pc.getStats()).values() if s.type == "remote-inbound-rtp"]
+        assert {s.kind for s in remote_inbound} == {"audio", "video"}
+        assert all(s.packetsLost == 0 for s in remote_inbound)
         health = sfu.health()
         assert health["rooms"] == 1
         assert health["producers"] == 2 and health["consumers"] == 4
@@ -80,8 +89,9 @@ class LossyProxy(asyncio.DatagramProtocol):
     """A UDP relay between one viewer and the SFU that drops a share of the SFU's
     video RTP packets (the payload type is clear text in SRTP)."""
 
-    def __init__(self, sfu_addr, loss: float, seed: int = 7) -> None:
+    def __init__(self, sfu_addr, loss: float, seed: int = 7, uplink: bool = False) -> None:
         self.sfu_addr = sfu_addr
+        self.uplink = uplink  # drop what the client sends instead of what the SFU sends
         self.video_pt: int | None = None
         self.loss = loss
         self.random = random.Random(seed)
@@ -98,15 +108,15 @@ class LossyProxy(asyncio.DatagramProtocol):
         class Down(asyncio.DatagramProtocol):
             def datagram_received(self, data, addr):
                 proxy.client_addr = addr
+                if proxy.uplink and proxy.lose(data):
+                    return
                 proxy.upstream.sendto(data, proxy.sfu_addr)
 
         class Up(asyncio.DatagramProtocol):
             def datagram_received(self, data, addr):
                 if proxy.client_addr is None:
                     return
-                is_video = 128 <= data[0] <= 191 and (data[1] & 0x7F) == proxy.video_pt
-                if is_video and proxy.random.random() < proxy.loss:
-                    proxy.dropped += 1
+                if not proxy.uplink and proxy.lose(data):
                     return
                 proxy.forwarded += 1
                 proxy.downstream.sendto(data, proxy.client_addr)
@@ -115,6 +125,19 @@ class LossyProxy(asyncio.DatagramProtocol):
         self.upstream, _ = await loop.create_datagram_endpoint(Up, local_addr=("127.0.0.1", 0))
         return self.downstream.get_extra_info("sockname")[1]
 
+    def lose(self, data: bytes) -> bool:
+        is_video = 128 <= data[0] <= 191 and (data[1] & 0x7F) == self.video_pt
+        if is_video and self.random.random() < self.loss:
+            self.dropped += 1
+            return True
+        return False
+
+    def via_proxy(self, answer: str) -> str:
+        """Point the client at the proxy instead of the SFU's candidate."""
+        self.video_pt = int(re.search(r"m=video \d+ \S+ (\d+)", answer).group(1))
+        port = self.downstream.get_extra_info("sockname")[1]
+        return re.sub(r"(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+", rf"\g<1>{port}", answer)
+
     def close(self) -> None:
         self.downstream.close()
         self.upstream.close()
@@ -122,14 +145,9 @@ class LossyProxy(asyncio.DatagramProtocol):
 
 async def test_nack_repairs_five_percent_loss(sfu):
     proxy = LossyProxy(("127.0.0.1", sfu.rtc_port), loss=0.05)
-    port = await proxy.start()
-
-    def via_proxy(answer: str) -> str:
-        proxy.video_pt = int(re.search(r"m=video \d+ \S+ (\d+)", answer).group(1))
-        return re.sub(r"(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+", rf"\g<1>{port}", answer)
-
+    await proxy.start()
     pub = Publisher(sfu.url, "lossy")
-    viewer = Viewer(sfu.url, "lossy", answer_filter=via_proxy)
+    viewer = Viewer(sfu.url, "lossy", answer_filter=proxy.via_proxy)
     try:
         await pub.start()
         await viewer.start()
@@ -150,6 +168,56 @@ async def test_nack_repairs_five_percent_loss(sfu):
         proxy.close()
 
 
+async def test_uplink_loss_is_nacked_to_the_publisher(sfu):
+    proxy = LossyProxy(("127.0.0.1", sfu.rtc_port), loss=0.05, uplink=True)
+    await proxy.start()
+    pub = Publisher(sfu.url, "uplink", answer_filter=proxy.via_proxy)
+    viewer = Viewer(sfu.url, "uplink")
+    try:
+        await pub.start()
+        await viewer.start()
+        assert await viewer.wait_frames("video", 10, timeout=20) >= 10, viewer.frames
+        before = viewer.frames["video"]
+        await asyncio.sleep(8)
+        decoded = viewer.frames["video"] - before
+        stats = sfu.health()["stats"]
+        assert proxy.dropped >= 5, proxy.dropped
+        # the SFU saw the gaps and asked the publisher to resend (RFC 4585 generic NACK)
+        assert stats.get("nacks_sent", 0) >= 1, stats
+        assert decoded >= 150, f"only {decoded} frames decoded in 8 s with {proxy.dropped} lost on the uplink"
+    finally:
+        await viewer.stop()
+        await pub.stop()
+        proxy.close()
+
+
 async def test_delete_unknown_session_is_404(sfu):
     assert await delete(sfu.url + "/whip/room1/doesnotexist") == 404
     assert await delete(sfu.url + "/whep/room1/doesnotexist") == 404
+
+
+async def test_silent_peer_is_dropped_after_consent_timeout(tmp_path, netns):
+    from ..conftest import SfuProcess
+
+    server = SfuProcess(tmp_path, "--consent-timeout", "8").start()
+    proxy = LossyProxy(("127.0.0.1", server.rtc_port), loss=0.0)
+    await proxy.start()
+    pub = Publisher(server.url, "consent")
+    viewer = Viewer(server.url, "consent", answer_filter=proxy.via_proxy)
+    try:
+        await pub.start()
+        await viewer.start()
+        assert await viewer.wait_frames("video", 5, timeout=20) >= 5
+        proxy.close()  # the viewer vanishes without DELETE: no more STUN consent checks
+        # aiortc checks consent every 4-6 s, so 8 s keeps the publisher alive
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and server.health()["transports"] > 1:
+            await asyncio.sleep(0.1)
+        health = server.health()
+        assert health["transports"] == 1 and health["consumers"] == 0, health
+        assert health["stats"]["consent_timeouts"] == 1
+        assert health["producers"] == 2  # the publisher, still checking, stays
+    finally:
+        await viewer.stop()
+        await pub.stop()
+        server.stop()
