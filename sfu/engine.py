@@ -8,14 +8,14 @@ later talk to it across a process boundary with the same calls:
 - ``set_paused(session_id, paused)``
 - ``snapshot() -> dict`` (counters and population)
 
-and events given to the ``on_event`` callback (dicts with a ``type``).
+and events (dicts with a ``type``) given to every listener added with
+``add_listener(callback)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections import Counter
@@ -80,7 +80,7 @@ class MediaEngine:
         self.rooms: dict[str, Room] = {}
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
-        self.on_event: Callable[[dict], None] | None = None
+        self._listeners: list[Callable[[dict], None]] = []
         self._udp: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task | None = None
@@ -306,12 +306,16 @@ class MediaEngine:
             self.stats["keyframe_requests_sent"] += 1
             producer.transport.send_rtcp([packet])
 
+    def add_listener(self, callback: Callable[[dict], None]) -> None:
+        """Call ``callback(event_dict)`` for every engine event (on the engine's loop)."""
+        self._listeners.append(callback)
+
     def _emit(self, ev: dict) -> None:
-        if self.on_event is not None:
+        for callback in self._listeners:
             try:
-                self.on_event(ev)
+                callback(ev)
             except Exception:
-                logger.exception("event handler failed")
+                logger.exception("event listener failed")
 
     # -- data path ---------------------------------------------------------------
     def send(self, data: bytes, addr) -> None:
