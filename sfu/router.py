@@ -293,6 +293,8 @@ class Room:
         self.producers.append(producer)
         for consumer in self.consumers:
             if consumer.producer is None and consumer.transport is not producer.transport and consumer.can_consume(producer):
+                if any(c.producer is producer for c in consumer.transport.consumers):
+                    continue  # this viewer already receives it in another section
                 self._attach(consumer, producer)
                 on_attach(consumer)
 
@@ -324,8 +326,12 @@ class Room:
         consumer.attach(None)
 
     def _best_producer(self, consumer: Consumer) -> Producer | None:
-        for producer in reversed(self.producers):  # the newest compatible track
-            if producer.transport is not consumer.transport and consumer.can_consume(producer):
+        """The newest compatible track that this consumer's transport does not already receive
+        (a viewer offering two video sections gets the two newest video tracks)."""
+        taken = {c.producer for c in consumer.transport.consumers if c is not consumer}
+        for producer in reversed(self.producers):
+            if (producer.transport is not consumer.transport and producer not in taken
+                    and consumer.can_consume(producer)):
                 return producer
         return None
 
