@@ -229,6 +229,9 @@ class Consumer:
         self.cname = transport.cname
         self.msid = f"sfu-{transport.id} {kind}-{mid}"
         self.producer: Producer | None = None
+        # bound by the control plane to one producer (meetings: Room.bind), never
+        # given "the newest track of its kind" by the room (WHEP viewers are)
+        self.explicit = False
         self.rewriter = impl.Rewriter(self.ssrc, {}, {})
         self.synced = False
         self.paused = False
@@ -292,7 +295,8 @@ class Room:
         producer.room = self
         self.producers.append(producer)
         for consumer in self.consumers:
-            if consumer.producer is None and consumer.transport is not producer.transport and consumer.can_consume(producer):
+            if (not consumer.explicit and consumer.producer is None
+                    and consumer.transport is not producer.transport and consumer.can_consume(producer)):
                 if any(c.producer is producer for c in consumer.transport.consumers):
                     continue  # this viewer already receives it in another section
                 self._attach(consumer, producer)
@@ -303,7 +307,7 @@ class Room:
             self.producers.remove(producer)
         for consumer in producer.consumers:
             consumer.attach(None)
-            replacement = self._best_producer(consumer)
+            replacement = None if consumer.explicit else self._best_producer(consumer)
             if replacement is not None:
                 self._attach(consumer, replacement)
                 on_attach(consumer)
@@ -312,7 +316,7 @@ class Room:
 
     def add_consumer(self, consumer: Consumer, on_attach: Callable[[Consumer], None]) -> None:
         self.consumers.append(consumer)
-        producer = self._best_producer(consumer)
+        producer = None if consumer.explicit else self._best_producer(consumer)
         if producer is not None:
             self._attach(consumer, producer)
             on_attach(consumer)
@@ -324,6 +328,22 @@ class Room:
         if producer is not None:
             producer.set_consumers(c for c in producer.consumers if c is not consumer)
         consumer.attach(None)
+
+    def bind(self, consumer: Consumer, producer: Producer | None) -> bool:
+        """Forward exactly ``producer`` (or nothing) to an explicit consumer.
+        False, and the consumer left unbound, when it cannot carry that producer
+        (another kind or codec, its own track, or a producer not in this room)."""
+        current = consumer.producer
+        if current is producer:
+            return producer is not None
+        if current is not None:
+            current.set_consumers(c for c in current.consumers if c is not consumer)
+            consumer.attach(None)
+        if producer is None or producer.room is not self or producer.transport is consumer.transport \
+                or not consumer.can_consume(producer):
+            return False
+        self._attach(consumer, producer)
+        return True
 
     def _best_producer(self, consumer: Consumer) -> Producer | None:
         """The newest compatible track that this consumer's transport does not already receive
