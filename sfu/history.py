@@ -1,0 +1,469 @@
+"""Meeting history: meetings and participant sessions, in SQLite or PostgreSQL.
+
+Two tables, the same on both backends (times are seconds since the epoch, UTC):
+
+- ``meetings``: meeting_id, room, topic, creator_identity, creator_name,
+  started_at, ended_at (NULL while it runs)
+- ``sessions``: session_id, meeting_id, identity, display_name, joined_at,
+  left_at (NULL while connected), last_heartbeat, end_reason
+  ("left", "kicked", "timed out", "server stopped")
+
+No column holds a network address, by design: the privacy policy lets the SFU
+use a participant's IP address to connect, nothing else.
+
+:class:`HistoryStore` is the asyncio face.  Every database call runs on one
+worker thread that owns the connection, so the event loop that forwards media
+never waits for the disk or the network; callers ``await`` only where the
+result must be durable first (a join is committed before it is acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import secrets
+import sqlite3
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+END_REASONS = ("left", "kicked", "timed out", "server stopped")
+ERASED_NAME = "(erased)"
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS meetings (
+        meeting_id TEXT PRIMARY KEY,
+        room TEXT NOT NULL,
+        topic TEXT NOT NULL DEFAULT '',
+        creator_identity TEXT NOT NULL,
+        creator_name TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION
+    )""",
+    "CREATE INDEX IF NOT EXISTS meetings_by_creator ON meetings (creator_identity)",
+    "CREATE INDEX IF NOT EXISTS meetings_by_end ON meetings (ended_at)",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        session_id TEXT PRIMARY KEY,
+        meeting_id TEXT NOT NULL REFERENCES meetings (meeting_id) ON DELETE CASCADE,
+        identity TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        joined_at DOUBLE PRECISION NOT NULL,
+        left_at DOUBLE PRECISION,
+        last_heartbeat DOUBLE PRECISION NOT NULL,
+        end_reason TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_by_meeting ON sessions (meeting_id)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_identity ON sessions (identity)",
+)
+
+_MEETING_COLS = "meeting_id, room, topic, creator_identity, creator_name, started_at, ended_at"
+_SESSION_COLS = ("session_id, meeting_id, identity, display_name, joined_at, left_at, "
+                 "last_heartbeat, end_reason")
+
+
+@dataclass
+class Meeting:
+    meeting_id: str
+    room: str
+    topic: str
+    creator_identity: str
+    creator_name: str
+    started_at: float
+    ended_at: float | None = None
+
+
+@dataclass
+class SessionRecord:
+    session_id: str
+    meeting_id: str
+    identity: str
+    display_name: str
+    joined_at: float
+    left_at: float | None
+    last_heartbeat: float
+    end_reason: str | None
+
+    def duration(self, now: float) -> float:
+        end = self.left_at if self.left_at is not None else now
+        return max(0.0, end - self.joined_at)
+
+
+class DuplicateMeeting(Exception):
+    """A meeting with that id exists already."""
+
+
+# -- backends: synchronous, used from the store's one worker thread only -----------------
+
+class _Backend:
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def execute(self, sql: str, params: Iterable = ()) -> int:
+        cur = self.conn.execute(self._sql(sql), tuple(params))
+        return cur.rowcount
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        if rows:
+            self.conn.cursor().executemany(self._sql(sql), rows)
+
+    def query(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        return list(self.conn.execute(self._sql(sql), tuple(params)).fetchall())
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def is_duplicate(self, exc: Exception) -> bool:
+        raise NotImplementedError
+
+    def after_erase(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class SqliteBackend(_Backend):
+    placeholder = "?"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed join survives a power cut too, not only a kill -9
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        # erased or purged rows are overwritten, not left in free pages
+        self.conn.execute("PRAGMA secure_delete=ON")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        for statement in SCHEMA:
+            self.conn.execute(statement)
+        self.conn.commit()
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError:
+            pass
+
+    def is_duplicate(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def after_erase(self) -> None:
+        # the WAL still holds the old pages until a checkpoint copies them back
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+class PostgresBackend(_Backend):
+    placeholder = "%s"
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn = dsn
+
+    def open(self) -> None:
+        import psycopg  # only needed for this backend
+
+        self._psycopg = psycopg
+        self.conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
+        for statement in SCHEMA:
+            self.conn.execute(statement)
+        self.conn.commit()
+
+    def is_duplicate(self, exc: Exception) -> bool:
+        return isinstance(exc, self._psycopg.errors.UniqueViolation)
+
+
+def open_backend(db: str | None, data_dir: str) -> _Backend:
+    """``None`` -> SQLite in the data directory; ``postgresql://...`` -> PostgreSQL;
+    ``sqlite:///path`` or a plain path -> that SQLite file."""
+    if not db:
+        return SqliteBackend(os.path.join(data_dir, "history.sqlite3"))
+    if db.startswith(("postgresql://", "postgres://")):
+        return PostgresBackend(db)
+    if db.startswith("sqlite:///"):
+        return SqliteBackend(db[len("sqlite://"):])
+    if db.startswith("sqlite://"):
+        return SqliteBackend(db[len("sqlite://"):])
+    if "://" in db:
+        raise ValueError(f"unsupported database URL {db.split('://')[0]}://... (use postgresql:// or sqlite:///)")
+    return SqliteBackend(db)
+
+
+# -- the store ---------------------------------------------------------------------------
+
+class HistoryStore:
+    """Asynchronous history store; all database work happens on one worker thread."""
+
+    def __init__(self, backend: _Backend) -> None:
+        self.backend = backend
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_config(cls, db: str | None, data_dir: str) -> "HistoryStore":
+        return cls(open_backend(db, data_dir))
+
+    async def _run(self, fn: Callable, *args):
+        if self._executor is None:
+            raise RuntimeError("history store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="history")
+        await self._run(self.backend.open)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self.backend.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    # each _x method runs on the worker thread and commits before returning
+
+    def _tx(self, work: Callable[[], Any]) -> Any:
+        try:
+            result = work()
+            self.backend.commit()
+            return result
+        except BaseException:
+            self.backend.rollback()
+            raise
+
+    async def create_meeting(self, meeting: Meeting) -> None:
+        def work():
+            try:
+                self.backend.execute(
+                    f"INSERT INTO meetings ({_MEETING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (meeting.meeting_id, meeting.room, meeting.topic, meeting.creator_identity,
+                     meeting.creator_name, meeting.started_at, meeting.ended_at))
+                self.backend.commit()
+            except Exception as exc:
+                self.backend.rollback()
+                if self.backend.is_duplicate(exc):
+                    raise DuplicateMeeting(meeting.meeting_id) from None
+                raise
+
+        await self._run(work)
+
+    async def end_meeting(self, meeting_id: str, ended_at: float) -> bool:
+        return await self._run(self._tx, lambda: self.backend.execute(
+            "UPDATE meetings SET ended_at = ? WHERE meeting_id = ? AND ended_at IS NULL",
+            (ended_at, meeting_id)) > 0)
+
+    async def add_session(self, record: SessionRecord) -> None:
+        await self._run(self._tx, lambda: self.backend.execute(
+            f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.session_id, record.meeting_id, record.identity, record.display_name,
+             record.joined_at, record.left_at, record.last_heartbeat, record.end_reason)))
+
+    async def close_session(self, session_id: str, left_at: float, reason: str) -> bool:
+        if reason not in END_REASONS:
+            raise ValueError(f"unknown end reason {reason!r}")
+        return await self._run(self._tx, lambda: self.backend.execute(
+            "UPDATE sessions SET left_at = ?, last_heartbeat = ?, end_reason = ? "
+            "WHERE session_id = ? AND left_at IS NULL",
+            (left_at, left_at, reason, session_id)) > 0)
+
+    async def heartbeat(self, session_ids: list[str], now: float) -> None:
+        """Mark open sessions as alive at ``now`` (one batched transaction)."""
+        if not session_ids:
+            return
+        rows = [(now, sid) for sid in session_ids]
+        await self._run(self._tx, lambda: self.backend.executemany(
+            "UPDATE sessions SET last_heartbeat = ? WHERE session_id = ? AND left_at IS NULL", rows))
+
+    async def recover(self) -> tuple[int, int]:
+        """Close what a crash left open: sessions end at their last heartbeat with
+        reason "server stopped"; their meetings end at the last such time.
+        Returns (sessions closed, meetings ended)."""
+        def work():
+            sessions = self.backend.execute(
+                "UPDATE sessions SET left_at = last_heartbeat, end_reason = 'server stopped' "
+                "WHERE left_at IS NULL")
+            meetings = self.backend.execute(
+                "UPDATE meetings SET ended_at = COALESCE("
+                "(SELECT MAX(s.left_at) FROM sessions s WHERE s.meeting_id = meetings.meeting_id), "
+                "started_at) WHERE ended_at IS NULL")
+            return sessions, meetings
+
+        return await self._run(self._tx, work)
+
+    async def get_meeting(self, meeting_id: str) -> Meeting | None:
+        rows = await self._run(self.backend.query,
+                               f"SELECT {_MEETING_COLS} FROM meetings WHERE meeting_id = ?", (meeting_id,))
+        return Meeting(*rows[0]) if rows else None
+
+    async def list_meetings(self, creator_identity: str | None = None, limit: int = 1000) -> list[Meeting]:
+        """Newest first; ``creator_identity`` None lists everyone's."""
+        if creator_identity is None:
+            rows = await self._run(self.backend.query,
+                                   f"SELECT {_MEETING_COLS} FROM meetings ORDER BY started_at DESC LIMIT ?",
+                                   (limit,))
+        else:
+            rows = await self._run(self.backend.query,
+                                   f"SELECT {_MEETING_COLS} FROM meetings WHERE creator_identity = ? "
+                                   "ORDER BY started_at DESC LIMIT ?", (creator_identity, limit))
+        return [Meeting(*row) for row in rows]
+
+    async def sessions(self, meeting_id: str) -> list[SessionRecord]:
+        rows = await self._run(self.backend.query,
+                               f"SELECT {_SESSION_COLS} FROM sessions WHERE meeting_id = ? "
+                               "ORDER BY joined_at, session_id", (meeting_id,))
+        return [SessionRecord(*row) for row in rows]
+
+    async def open_sessions(self) -> list[SessionRecord]:
+        rows = await self._run(self.backend.query,
+                               f"SELECT {_SESSION_COLS} FROM sessions WHERE left_at IS NULL", ())
+        return [SessionRecord(*row) for row in rows]
+
+    async def purge(self, ended_before: float) -> int:
+        """Delete meetings that ended before ``ended_before`` and their sessions."""
+        def work():
+            self.backend.execute(
+                "DELETE FROM sessions WHERE meeting_id IN (SELECT meeting_id FROM meetings "
+                "WHERE ended_at IS NOT NULL AND ended_at < ?)", (ended_before,))
+            return self.backend.execute(
+                "DELETE FROM meetings WHERE ended_at IS NOT NULL AND ended_at < ?", (ended_before,))
+
+        count = await self._run(self._tx, work)
+        if count:
+            await self._run(self.backend.after_erase)
+        return count
+
+    async def erase_identity(self, identity: str) -> int:
+        """Anonymise a person: their sessions and the meetings they created get a
+        random pseudonym (so attendance totals still add up) and no name.
+        Returns the number of rows changed."""
+        pseudonym = "erased-" + secrets.token_hex(6)
+
+        def work():
+            changed = self.backend.execute(
+                "UPDATE sessions SET identity = ?, display_name = ? WHERE identity = ?",
+                (pseudonym, ERASED_NAME, identity))
+            changed += self.backend.execute(
+                "UPDATE meetings SET creator_identity = ?, creator_name = ? WHERE creator_identity = ?",
+                (pseudonym, ERASED_NAME, identity))
+            return changed
+
+        changed = await self._run(self._tx, work)
+        await self._run(self.backend.after_erase)
+        return changed
+
+
+# -- reports -----------------------------------------------------------------------------
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def meeting_dict(meeting: Meeting, now: float) -> dict:
+    end = meeting.ended_at if meeting.ended_at is not None else now
+    return {
+        "meeting_id": meeting.meeting_id,
+        "room": meeting.room,
+        "topic": meeting.topic,
+        "creator": {"identity": meeting.creator_identity, "name": meeting.creator_name},
+        "started_at": iso(meeting.started_at),
+        "ended_at": iso(meeting.ended_at),
+        "duration_seconds": round(max(0.0, end - meeting.started_at), 3),
+        "active": meeting.ended_at is None,
+    }
+
+
+def session_dict(record: SessionRecord, now: float) -> dict:
+    return {
+        "session_id": record.session_id,
+        "identity": record.identity,
+        "display_name": record.display_name,
+        "joined_at": iso(record.joined_at),
+        "left_at": iso(record.left_at),
+        "duration_seconds": round(record.duration(now), 3),
+        "end_reason": record.end_reason,
+    }
+
+
+def attendance(meeting: Meeting, sessions: list[SessionRecord], now: float) -> dict:
+    """The export: the meeting, one row per session, and each identity's total time."""
+    totals: dict[str, dict] = {}
+    for record in sessions:
+        entry = totals.setdefault(record.identity, {
+            "identity": record.identity, "display_name": record.display_name,
+            "sessions": 0, "total_seconds": 0.0})
+        entry["sessions"] += 1
+        entry["total_seconds"] += record.duration(now)
+        entry["display_name"] = record.display_name  # the latest name they used
+    for entry in totals.values():
+        entry["total_seconds"] = round(entry["total_seconds"], 3)
+    return {
+        "meeting": meeting_dict(meeting, now),
+        "sessions": [session_dict(r, now) for r in sessions],
+        "totals": sorted(totals.values(), key=lambda e: (-e["total_seconds"], e["identity"])),
+    }
+
+
+def export_json(report: dict) -> str:
+    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+
+
+CSV_COLUMNS = ("row", "meeting_id", "topic", "identity", "display_name", "joined_at", "left_at",
+               "duration_seconds", "end_reason", "sessions")
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    # a spreadsheet would run a cell starting with = + - @ as a formula
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        text = "'" + text
+    return text
+
+
+def export_csv(report: dict) -> str:
+    """One "session" row per session, then one "total" row per identity."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 §2
+    writer.writerow(CSV_COLUMNS)
+    mid, topic = report["meeting"]["meeting_id"], report["meeting"]["topic"]
+    for s in report["sessions"]:
+        writer.writerow([_cell(v) for v in ("session", mid, topic, s["identity"], s["display_name"],
+                                            s["joined_at"], s["left_at"], s["duration_seconds"],
+                                            s["end_reason"], 1)])
+    for t in report["totals"]:
+        writer.writerow([_cell(v) for v in ("total", mid, topic, t["identity"], t["display_name"],
+                                            None, None, t["total_seconds"], None, t["sessions"])])
+    return out.getvalue()
+
+
+def export(report: dict, fmt: str) -> tuple[str, str]:
+    """-> (body, content type); ValueError for an unknown format."""
+    if fmt == "json":
+        return export_json(report), "application/json"
+    if fmt == "csv":
+        return export_csv(report), "text/csv"
+    raise ValueError("format must be csv or json")
+
+
+__all__ = [
+    "END_REASONS", "DuplicateMeeting", "HistoryStore", "Meeting", "SessionRecord", "asdict",
+    "attendance", "export", "export_csv", "export_json", "iso", "meeting_dict", "open_backend",
+    "session_dict",
+]
