@@ -48,6 +48,8 @@ class Transport:
         self.local_pwd = secrets.token_hex(16)
         self.cname = secrets.token_hex(8)
         self.rtcp_ssrc = random.getrandbits(32) or 1
+        self.sdp_session_id = random.getrandbits(62)  # o= line of our answers (RFC 3264 §5, §8)
+        self.sdp_version = 1
         self.created = now
         self.ice = IceLite(
             self.local_ufrag,
