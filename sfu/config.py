@@ -29,6 +29,13 @@ class Config:
     keyframe_interval_min: float = 0.5  # throttle of keyframe requests per stream, seconds
     consent_timeout: float = 30.0  # RFC 7675: a peer with no STUN for this long is gone
     max_sdp_bytes: int = 64 * 1024
+    # meetings, access tokens and history
+    auth_secret: str | None = None  # default: <data_dir>/auth_secret, created on first start
+    db: str | None = None  # default: SQLite file <data_dir>/history.sqlite3; or postgresql://...
+    retention_days: float = 180.0  # meetings that ended longer ago are purged
+    grace_period: float = 30.0  # an emptied meeting ends this many seconds after its last leave
+    heartbeat_interval: float = 10.0  # open sessions are marked alive in the store this often
+    dev: bool = False  # the page may get a token for any room and name from the server
 
     @property
     def candidate_ip(self) -> str:
@@ -45,6 +52,15 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "log_level": (str, "debug, info, warning or error"),
     "publisher_bitrate": (int, "bitrate in bit/s that the SFU advertises to publishers (REMB)"),
     "consent_timeout": (float, "seconds without ICE consent before a peer is dropped"),
+    "auth_secret": (str, "HS256 secret that signs access tokens (default: <data-dir>/auth_secret)"),
+    "db": (str, "history database: postgresql://... (default: SQLite in the data directory)"),
+    "retention_days": (float, "days to keep the history of ended meetings"),
+    "grace_period": (float, "seconds an emptied meeting waits for someone to rejoin before it ends"),
+    "heartbeat_interval": (float, "seconds between history heartbeats of open sessions"),
+}
+# boolean switches: a bare flag on the command line, SFU_<NAME>=1/true/yes in the environment
+_SWITCHES: dict[str, str] = {
+    "dev": "development mode: the page may ask the server for a token for any room and name",
 }
 
 
@@ -58,6 +74,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{help_text} (env SFU_{name.upper()}, default {getattr(defaults, name)!r})",
         )
+    for name, help_text in _SWITCHES.items():
+        parser.add_argument("--" + name.replace("_", "-"), action="store_true", default=None,
+                            help=f"{help_text} (env SFU_{name.upper()}=1)")
 
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
@@ -75,4 +94,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
                     raise SystemExit(f"invalid value for SFU_{name.upper()}: {raw!r}") from None
         if value is not None:
             values[name] = value
+    for name in _SWITCHES:
+        value = getattr(args, name, None)
+        if value is None:
+            value = environ.get("SFU_" + name.upper(), "").strip().lower() in ("1", "true", "yes", "on")
+        values[name] = bool(value)
     return dataclasses.replace(Config(), **values)
