@@ -3,7 +3,13 @@
 Its public surface is a small command interface, so that the control plane can
 later talk to it across a process boundary with the same calls:
 
-- ``create_session(room, role, offer_sdp) -> SessionInfo`` (WHIP publish / WHEP subscribe)
+- ``create_session(room, role, offer_sdp, subscriptions=None) -> SessionInfo``
+  (WHIP "publish", WHEP "subscribe", or "meeting": one transport that publishes
+  its sendonly sections and receives, in each recvonly section, exactly the
+  producer that ``subscriptions[mid]`` names)
+- ``update_session(session_id, offer_sdp, subscriptions) -> answer_sdp``
+  (renegotiation of a meeting session on the same ICE/DTLS/SRTP transport)
+- ``describe_session(session_id) -> dict | None`` (its producers and consumers by mid)
 - ``close_session(session_id) -> bool``
 - ``set_paused(session_id, paused)``
 - ``snapshot() -> dict`` (counters and population)
@@ -133,10 +139,16 @@ class MediaEngine:
         return self._loop.time() if self._loop is not None else time.monotonic()
 
     # -- commands ----------------------------------------------------------------
-    def create_session(self, room_name: str, role: str, offer_sdp: str) -> SessionInfo:
-        """Negotiate a WHIP ("publish") or WHEP ("subscribe") session. SdpError on a bad offer."""
+    def create_session(self, room_name: str, role: str, offer_sdp: str,
+                       subscriptions: dict[str, str] | None = None) -> SessionInfo:
+        """Negotiate a WHIP ("publish"), WHEP ("subscribe") or "meeting" session.
+        SdpError on a bad offer. For "meeting", ``subscriptions`` maps the mid of
+        each recvonly section to the id of the producer it carries (an unmapped
+        section stays silent until a renegotiation maps it)."""
         offer = sdp.parse_sdp(offer_sdp)
-        sdp.validate_offer(offer, role)
+        _validate(offer, role, creating=True)
+        if role == "meeting" and subscriptions is None:
+            subscriptions = {}
         room = self.rooms.get(room_name) or Room(room_name)
         now = self.now()
 
@@ -147,53 +159,202 @@ class MediaEngine:
         answers: list[sdp.AnswerMedia] = []
         producers: list[Producer] = []
         consumers: list[Consumer] = []
+        binds: list[tuple[Consumer, Producer | None]] = []
         for media in offer.media:
-            answer = self._negotiate(media, role, room, transport, producers, consumers)
+            answer = self._negotiate(media, role, room, transport, producers, consumers, subscriptions, binds)
             answers.append(answer)
         if not producers and not consumers:
             raise sdp.SdpError(
                 "offer has no audio or video track to publish" if role == "publish"
-                else "offer has no audio or video section to receive"
+                else "offer has no audio or video section to receive" if role == "subscribe"
+                else "offer has no audio or video section to send or receive"
             )
-        local = sdp.LocalTransport(
-            ice_ufrag=transport.local_ufrag,
-            ice_pwd=transport.local_pwd,
-            fingerprint=self.certificate.fingerprint("sha-256"),
-            setup="active" if dtls_role == "client" else "passive",
-            host=self.config.candidate_ip,
-            port=self.port or self.config.rtc_port,
-        )
-        answer_sdp = sdp.build_answer(offer, local, answers)
+        answer_sdp = self._answer(transport, offer, answers)
 
         # commit: nothing above left state behind if it raised
         self.rooms[room_name] = room
         self.transports[transport.id] = transport
         self.by_ufrag[transport.local_ufrag] = transport
         transport.on_close = self._transport_closed
+        self._add_tracks(transport, room, producers, consumers, binds)
+        event(logger, "session created", session=transport.id, room=room_name, role=role,
+              tracks=len(producers) + len(consumers))
+        self._emit({"type": "session_created", "room": room_name, "session": transport.id, "role": role})
+        return SessionInfo(transport.id, room_name, role, answer_sdp)
+
+    def _answer(self, transport: Transport, offer: sdp.SessionDescription, answers: list) -> str:
+        local = sdp.LocalTransport(
+            ice_ufrag=transport.local_ufrag,
+            ice_pwd=transport.local_pwd,
+            fingerprint=self.certificate.fingerprint("sha-256"),
+            setup="active" if transport.dtls_role == "client" else "passive",
+            host=self.config.candidate_ip,
+            port=self.port or self.config.rtc_port,
+        )
+        # RFC 3264 §8: each new answer keeps the o= session id and increments its version
+        transport.sdp_version += 1
+        answer = sdp.build_answer(offer, local, answers, session_id=transport.sdp_session_id)
+        return answer.replace(f"o=- {transport.sdp_session_id} 2 ",
+                              f"o=- {transport.sdp_session_id} {transport.sdp_version} ", 1)
+
+    def _add_tracks(self, transport: Transport, room: Room, producers: list[Producer],
+                    consumers: list[Consumer], binds: list[tuple[Consumer, Producer | None]]) -> None:
         for producer in producers:
             transport.producers.append(producer)
             transport.producers_by_mid[producer.mid] = producer
             if producer.ssrc is not None:
                 transport.producers_by_ssrc[producer.ssrc] = producer
             room.add_producer(producer, self._consumer_attached)
-            self._emit({"type": "track_published", "room": room_name, "session": transport.id,
-                        "kind": producer.kind, "codec": producer.codec.name})
+            self._emit({"type": "track_published", "room": room.name, "session": transport.id,
+                        "kind": producer.kind, "codec": producer.codec.name, "producer": producer.id,
+                        "mid": producer.mid})
         for consumer in consumers:
             transport.consumers.append(consumer)
             transport.consumers_by_ssrc[consumer.ssrc] = consumer
             room.add_consumer(consumer, self._consumer_attached)
-        event(logger, "session created", session=transport.id, room=room_name, role=role,
-              tracks=len(producers) + len(consumers))
-        self._emit({"type": "session_created", "room": room_name, "session": transport.id, "role": role})
-        return SessionInfo(transport.id, room_name, role, answer_sdp)
+        for consumer, target in binds:
+            if target is not None and room.bind(consumer, target):
+                self._consumer_attached(consumer)
 
-    def _negotiate(self, media, role, room, transport, producers, consumers) -> sdp.AnswerMedia:
+    def _remove_producer(self, transport: Transport, room: Room | None, producer: Producer, reason: str) -> None:
+        """Unpublish one track: its consumers are detached (explicit ones stay silent)."""
+        if room is not None:
+            room.remove_producer(producer, self._consumer_attached)
+        if producer in transport.producers:
+            transport.producers.remove(producer)
+        if transport.producers_by_mid.get(producer.mid) is producer:
+            del transport.producers_by_mid[producer.mid]
+        if producer.ssrc is not None and transport.producers_by_ssrc.get(producer.ssrc) is producer:
+            del transport.producers_by_ssrc[producer.ssrc]
+            if transport.srtp is not None:
+                transport.srtp.remove_inbound_stream(producer.ssrc)
+        self._emit({"type": "track_unpublished", "room": transport.room_name, "session": transport.id,
+                    "kind": producer.kind, "producer": producer.id, "mid": producer.mid, "reason": reason})
+
+    def _remove_consumer(self, transport: Transport, room: Room | None, consumer: Consumer) -> None:
+        if room is not None:
+            room.remove_consumer(consumer)
+        if consumer in transport.consumers:
+            transport.consumers.remove(consumer)
+        if transport.consumers_by_ssrc.get(consumer.ssrc) is consumer:
+            del transport.consumers_by_ssrc[consumer.ssrc]
+            if transport.srtp is not None:
+                transport.srtp.remove_outbound_stream(consumer.ssrc)
+
+    def update_session(self, session_id: str, offer_sdp: str,
+                       subscriptions: dict[str, str] | None = None) -> str:
+        """Renegotiate a meeting session (RFC 9429 §5.2.2 subsequent offer) on the
+        same transport: same ICE credentials, DTLS and SRTP. A new sendonly section
+        publishes a new producer, one that goes inactive, recvonly or port 0
+        (RFC 3264 §8.2) unpublishes it; each recvonly section carries exactly the
+        producer ``subscriptions[mid]`` names (or nothing). KeyError for an
+        unknown session, SdpError for an unusable offer; nothing changes then."""
+        transport = self.transports.get(session_id)
+        if transport is None:
+            raise KeyError(session_id)
+        if transport.role != "meeting":
+            raise sdp.SdpError("only meeting sessions can be renegotiated")
+        offer = sdp.parse_sdp(offer_sdp)
+        _validate(offer, "meeting", creating=False)
+        remote_fingerprints = set(transport.dtls.remote_fingerprints)
+        for media in offer.media:
+            if media.rejected:
+                continue
+            if media.ice_ufrag != transport.ice.remote_ufrag or not media.ice_pwd:
+                raise sdp.SdpError("ICE restart is not supported (the offer changed a=ice-ufrag)")
+            if not {(a.lower(), v.upper()) for a, v in media.fingerprints} & remote_fingerprints:
+                raise sdp.SdpError("the offer changed its DTLS fingerprint")
+        subscriptions = dict(subscriptions or {})
+        room = self.rooms.get(transport.room_name) or Room(transport.room_name)
+        consumers_by_mid = {c.mid: c for c in transport.consumers}
+        answers: list[sdp.AnswerMedia] = []
+        new_producers: list[Producer] = []
+        new_consumers: list[Consumer] = []
+        binds: list[tuple[Consumer, Producer | None]] = []
+        kept_producers: set[Producer] = set()
+        rebinds: list[tuple[Consumer, sdp.Codec, Producer | None]] = []
+        for media in offer.media:
+            producer = transport.producers_by_mid.get(media.mid)
+            consumer = consumers_by_mid.get(media.mid)
+            if (producer is not None and not media.rejected and media.kind == producer.kind
+                    and media.direction in ("sendonly", "sendrecv")):
+                codecs = sdp.select_codecs(media, [_codec_preference(producer.codec)], PUBLISHER_FEEDBACK)
+                if not codecs or codecs[0].payload_type != producer.codec.payload_type:
+                    raise sdp.SdpError(f"m={media.kind} mid {media.mid}: a published track cannot change codec")
+                kept_producers.add(producer)
+                answers.append(sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="recvonly",
+                                               codecs=[producer.codec], extensions=producer.extensions))
+                continue
+            if (consumer is not None and not media.rejected and media.kind == consumer.kind
+                    and media.direction == "recvonly"):
+                target = _find_producer(room, subscriptions.get(media.mid))
+                defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
+                prefs = room.codec_preference(media.kind, defaults)
+                if target is not None and target.kind == media.kind:
+                    prefs = [_codec_preference(target.codec)] + prefs
+                codecs = sdp.select_codecs(media, prefs, SUBSCRIBER_FEEDBACK)
+                if not codecs:
+                    raise sdp.SdpError(f"m={media.kind} mid {media.mid}: no codec in common")
+                rebinds.append((consumer, codecs[0], target))
+                answers.append(sdp.AnswerMedia(
+                    mid=media.mid, kind=media.kind, direction="sendonly", codecs=[codecs[0]],
+                    extensions=consumer.extensions, ssrc=consumer.ssrc, rtx_ssrc=consumer.rtx_ssrc,
+                    cname=consumer.cname, msid=consumer.msid))
+                continue
+            answers.append(self._negotiate(media, "meeting", room, transport, new_producers, new_consumers,
+                                           subscriptions, binds))
+        answer_sdp = self._answer(transport, offer, answers)
+
+        # commit: removals first (a mid may change from publishing to receiving)
+        kept_consumers = {c for c, _, _ in rebinds}
+        for producer in [p for p in transport.producers if p not in kept_producers]:
+            self._remove_producer(transport, room, producer, "unpublished")
+        for consumer in [c for c in transport.consumers if c not in kept_consumers]:
+            self._remove_consumer(transport, room, consumer)
+        self.rooms[room.name] = room
+        for consumer, codec, target in rebinds:
+            if codec.payload_type != consumer.codec.payload_type or codec.name != consumer.codec.name:
+                room.bind(consumer, None)
+                consumer.codec = codec
+            if consumer.producer is not target or target is None:
+                if room.bind(consumer, target):
+                    self._consumer_attached(consumer)
+        self._add_tracks(transport, room, new_producers, new_consumers, binds)
+        event(logger, "session updated", session=transport.id, room=room.name,
+              producers=len(transport.producers), consumers=len(transport.consumers))
+        self._emit({"type": "session_updated", "room": room.name, "session": transport.id})
+        return answer_sdp
+
+    def describe_session(self, session_id: str) -> dict | None:
+        """What a session holds, by mid: its producers and what each consumer receives."""
+        transport = self.transports.get(session_id)
+        if transport is None:
+            return None
+        return {
+            "room": transport.room_name,
+            "role": transport.role,
+            "state": transport.state,
+            "producers": {p.mid: {"id": p.id, "kind": p.kind} for p in transport.producers},
+            "consumers": {c.mid: {"kind": c.kind, "producer": c.producer.id if c.producer else None}
+                          for c in transport.consumers},
+        }
+
+    def _negotiate(self, media, role, room, transport, producers, consumers,
+                   subscriptions: dict[str, str] | None = None, binds: list | None = None) -> sdp.AnswerMedia:
         reject = sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="inactive", codecs=[],
                                  extensions={}, rejected=True)
         if media.rejected or media.kind not in ("audio", "video"):
             return reject
         defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
         prefs = room.codec_preference(media.kind, defaults)
+        target = None
+        explicit = role == "meeting" and media.direction == "recvonly"
+        if role == "meeting":  # each section by its direction; recvonly ones bound explicitly
+            role = "subscribe" if explicit else "publish"
+        if explicit:
+            target = _find_producer(room, (subscriptions or {}).get(media.mid))
+            if target is not None and target.kind == media.kind:
+                prefs = [_codec_preference(target.codec)] + prefs
         if role == "publish":
             if media.direction not in ("sendonly", "sendrecv"):
                 return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="inactive",
@@ -223,6 +384,10 @@ class MediaEngine:
         extensions = sdp.select_extensions(media, SUBSCRIBER_EXTENSIONS)
         consumer = Consumer(transport, media.kind, media.mid, codec, extensions, self.impl)
         consumers.append(consumer)
+        if explicit:
+            consumer.explicit = True
+            if binds is not None:
+                binds.append((consumer, target))
         return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="sendonly", codecs=[codec],
                                extensions=extensions, ssrc=consumer.ssrc, rtx_ssrc=consumer.rtx_ssrc,
                                cname=consumer.cname, msid=consumer.msid)
@@ -267,6 +432,9 @@ class MediaEngine:
         if room is not None:
             for producer in transport.producers:
                 room.remove_producer(producer, self._consumer_attached)
+                self._emit({"type": "track_unpublished", "room": transport.room_name, "session": transport.id,
+                            "kind": producer.kind, "producer": producer.id, "mid": producer.mid,
+                            "reason": reason})
             for consumer in transport.consumers:
                 room.remove_consumer(consumer)
             if room.is_empty():
@@ -415,6 +583,39 @@ class MediaEngine:
             self.send(out, transport.addr)
             consumer.retransmissions += 1
             self.stats["retransmissions"] += 1
+
+
+def _validate(offer: sdp.SessionDescription, role: str, creating: bool) -> None:
+    """WHIP/WHEP offers as sdp.validate_offer; a meeting offer by what it sends or
+    receives, with a mid on every section (subscriptions are keyed by mid)."""
+    if role != "meeting":
+        sdp.validate_offer(offer, role)
+        return
+    if any(m.mid is None for m in offer.media):
+        raise sdp.SdpError("a meeting offer needs a=mid on every section")
+    active = [m for m in offer.media if not m.rejected and m.kind in ("audio", "video")]
+    if any(m.direction in ("sendonly", "sendrecv") for m in active):
+        sdp.validate_offer(offer, "publish")
+    elif any(m.direction == "recvonly" for m in active):
+        sdp.validate_offer(offer, "subscribe")
+    elif creating:
+        raise sdp.SdpError("offer has no audio or video section to send or receive")
+
+
+def _find_producer(room: Room, producer_id: str | None) -> Producer | None:
+    if producer_id is None:
+        return None
+    for producer in room.producers:
+        if producer.id == producer_id:
+            return producer
+    return None
+
+
+def _codec_preference(codec: sdp.Codec) -> str:
+    """A select_codecs preference naming this codec (H264: its profile)."""
+    if codec.name.lower() == "h264" and "profile-level-id" in codec.fmtp:
+        return f"H264/{codec.fmtp['profile-level-id']}"
+    return codec.name
 
 
 def _media_ssrc(media) -> int | None:
