@@ -99,6 +99,7 @@ class Producer:
         self._fir_seq = 0
         self.keyframe_requests_sent = 0
         self.nacks_sent = 0
+        self.first_packet_time: float | None = None  # join-time metric (sfu.metrics)
 
     # -- receive ---------------------------------------------------------------
     def on_packet(self, plain: bytes, seq: int, ts: int, now: float) -> None:
@@ -110,6 +111,7 @@ class Producer:
         if self.base_ext_seq is None:
             self.base_ext_seq = ext
             self.highest_ext_seq = ext
+            self.first_packet_time = now
         elif ext > self.highest_ext_seq:
             gap = ext - self.highest_ext_seq - 1
             if gap and self.supports_nack:
@@ -242,6 +244,10 @@ class Consumer:
         self.octets_sent = 0
         self.retransmissions = 0
         self.last_report: rtcp.ReportBlock | None = None
+        # metrics (sfu.metrics): first media time, RTT from RR LSR/DLSR (RFC 3550 §6.4.1)
+        self.first_packet_time: float | None = None
+        self.sr_sent: dict[int, float] = {}  # middle 32 bits of a translated SR's NTP time -> when sent
+        self.rtt: float | None = None
 
     def can_consume(self, producer: Producer) -> bool:
         return producer.kind == self.kind and _same_codec(producer.codec, self.codec)
@@ -262,6 +268,7 @@ class Consumer:
         if self.last_out_seq is None:
             out_seq = random.getrandbits(15)
             out_ts = random.getrandbits(31)
+            self.first_packet_time = now
         else:
             out_seq = (self.last_out_seq + 1) & 0xFFFF
             elapsed = max(1, int((now - self.last_out_time) * self.codec.clock_rate))
