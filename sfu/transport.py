@@ -90,6 +90,13 @@ class Transport:
             self.rtcp_errors += 1
             return
         self.engine.send(data, self.addr)
+        stats = self.engine.stats
+        stats["rtcp_packets_sent"] += 1
+        stats["rtcp_bytes_sent"] += len(data)
+        for packet in packets:
+            name = _RTCP_SENT_STATS.get(type(packet))
+            if name is not None:
+                stats[name] += 1
 
     # -- receiving -------------------------------------------------------------
     def receive_stun(self, data: bytes, addr: tuple, now: float) -> None:
@@ -174,6 +181,8 @@ class Transport:
         return producer
 
     def receive_rtcp(self, data: bytes, now: float) -> None:
+        self.engine.stats["rtcp_packets_received"] += 1
+        self.engine.stats["rtcp_bytes_received"] += len(data)
         if self.srtp is None:
             self.engine.drop("not_connected")
             return
@@ -212,12 +221,20 @@ class Transport:
                 reports=[],
             )
             consumer.transport.send_rtcp([translated])
+            sent = consumer.sr_sent  # for the RTT from the subscriber's LSR/DLSR
+            sent[rtcp.ntp_middle32(sr.ntp_timestamp)] = now
+            if len(sent) > 8:
+                del sent[next(iter(sent))]
 
     def _on_receiver_report(self, rr, now: float) -> None:
         for block in rr.reports:
             consumer = self.consumers_by_ssrc.get(block.ssrc)
             if consumer is not None:
                 consumer.last_report = block
+                # RFC 3550 §6.4.1: RTT = arrival - LSR - DLSR (LSR echoes the SR we sent)
+                sent_at = consumer.sr_sent.get(block.lsr) if block.lsr else None
+                if sent_at is not None:
+                    consumer.rtt = max(0.0, now - sent_at - block.dlsr / 65536.0)
 
     def _on_nack(self, nack: rtcp.Nack, now: float) -> None:
         consumer = self.consumers_by_ssrc.get(nack.media_ssrc)
@@ -306,6 +323,12 @@ def build_rtx(packet: bytes | bytearray | memoryview, header_length: int, rtx_pt
     struct.pack_into("!I", header, 8, rtx_ssrc)
     return bytes(header) + osn + bytes(packet[header_length:payload_end])
 
+
+_RTCP_SENT_STATS = {  # engine.stats keys of the feedback we send (sfu.metrics)
+    rtcp.Nack: "rtcp_nack_sent",
+    rtcp.Pli: "rtcp_pli_sent",
+    rtcp.Fir: "rtcp_fir_sent",
+}
 
 _RTCP_HANDLERS = {
     rtcp.SenderReport: Transport._on_sender_report,
