@@ -24,7 +24,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,6 +41,8 @@ from .transport import Transport, build_rtx
 logger = logging.getLogger("sfu.engine")
 
 TICK_INTERVAL = 0.02  # seconds: DTLS timers, NACK generation, reports, consent
+SEND_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes queued in user space (socket full) before sends are dropped
+LATENCY_SAMPLE_MASK = 63  # 1 RTP packet in 64 is timed from receive to send (sfu.metrics)
 
 PUBLISHER_EXTENSIONS = {
     "urn:ietf:params:rtp-hdrext:sdes:mid",
@@ -92,6 +94,10 @@ class MediaEngine:
         self._ticker: asyncio.Task | None = None
         self._buf = bytearray(2048)
         self.port: int | None = None
+        # forwarding latency samples (seconds), drained once a second by sfu.metrics
+        self.latency_samples: deque[float] = deque(maxlen=4096)
+        self._latency_tick = 0
+        self._latency_t0 = 0.0
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -216,8 +222,21 @@ class MediaEngine:
             if target is not None and room.bind(consumer, target):
                 self._consumer_attached(consumer)
 
+    def _retire(self, producers, consumers) -> None:
+        """Keep the traffic counts of tracks that go away, so per-kind totals never go down."""
+        stats = self.stats
+        for producer in producers:
+            stats["rtp_packets_received_" + producer.kind] += producer.packets
+            stats["rtp_bytes_received_" + producer.kind] += producer.bytes
+        for consumer in consumers:
+            stats["rtp_packets_forwarded_" + consumer.kind] += consumer.packets_sent
+            stats["rtp_bytes_forwarded_" + consumer.kind] += consumer.octets_sent
+            stats["rtx_sent_" + consumer.kind] += consumer.retransmissions
+
     def _remove_producer(self, transport: Transport, room: Room | None, producer: Producer, reason: str) -> None:
         """Unpublish one track: its consumers are detached (explicit ones stay silent)."""
+        if producer in transport.producers:
+            self._retire((producer,), ())
         if room is not None:
             room.remove_producer(producer, self._consumer_attached)
         if producer in transport.producers:
@@ -232,6 +251,8 @@ class MediaEngine:
                     "kind": producer.kind, "producer": producer.id, "mid": producer.mid, "reason": reason})
 
     def _remove_consumer(self, transport: Transport, room: Room | None, consumer: Consumer) -> None:
+        if consumer in transport.consumers:
+            self._retire((), (consumer,))
         if room is not None:
             room.remove_consumer(consumer)
         if consumer in transport.consumers:
@@ -445,6 +466,7 @@ class MediaEngine:
                     transport.srtp.remove_inbound_stream(producer.ssrc)
             for consumer in transport.consumers:
                 transport.srtp.remove_outbound_stream(consumer.ssrc)
+        self._retire(transport.producers, transport.consumers)
         transport.producers.clear()
         transport.consumers.clear()
         transport.producers_by_ssrc.clear()
@@ -487,8 +509,12 @@ class MediaEngine:
 
     # -- data path ---------------------------------------------------------------
     def send(self, data: bytes, addr) -> None:
-        if self._udp is not None:
-            self._udp.sendto(data, addr)
+        udp = self._udp
+        if udp is not None:
+            if udp.get_write_buffer_size() > SEND_QUEUE_LIMIT:  # the socket stays full: drop, don't queue
+                self.drops["send_buffer_full"] += 1
+                return
+            udp.sendto(data, addr)
 
     def drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -510,7 +536,13 @@ class MediaEngine:
             return
         try:
             if kind == demux.RTP:
-                transport.receive_rtp(data, now)
+                self._latency_tick += 1
+                if self._latency_tick & LATENCY_SAMPLE_MASK:
+                    transport.receive_rtp(data, now)
+                else:  # timed for the forwarding-latency histogram (recorded by forward)
+                    self._latency_t0 = time.perf_counter()
+                    transport.receive_rtp(data, now)
+                    self._latency_t0 = 0.0
             elif kind == demux.RTCP:
                 transport.receive_rtcp(data, now)
             elif kind == demux.DTLS:
@@ -518,6 +550,7 @@ class MediaEngine:
             else:
                 self.drop("malformed")
         except Exception:  # never let one bad packet kill the worker
+            self._latency_t0 = 0.0
             self.drop("internal_error")
             logger.exception("packet handling failed", extra={"fields": {"transport": transport.id}})
 
@@ -551,6 +584,9 @@ class MediaEngine:
             consumer.octets_sent += n
             sent += 1
         self.stats["rtp_forwarded"] += sent
+        if self._latency_t0:
+            self.latency_samples.append(time.perf_counter() - self._latency_t0)
+            self._latency_t0 = 0.0
 
     def retransmit(self, consumer: Consumer, lost_seqs: list[int]) -> None:
         """Answer a subscriber's NACK from the producer's packet cache (RTX when negotiated)."""
