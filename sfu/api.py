@@ -15,6 +15,7 @@ from aiohttp import web
 from . import __version__
 from .engine import MediaEngine
 from .log import event
+from .metrics import install as install_metrics
 from .sdp import SdpError
 
 logger = logging.getLogger("sfu.api")
@@ -138,6 +139,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 def make_app(engine: MediaEngine) -> web.Application:
     app = web.Application(middlewares=[cors_middleware], client_max_size=engine.config.max_sdp_bytes + 1024)
     app[ENGINE_KEY] = engine
+    install_metrics(app, engine)  # GET /metrics, updated once a second while the app runs
     for prefix, role in (("whip", "publish"), ("whep", "subscribe")):
         app.router.add_post(f"/{prefix}/{{room}}", _make_post(role, prefix))
         app.router.add_delete(f"/{prefix}/{{room}}/{{session}}", _make_delete(prefix))
