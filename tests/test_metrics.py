@@ -1,0 +1,476 @@
+"""Unit tests of sfu.metrics: the engine sample, the collector, headroom, /proc readers.
+
+No sockets to the network and no sleeping: a fake engine, a fake clock, a fake
+thread-CPU clock and a fake /proc tree drive :class:`sfu.metrics.Metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import Counter, deque
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sfu import metrics, rtcp
+from sfu.metrics import Metrics, ProcReader, headroom, sample_engine
+from sfu.transport import Transport
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# -- fakes ------------------------------------------------------------------------------
+
+class FakeUdp:
+    def __init__(self, sock=None, queued=0):
+        self.sock, self.queued = sock, queued
+
+    def get_extra_info(self, name):
+        return self.sock if name == "socket" else None
+
+    def get_write_buffer_size(self):
+        return self.queued
+
+
+def producer(kind, packets=0, nbytes=0, first=None):
+    return SimpleNamespace(kind=kind, packets=packets, bytes=nbytes, first_packet_time=first)
+
+
+def consumer(cid, kind, packets=0, octets=0, rtx=0, attached=True, first=None, report=None, rtt=None,
+             clock_rate=90000):
+    return SimpleNamespace(id=cid, kind=kind, packets_sent=packets, octets_sent=octets, retransmissions=rtx,
+                           producer=object() if attached else None, first_packet_time=first,
+                           last_report=report, rtt=rtt, codec=SimpleNamespace(clock_rate=clock_rate))
+
+
+def transport(tid, role, created=0.0, producers=(), consumers=()):
+    return SimpleNamespace(id=tid, role=role, created=created, producers=list(producers),
+                           consumers=list(consumers))
+
+
+class FakeEngine:
+    def __init__(self, udp=None):
+        self.stats: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.transports: dict = {}
+        self.rooms: dict = {}
+        self.latency_samples: deque = deque(maxlen=16)
+        self._udp = udp
+        self.impl = SimpleNamespace(__file__="/x/packet.cpython-311-x86_64-linux-gnu.so")
+        self.listeners = []
+
+    def add_listener(self, cb):
+        self.listeners.append(cb)
+
+    def emit(self, ev):
+        for cb in self.listeners:
+            cb(ev)
+
+
+class Clock:
+    def __init__(self, t=100.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+class FakeProc(ProcReader):
+    def __init__(self):
+        super().__init__("/nonexistent")
+        self.udp = None
+        self.snmp = None
+        self.stat = None
+
+    def udp_socket(self, inode):
+        return self.udp
+
+    def udp_snmp(self):
+        return self.snmp
+
+    def cpu_idle(self):
+        return self.stat
+
+
+def make(engine=None, **kw):
+    engine = engine or FakeEngine()
+    clock, cpu, proc = Clock(), Clock(0.0), FakeProc()
+    m = Metrics(engine, clock=clock, thread_cpu=cpu, proc=proc, process_metrics=False, **kw)
+    return m, engine, clock, cpu, proc
+
+
+def scrape(m, accept=None) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of one scrape."""
+    body, _ctype = m.exposition(accept)
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+W = ("worker", "0")
+
+
+# -- sample_engine ----------------------------------------------------------------------
+
+def test_sample_sums_live_tracks_and_what_the_engine_retired():
+    e = FakeEngine(FakeUdp(queued=7))
+    e.stats.update({"rtp_packets_received_video": 10, "rtp_bytes_received_video": 1000,
+                    "rtp_packets_forwarded_audio": 5, "rtp_bytes_forwarded_audio": 50, "rtx_sent_video": 2})
+    e.transports = {
+        "p": transport("p", "publish", 1.0, [producer("audio", 3, 30, first=1.5), producer("video", 4, 400)]),
+        "v": transport("v", "subscribe", 2.0, consumers=[consumer("v:0", "audio", 6, 60),
+                                                         consumer("v:1", "video", 8, 800, rtx=1, attached=False)]),
+    }
+    e.rooms = {"r": object()}
+    e.latency_samples.extend([0.001, 0.002])
+    s = sample_engine(e)
+    assert s.received == {"audio": [3, 30], "video": [14, 1400]}
+    assert s.forwarded == {"audio": [11, 110], "video": [8, 800]}
+    assert s.retransmitted == {"audio": 0, "video": 3}
+    assert s.tracks == {"audio": 1, "video": 1}
+    assert s.subscriptions == {"audio": 1, "video": 0}  # a detached consumer is no subscription
+    assert s.sessions == {"publish": 1, "subscribe": 1}
+    assert s.rooms == 1
+    assert s.latency == [0.001, 0.002] and not e.latency_samples  # drained
+    assert s.first_media == {"p": ("publish", 0.5)}
+    assert s.up and s.send_queue_bytes == 7
+    assert s.forwarded_packets() == 19
+
+
+def test_sample_of_an_engine_without_socket_is_down():
+    assert not sample_engine(FakeEngine()).up
+
+
+# -- the collector ------------------------------------------------------------------------
+
+def test_counters_and_gauges_are_exposed_with_the_worker_label():
+    m, e, clock, cpu, proc = make()
+    e.stats.update({"nacks_received": 3, "plis_received": 2, "firs_received": 1, "rtcp_nack_sent": 4,
+                    "rtcp_pli_sent": 5, "dtls_failures": 1, "consent_timeouts": 2, "rtcp_packets_received": 9,
+                    "rtp_packets_forwarded_video": 42})
+    e.drops.update({"unknown_source": 3, "srtp_auth": 1, "socket_error": 1})
+    m.update()
+    got = scrape(m)
+    assert got[("sfu_rtp_packets_forwarded_total", (("kind", "video"), W))] == 42
+    assert got[("sfu_rtp_packets_received_total", (("kind", "audio"), W))] == 0
+    assert got[("sfu_rtcp_feedback_received_total", (("type", "nack"), W))] == 3
+    assert got[("sfu_rtcp_feedback_received_total", (("type", "fir"), W))] == 1
+    assert got[("sfu_rtcp_feedback_sent_total", (("type", "pli"), W))] == 5
+    assert got[("sfu_rtcp_feedback_sent_total", (("type", "fir"), W))] == 0
+    assert got[("sfu_rtcp_packets_received_total", (W,))] == 9
+    assert got[("sfu_dtls_handshake_failures_total", (W,))] == 1
+    assert got[("sfu_ice_consent_timeouts_total", (W,))] == 2
+    drops = {dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "sfu_packets_dropped_total"}
+    # every documented reason has a series, engine-specific ones are passed through
+    assert set(metrics.DROP_REASONS) <= set(drops)
+    assert drops["unknown_source"] == 3 and drops["srtp_auth"] == 1 and drops["socket_error"] == 1
+    assert drops["receive_buffer_overflow"] == 0
+    assert got[("sfu_worker_up", (W,))] == 0  # no socket
+    info = [k for k in got if k[0] == "sfu_build_info"]
+    assert len(info) == 1 and dict(info[0][1])["fast_path"] == "true"
+
+
+def test_no_label_carries_a_room_session_or_address():
+    m, e, *_ = make()
+    e.transports = {"abcdef": transport("abcdef", "publish", producers=[producer("video", 1, 1)])}
+    e.rooms = {"secret-room": object()}
+    e.emit({"type": "session_created", "room": "secret-room", "session": "abcdef", "role": "publish"})
+    m.update()
+    body, _ = m.exposition()
+    assert b"secret-room" not in body and b"abcdef" not in body and b"127.0.0.1" not in body
+    allowed = {"worker", "kind", "reason", "role", "type", "direction", "le", "quantile",
+               "version", "python", "uvloop", "cython", "fast_path"}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            assert set(s.labels) <= allowed, (s.name, s.labels)
+
+
+def test_openmetrics_when_asked():
+    m, *_ = make()
+    m.update()
+    body, ctype = m.exposition("application/openmetrics-text; version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+    body, ctype = m.exposition("text/plain")
+    assert ctype.startswith("text/plain; version=0.0.4")
+    assert b"# EOF" not in body
+
+
+def test_population_gauges():
+    m, e, *_ = make()
+    e.transports = {
+        "p": transport("p", "publish", producers=[producer("audio"), producer("video")]),
+        "v1": transport("v1", "subscribe", consumers=[consumer("v1:0", "video")]),
+        "v2": transport("v2", "subscribe", consumers=[consumer("v2:0", "video"), consumer("v2:1", "audio")]),
+    }
+    e.rooms = {"a": 1, "b": 2}
+    m.update()
+    got = scrape(m)
+    assert got[("sfu_rooms", (W,))] == 2
+    assert got[("sfu_sessions", (("role", "subscribe"), W))] == 2
+    assert got[("sfu_tracks_published", (("kind", "video"), W))] == 1
+    assert got[("sfu_subscriptions", (("kind", "video"), W))] == 2
+
+
+# -- events: joins, leaves, join time, durations -------------------------------------------
+
+def test_joins_leaves_session_duration_and_join_time():
+    m, e, clock, *_ = make()
+    e.emit({"type": "session_created", "room": "r", "session": "s1", "role": "subscribe"})
+    t = transport("s1", "subscribe", created=50.0, consumers=[consumer("s1:0", "video", first=50.8)])
+    e.transports = {"s1": t}
+    m.update()
+    m.update()  # the join is observed once
+    clock.t += 30
+    e.transports = {}
+    e.emit({"type": "session_closed", "room": "r", "session": "s1", "reason": "ice consent timeout"})
+    e.emit({"type": "session_closed", "room": "r", "session": "zz", "reason": "something new"})
+    got = scrape(m)
+    assert got[("sfu_session_joins_total", (("role", "subscribe"), W))] == 1
+    assert got[("sfu_session_joins_total", (("role", "publish"), W))] == 0
+    assert got[("sfu_session_leaves_total", (("reason", "consent_timeout"), ("role", "subscribe"), W))] == 1
+    assert got[("sfu_session_leaves_total", (("reason", "other"), ("role", "unknown"), W))] == 1
+    assert got[("sfu_join_time_seconds_count", (("role", "subscribe"), W))] == 1
+    assert got[("sfu_join_time_seconds_sum", (("role", "subscribe"), W))] == pytest.approx(0.8)
+    assert got[("sfu_join_time_seconds_bucket", (("le", "1.0"), ("role", "subscribe"), W))] == 1
+    assert got[("sfu_session_duration_seconds_sum", (("role", "subscribe"), W))] == pytest.approx(30)
+
+
+def test_meeting_duration_from_meeting_events():
+    m, e, clock, *_ = make()
+    service = SimpleNamespace(listeners=[], add_listener=lambda cb: service.listeners.append(cb))
+    m.watch_meetings(service)
+    (cb,) = service.listeners
+    cb({"type": "meeting_started", "meeting_id": "m1", "room": "r"})
+    clock.t += 125
+    cb({"type": "participant_joined", "meeting_id": "m1"})
+    cb({"type": "meeting_ended", "meeting_id": "m1", "room": "r", "reason": "empty"})
+    cb({"type": "meeting_ended", "meeting_id": "unknown"})  # started before us: not observed
+    got = scrape(m)
+    assert got[("sfu_meeting_duration_seconds_count", ())] == 1
+    assert got[("sfu_meeting_duration_seconds_sum", ())] == pytest.approx(125)
+
+
+# -- quality ---------------------------------------------------------------------------------
+
+def block(fraction=0, jitter=0):
+    return rtcp.ReportBlock(ssrc=1, fraction_lost=fraction, packets_lost=0, highest_sequence=0,
+                            jitter=jitter, lsr=0, dlsr=0)
+
+
+def test_receiver_reports_become_histograms_once_each():
+    m, e, *_ = make()
+    rr = block(fraction=64, jitter=900)  # 25 % loss, 10 ms at 90 kHz
+    c = consumer("v:1", "video", report=rr, rtt=0.05)
+    e.transports = {"v": transport("v", "subscribe", consumers=[c])}
+    m.update()
+    m.update()  # the same report block is not counted twice
+    c.last_report = block(fraction=0, jitter=0)
+    c.rtt = None
+    m.update()
+    got = scrape(m)
+    vid = (("kind", "video"), W)
+    assert got[("sfu_receiver_loss_ratio_count", vid)] == 2
+    assert got[("sfu_receiver_loss_ratio_sum", vid)] == pytest.approx(0.25)
+    assert got[("sfu_receiver_jitter_seconds_sum", vid)] == pytest.approx(0.01)
+    assert got[("sfu_receiver_rtt_seconds_count", vid)] == 1
+    assert got[("sfu_receiver_rtt_seconds_sum", vid)] == pytest.approx(0.05)
+    assert got[("sfu_receiver_loss_ratio_count", (("kind", "audio"), W))] == 0
+
+
+def _fake_transport_for_rtcp(consumers):
+    return SimpleNamespace(consumers_by_ssrc={c.ssrc: c for c in consumers},
+                           producers_by_ssrc={}, engine=SimpleNamespace(stats=Counter()))
+
+
+def test_transport_measures_rtt_from_lsr_and_dlsr():
+    """RFC 3550 §6.4.1: RTT = A - LSR - DLSR, against the time we sent the translated SR."""
+    sent = []
+    sub = SimpleNamespace(send_rtcp=sent.append)
+    c = SimpleNamespace(ssrc=0xABC, synced=True, rewriter=SimpleNamespace(ts_delta=10), packets_sent=5,
+                        octets_sent=500, transport=sub, sr_sent={}, rtt=None, last_report=None)
+    prod = SimpleNamespace(consumers=(c,), last_sr_ntp=0, last_sr_time=0.0)
+    pub = SimpleNamespace(producers_by_ssrc={0x111: prod})
+    ntp = (3_900_000_000 << 32) | 0x80000000
+    sr = rtcp.SenderReport(ssrc=0x111, ntp_timestamp=ntp, rtp_timestamp=1000, packet_count=1, octet_count=1,
+                           reports=[])
+    Transport._on_sender_report(pub, sr, 10.0)
+    assert sent and sent[0][0].ssrc == 0xABC
+    assert c.sr_sent == {rtcp.ntp_middle32(ntp): 10.0}
+    # the subscriber held the SR 0.25 s (DLSR in 1/65536 s) and its RR arrives at 10.30 s
+    rr = rtcp.ReceiverReport(ssrc=9, reports=[rtcp.ReportBlock(
+        ssrc=0xABC, fraction_lost=0, packets_lost=0, highest_sequence=0, jitter=0,
+        lsr=rtcp.ntp_middle32(ntp), dlsr=int(0.25 * 65536))])
+    Transport._on_receiver_report(_fake_transport_for_rtcp([c]), rr, 10.30)
+    assert c.rtt == pytest.approx(0.05, abs=1e-4)
+    # an LSR we never sent (or 0: no SR received yet) leaves the RTT alone
+    c.rtt = None
+    rr.reports[0].lsr = 12345
+    Transport._on_receiver_report(_fake_transport_for_rtcp([c]), rr, 11.0)
+    assert c.rtt is None
+    for i in range(20):  # the SR send times stay bounded
+        Transport._on_sender_report(pub, rtcp.SenderReport(ssrc=0x111, ntp_timestamp=ntp + (i << 32),
+                                                           rtp_timestamp=0, packet_count=0, octet_count=0,
+                                                           reports=[]), 12.0 + i)
+    assert len(c.sr_sent) <= 8
+
+
+# -- load and headroom ------------------------------------------------------------------------
+
+def test_busy_cost_and_headroom_from_cpu_and_forwarded_packets():
+    m, e, clock, cpu, proc = make()
+    got = scrape(m)
+    assert got[("sfu_headroom_forwarded_packets_per_second", (W,))] != got[
+        ("sfu_headroom_forwarded_packets_per_second", (W,))]  # NaN until measured
+    c = consumer("v:1", "video")
+    e.transports = {"v": transport("v", "subscribe", consumers=[c])}
+    m.update()
+    clock.t += 1.0
+    cpu.t += 0.2  # 20 % busy
+    c.packets_sent += 10_000  # 20 µs per forwarded packet
+    m.update()
+    assert m.busy == pytest.approx(0.2)
+    assert m.cost == pytest.approx(20e-6)
+    # (0.8 - 0.2) cores / 20 µs = 30 000 packets/s; / 104.17 per 1 Mbps viewer
+    assert m.headroom_pps == pytest.approx(30_000)
+    got = scrape(m)
+    assert got[("sfu_worker_busy_ratio", (W,))] == pytest.approx(0.2)
+    assert got[("sfu_worker_cpu_seconds_total", (W,))] == pytest.approx(0.2)
+    assert got[("sfu_forward_cpu_seconds_per_packet", (W,))] == pytest.approx(20e-6)
+    assert got[("sfu_headroom_video_viewers", (W,))] == pytest.approx(30_000 / metrics.VIDEO_1MBPS_PPS)
+    # a quiet second (few packets) does not move the cost estimate
+    clock.t += 1.0
+    cpu.t += 0.01
+    c.packets_sent += 5
+    m.update()
+    assert m.cost == pytest.approx(20e-6)
+
+
+def test_headroom_is_capped_by_the_idle_cpu_of_the_node():
+    assert headroom(None, 0.1, None) is None
+    assert headroom(1e-5, 0.3, None) == pytest.approx(50_000)
+    assert headroom(1e-5, 0.3, 0.1) == pytest.approx(10_000)  # other processes use the node
+    assert headroom(1e-5, 0.95, None) == 0.0  # already past the target
+
+
+def test_node_idle_cores_from_proc_stat():
+    m, e, clock, cpu, proc = make()
+    proc.stat = (1000.0, 4000.0, 2)
+    m.update()
+    proc.stat = (1150.0, 4200.0, 2)  # 150 of 200 jiffies idle on 2 CPUs
+    clock.t += 1
+    m.update()
+    assert m.node_idle_cores == pytest.approx(1.5)
+
+
+def test_latency_samples_and_loop_lag_histograms():
+    m, e, *_ = make()
+    e.latency_samples.extend([30e-6, 3e-3])
+    m.update()
+    m.loop_lag.labels("0").observe(0.004)
+    got = scrape(m)
+    assert got[("sfu_forwarding_latency_seconds_count", (W,))] == 2
+    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "5e-05"), W))] == 1
+    assert got[("sfu_event_loop_lag_seconds_bucket", (("le", "0.005"), W))] == 1
+
+
+# -- kernel figures ----------------------------------------------------------------------------
+
+def test_socket_buffers_queue_and_receive_overflow_of_our_socket():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        m, e, clock, cpu, proc = make(FakeEngine(FakeUdp(sock, queued=1234)))
+        proc.udp = (4096, 17)
+        proc.snmp = {"RcvbufErrors": 20, "SndbufErrors": 3, "InErrors": 21}
+        m.update()
+        got = scrape(m)
+        assert got[("sfu_worker_up", (W,))] == 1
+        assert got[("sfu_packets_dropped_total", (("reason", "receive_buffer_overflow"), W))] == 17
+        assert got[("sfu_udp_queue_bytes", (("direction", "receive"), W))] == 4096
+        assert got[("sfu_udp_queue_bytes", (("direction", "send"), W))] == 1234
+        assert got[("sfu_udp_socket_buffer_bytes", (("direction", "receive"), W))] == \
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert got[("sfu_node_udp_errors_total", (("type", "receive_buffer"),))] == 20
+        assert got[("sfu_node_udp_errors_total", (("type", "send_buffer"),))] == 3
+
+
+PROC_UDP = """\
+   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  123: 0100007F:9C40 00000000:0000 07 00000000:00000A00 00:00000000 00000000     0        0 4242 2 0000000000000000 5
+  124: 0100007F:9C41 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 777 2 0000000000000000 0
+  125: garbage line
+"""
+PROC_SNMP = """\
+Ip: Forwarding DefaultTTL
+Ip: 1 64
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+Udp: 100 2 7 90 7 1 0 0 0
+UdpLite: InDatagrams NoPorts
+UdpLite: 0 0
+"""
+PROC_STAT = """\
+cpu  100 0 50 800 50 0 0 0 0 0
+cpu0 50 0 25 400 25 0 0 0 0 0
+cpu1 50 0 25 400 25 0 0 0 0 0
+intr 1
+"""
+
+
+def test_proc_reader_parses_udp_snmp_and_stat(tmp_path):
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "udp").write_text(PROC_UDP)
+    (tmp_path / "net" / "snmp").write_text(PROC_SNMP)
+    (tmp_path / "stat").write_text(PROC_STAT)
+    reader = ProcReader(str(tmp_path))
+    assert reader.udp_socket(4242) == (0xA00, 5)
+    assert reader.udp_socket(777) == (0, 0)
+    assert reader.udp_socket(1) is None
+    assert reader.udp_snmp()["RcvbufErrors"] == 7
+    assert reader.cpu_idle() == (850.0, 1000.0, 2)
+
+
+def test_proc_reader_without_proc_or_with_truncated_files(tmp_path):
+    reader = ProcReader(str(tmp_path))
+    assert reader.udp_socket(1) is None and reader.udp_snmp() is None and reader.cpu_idle() is None
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "snmp").write_text("Udp: InDatagrams\n")
+    assert reader.udp_snmp() is None
+
+
+def test_proc_reader_finds_a_real_socket():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.sendto(b"x" * 100, sock.getsockname())
+        rx_queue, drops = ProcReader().udp_socket(os.fstat(sock.fileno()).st_ino)
+        assert rx_queue > 0 and drops == 0
+
+
+# -- the task ------------------------------------------------------------------------------
+
+async def test_start_and_stop_the_updater():
+    m, e, *_ = make()
+    m.start()
+    assert m._task is not None
+    await m.stop()
+    assert m._task is None
+    await m.stop()  # idempotent
+
+
+async def test_an_update_error_never_stops_the_task(monkeypatch, caplog):
+    monkeypatch.setattr(metrics, "LAG_INTERVAL", 0)
+    m, e, *_ = make()
+    e.transports = None  # a broken engine: update() raises
+    task = asyncio.get_running_loop().create_task(m.run())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()
+    assert "metrics update failed" in caplog.text
+    assert scrape(m)[("sfu_event_loop_lag_seconds_count", (W,))] >= 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
