@@ -194,6 +194,14 @@ class MeetingService:
                     and self._by_id.get(info.meeting_id) is live:
                 self._schedule_end(live, self.grace_period)
 
+    def leave_later(self, session_id: str, reason: str = "left") -> None:
+        """:meth:`leave` from synchronous code (an engine event); :meth:`stop` waits for it."""
+        if session_id not in self._sessions:
+            return
+        task = asyncio.get_running_loop().create_task(self.leave(session_id, reason))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
     async def end_meeting(self, meeting_id: str, by: Claims) -> list[str]:
         """A host ends the meeting now; returns the session ids the caller must disconnect."""
         async with self._lock:
