@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 import pathlib
 import re
+import secrets
 
 from aiohttp import web
 
 from . import __version__
+from .auth import AuthError, authorize, token_from_request, verify_token
 from .engine import MediaEngine
 from .log import event
 from .metrics import install as install_metrics
+from .meetings import MeetingService
+from .rest import AUTH_SECRET_KEY, MEETINGS_KEY, add_routes
 from .sdp import SdpError
 
 logger = logging.getLogger("sfu.api")
@@ -32,6 +36,19 @@ CORS_HEADERS = {
 }
 
 ENGINE_KEY = web.AppKey("engine", MediaEngine)
+# WHIP/WHEP transport id -> meeting session id (see _track_meeting_sessions)
+MEDIA_SESSIONS_KEY = web.AppKey("media_sessions", dict)
+
+# why the engine closed a WHIP/WHEP transport -> how the meeting session ended
+END_REASON_OF_CLOSE = {
+    "closed by client": "left",
+    "dtls closed": "left",
+    "ice consent timeout": "timed out",
+    "dtls failed": "timed out",
+    "kicked": "kicked",
+    "server stopped": "server stopped",
+    "internal error": "server stopped",
+}
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -86,6 +103,14 @@ def _make_post(role: str, prefix: str):
         if not ROOM_RE.match(room):
             return _error(400, "room name must be 1-64 characters of A-Z a-z 0-9 _ . ~ -")
         try:
+            claims = verify_token(request.app[AUTH_SECRET_KEY], token_from_request(request))
+            authorize(claims, room, role)  # the grant is named after the role
+        except AuthError as exc:
+            response = _error(exc.status, exc.reason)
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="sfu"'  # RFC 6750 §3
+            return response
+        try:
             offer = await _read_offer(request, engine.config.max_sdp_bytes)
             info = engine.create_session(room, role, offer)
         except _HttpError as exc:
@@ -93,6 +118,19 @@ def _make_post(role: str, prefix: str):
         except SdpError as exc:
             event(logger, "offer rejected", logging.INFO, role=role, room=room, reason=str(exc))
             return _error(400, str(exc).splitlines()[0] if str(exc) else "unusable SDP offer")
+        meetings = request.app.get(MEETINGS_KEY)
+        if meetings is not None:
+            # the join is durable before the answer goes out
+            try:
+                _meeting, session_id = await meetings.join(claims, room)
+            except Exception:
+                logger.exception("could not record a join")
+                engine.close_session(info.id, "internal error")
+                return _error(503, "meeting history unavailable")
+            if engine.has_session(info.id):
+                request.app[MEDIA_SESSIONS_KEY][info.id] = session_id
+            else:  # closed while the join was written
+                await meetings.leave(session_id, "left")
         location = f"/{prefix}/{room}/{info.id}"
         return web.Response(
             status=201,
@@ -136,10 +174,40 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
-def make_app(engine: MediaEngine) -> web.Application:
+def _track_meeting_sessions(app: web.Application, engine: MediaEngine, meetings: MeetingService) -> None:
+    """A WHIP/WHEP transport's meeting session ends when the transport closes, and a
+    host ending the meeting (participant_left "kicked") closes the transport."""
+    media_sessions = app[MEDIA_SESSIONS_KEY]
+
+    def on_engine_event(ev: dict) -> None:
+        if ev.get("type") == "session_closed":
+            session_id = media_sessions.pop(ev["session"], None)
+            if session_id is not None:
+                meetings.leave_later(session_id, END_REASON_OF_CLOSE.get(ev.get("reason"), "left"))
+
+    def on_meeting_event(ev: dict) -> None:
+        if ev.get("type") == "participant_left" and ev.get("reason") == "kicked":
+            for transport_id, session_id in list(media_sessions.items()):
+                if session_id == ev["session_id"]:
+                    del media_sessions[transport_id]
+                    engine.close_session(transport_id, "kicked")
+
+    engine.add_listener(on_engine_event)
+    meetings.add_listener(on_meeting_event)
+
+
+def make_app(engine: MediaEngine, meetings: MeetingService | None = None, auth_secret: str | None = None,
+             dev: bool = False) -> web.Application:
+    """The HTTP app.  Without ``auth_secret`` a random one is used (nothing is open
+    by default); without ``meetings`` WHIP/WHEP sessions are not recorded."""
     app = web.Application(middlewares=[cors_middleware], client_max_size=engine.config.max_sdp_bytes + 1024)
     app[ENGINE_KEY] = engine
     install_metrics(app, engine)  # GET /metrics, updated once a second while the app runs
+    app[MEDIA_SESSIONS_KEY] = {}
+    app[AUTH_SECRET_KEY] = auth_secret or secrets.token_urlsafe(32)
+    if meetings is not None:
+        add_routes(app, meetings, app[AUTH_SECRET_KEY], dev)
+        _track_meeting_sessions(app, engine, meetings)
     for prefix, role in (("whip", "publish"), ("whep", "subscribe")):
         app.router.add_post(f"/{prefix}/{{room}}", _make_post(role, prefix))
         app.router.add_delete(f"/{prefix}/{{room}}/{{session}}", _make_delete(prefix))
