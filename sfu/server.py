@@ -11,8 +11,11 @@ from aiohttp import web
 
 from . import log
 from .api import make_app
+from .auth import load_or_create_secret
 from .config import Config
 from .engine import MediaEngine
+from .history import HistoryStore
+from .meetings import MeetingService
 
 logger = logging.getLogger("sfu.server")
 
@@ -23,13 +26,22 @@ class Server:
     def __init__(self, config: Config, pure_python: bool = False) -> None:
         self.config = config
         self.engine = MediaEngine(config, pure_python=pure_python)
+        self.meetings = MeetingService(HistoryStore.from_config(config.db, config.data_dir),
+                                       grace_period=config.grace_period,
+                                       heartbeat_interval=config.heartbeat_interval,
+                                       retention_days=config.retention_days)
+        self.auth_secret: str | None = config.auth_secret
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
 
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
+        if not self.auth_secret:
+            self.auth_secret = load_or_create_secret(self.config.data_dir)
+        await self.meetings.start()  # closes what a crash left open, before anyone joins
         await self.engine.start()
-        self._runner = web.AppRunner(make_app(self.engine), access_log=None, handle_signals=False)
+        app = make_app(self.engine, self.meetings, self.auth_secret, dev=self.config.dev)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
         await site.start()
@@ -45,6 +57,8 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.meetings.started:
+            await self.meetings.stop()  # open sessions end with "server stopped"
 
 
 async def serve(config: Config) -> None:
