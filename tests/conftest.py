@@ -15,6 +15,17 @@ import urllib.request
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the signing secret of every test server (`--auth-secret`), so tests mint their own tokens
+TEST_AUTH_SECRET = "test-secret-of-the-sfu-test-suite"
+
+
+def mint_test_token(room: str | None, identity: str = "tester", name: str | None = None, *,
+                    publish: bool = True, subscribe: bool = True, host: bool = False,
+                    admin: bool = False, ttl: float = 3600.0, secret: str = TEST_AUTH_SECRET) -> str:
+    from sfu.auth import Grants, mint_token
+
+    return mint_token(secret, identity, name or identity, room,
+                      Grants(publish=publish, subscribe=subscribe, host=host, admin=admin), ttl=ttl)
 
 
 def loopback_only() -> bool:
@@ -43,6 +54,8 @@ class SfuProcess:
             "--data-dir", self.data_dir,
             *extra,
         ]
+        if "--auth-secret" not in extra:
+            self.args += ["--auth-secret", TEST_AUTH_SECRET]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.stdout = ""
@@ -50,6 +63,10 @@ class SfuProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    def token(self, room: str | None, identity: str = "tester", name: str | None = None, **grants) -> str:
+        """An access token for this server (publish and subscribe unless told otherwise)."""
+        return mint_test_token(room, identity, name, **grants)
 
     def start(self, timeout: float = 20.0) -> "SfuProcess":
         self._log = open(self.log_path, "ab")
