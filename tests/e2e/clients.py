@@ -14,6 +14,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import VideoFrame
 
+from ..conftest import mint_test_token
+
 NO_ICE_SERVERS = RTCConfiguration(iceServers=[])  # never ask a public STUN server
 
 
@@ -46,9 +48,15 @@ class PatternVideoTrack(VideoStreamTrack):
         return frame
 
 
+def _room_of(url: str) -> str | None:
+    parts = url.split("?")[0].rstrip("/").split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] in ("whip", "whep") else None
+
+
 class Publisher:
-    def __init__(self, base_url: str, room: str, answer_filter=None) -> None:
+    def __init__(self, base_url: str, room: str, answer_filter=None, token: str | None = None) -> None:
         self.base_url, self.room = base_url, room
+        self.token = token
         self.pc = RTCPeerConnection(NO_ICE_SERVERS)
         self.location: str | None = None
         self.answer_filter = answer_filter
@@ -60,7 +68,7 @@ class Publisher:
             self.pc.addTransceiver(PatternVideoTrack(), direction="sendonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         status, answer, self.location = await post_sdp(
-            f"{self.base_url}/whip/{self.room}", self.pc.localDescription.sdp
+            f"{self.base_url}/whip/{self.room}", self.pc.localDescription.sdp, token=self.token
         )
         assert status == 201, answer
         if self.answer_filter is not None:
@@ -76,8 +84,9 @@ class Publisher:
 class Viewer:
     """A WHEP viewer that decodes what it receives and counts it."""
 
-    def __init__(self, base_url: str, room: str, answer_filter=None) -> None:
+    def __init__(self, base_url: str, room: str, answer_filter=None, token: str | None = None) -> None:
         self.base_url, self.room = base_url, room
+        self.token = token
         self.pc = RTCPeerConnection(NO_ICE_SERVERS)
         self.location: str | None = None
         self.frames = {"audio": 0, "video": 0}
@@ -110,7 +119,7 @@ class Viewer:
         self.pc.addTransceiver("video", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         status, answer, self.location = await post_sdp(
-            f"{self.base_url}/whep/{self.room}", self.pc.localDescription.sdp
+            f"{self.base_url}/whep/{self.room}", self.pc.localDescription.sdp, token=self.token
         )
         assert status == 201, answer
         if self.answer_filter is not None:
@@ -131,9 +140,17 @@ class Viewer:
         await self.pc.close()
 
 
-async def post_sdp(url: str, sdp: str, content_type: str = "application/sdp") -> tuple[int, str, str | None]:
+async def post_sdp(url: str, sdp: str, content_type: str = "application/sdp",
+                   token: str | None = None) -> tuple[int, str, str | None]:
+    """POST an offer with ``Authorization: Bearer token``; with no token, one of the
+    test servers' (tests/conftest.py) for the URL's room; ``token=""`` sends none."""
+    if token is None:
+        token = mint_test_token(_room_of(url))
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     async with aiohttp.ClientSession() as session:
-        async with session.post(url, data=sdp.encode(), headers={"Content-Type": content_type}) as r:
+        async with session.post(url, data=sdp.encode(), headers=headers) as r:
             return r.status, await r.text(), r.headers.get("Location")
 
 
