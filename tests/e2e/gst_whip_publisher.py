@@ -57,6 +57,7 @@ def say(*words: object) -> None:
 class WhipPublisher:
     def __init__(self, url: str, duration: float, connect_timeout: float, local_ip: str) -> None:
         self.url, self.duration, self.connect_timeout = url, duration, connect_timeout
+        self.token: str | None = None  # access token sent as Authorization: Bearer
         self.loop = GLib.MainLoop()
         self.pipeline = Gst.parse_launch(PIPELINE)
         self.webrtc = self.pipeline.get_by_name("webrtc")
@@ -112,7 +113,8 @@ class WhipPublisher:
         say("gathered", offer.count("a=candidate:"), "candidates")
         request = urllib.request.Request(
             self.url, data=offer.encode(), method="POST",
-            headers={"Content-Type": "application/sdp"},
+            headers={"Content-Type": "application/sdp",
+                     **({"Authorization": f"Bearer {self.token}"} if self.token else {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -212,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-timeout", type=float, default=15.0)
     parser.add_argument("--local-ip", default="127.0.0.1",
                         help="the one address libnice gathers a host candidate on")
+    parser.add_argument("--token", help="access token for the WHIP endpoint (sfu token ... --publish)")
     args = parser.parse_args(argv)
     Gst.init(None)
-    return WhipPublisher(args.url, args.duration, args.connect_timeout, args.local_ip).run()
+    publisher = WhipPublisher(args.url, args.duration, args.connect_timeout, args.local_ip)
+    publisher.token = args.token
+    return publisher.run()
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ async def test_cors_preflight_and_exposed_location(sfu):
             assert "POST" in r.headers["Access-Control-Allow-Methods"]
             assert "content-type" in r.headers["Access-Control-Allow-Headers"].lower()
             assert "Location" in r.headers["Access-Control-Expose-Headers"]
-        async with http.post(sfu.url + "/whep/room", data=b"x", headers={"Content-Type": "application/sdp"}) as r:
+        async with http.post(sfu.url + "/whep/room", data=b"x", headers={
+                "Content-Type": "application/sdp", "Authorization": "Bearer " + sfu.token("room")}) as r:
             assert r.status == 400
             assert r.headers["Access-Control-Allow-Origin"] == "*"
             assert "Location" in r.headers["Access-Control-Expose-Headers"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 
 import pytest
 
@@ -65,6 +66,8 @@ async def diagnose(tab: Tab, sfu) -> str:
 
 
 async def open_page(browser: Chromium, sfu, query: str) -> Tab:
+    room = urllib.parse.parse_qs(query).get("room", ["demo"])[0]
+    query += "&token=" + urllib.parse.quote(sfu.token(room, "browser"))
     tab = await browser.new_tab(f"{sfu.url}/?{query}")
     # the page sets sfuState synchronously when its script runs
     assert await tab.wait_for("typeof window.sfuState === 'object'", timeout=10), tab.console

@@ -27,10 +27,12 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gst_whip_publ
 class GstPublisher:
     """gst_whip_publisher.py as a child process; its progress lines go to a file."""
 
-    def __init__(self, tmp_path, url: str, duration: float = 60.0) -> None:
+    def __init__(self, tmp_path, url: str, duration: float = 60.0, token: str | None = None) -> None:
         self.out_path = tmp_path / "gst_publisher.out"
         self.err_path = tmp_path / "gst_publisher.err"
         self.args = [SYSTEM_PYTHON, SCRIPT, url, "--duration", str(duration), "--connect-timeout", "20"]
+        if token:
+            self.args += ["--token", token]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GstPublisher":
@@ -90,7 +92,7 @@ def gst_publisher(tmp_path, sfu):
     started: list[GstPublisher] = []
 
     def start(room: str, duration: float = 60.0) -> GstPublisher:
-        publisher = GstPublisher(tmp_path, f"{sfu.url}/whip/{room}", duration).start()
+        publisher = GstPublisher(tmp_path, f"{sfu.url}/whip/{room}", duration, token=sfu.token(room)).start()
         started.append(publisher)
         return publisher
 
