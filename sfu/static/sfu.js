@@ -18,7 +18,7 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    room: $("room"), publish: $("publish"), play: $("play"), stop: $("stop"),
+    room: $("room"), token: $("token"), publish: $("publish"), play: $("play"), stop: $("stop"),
     status: $("status"), local: $("local"), remote: $("remote"), stats: $("stats"),
   };
 
@@ -71,13 +71,30 @@
     });
   }
 
+  // An access token: ?token=, the token field, or (sfu serve --dev only) one the
+  // server mints for the room.
+  async function accessToken(room) {
+    const given = params.get("token") || (ui.token ? ui.token.value.trim() : "");
+    if (given) return given;
+    const response = await fetch(`${server}/api/dev/token`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ room, name: "guest" }),
+    });
+    if (response.status !== 200) {
+      throw new Error("enter an access token (made with: sfu token --room " + room + " --publish --subscribe)");
+    }
+    return (await response.json()).token;
+  }
+
   // WHIP/WHEP: POST the offer, 201 Created with the answer and a Location to DELETE.
-  async function negotiate(pc, url) {
+  async function negotiate(pc, url, room) {
+    const token = await accessToken(room);
     await pc.setLocalDescription(await pc.createOffer());
     await waitForGathering(pc);
     const response = await fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/sdp" },
+      headers: { "Content-Type": "application/sdp", "Authorization": `Bearer ${token}` },
       body: pc.localDescription.sdp,
     });
     const body = await response.text();
@@ -115,7 +132,7 @@
         pc.addTransceiver(track, { direction: "sendonly", streams: [session.stream] });
       }
       setStatus("Publishing: negotiating…");
-      session.location = await negotiate(pc, `${server}/whip/${encodeURIComponent(room)}`);
+      session.location = await negotiate(pc, `${server}/whip/${encodeURIComponent(room)}`, room);
       state.publishing = true;
       startStats();
     } catch (err) {
@@ -142,7 +159,7 @@
         startPlayback();
       });
       setStatus("Playing: negotiating…");
-      session.location = await negotiate(pc, `${server}/whep/${encodeURIComponent(room)}`);
+      session.location = await negotiate(pc, `${server}/whep/${encodeURIComponent(room)}`, room);
       state.playing = true;
       startStats();
     } catch (err) {
