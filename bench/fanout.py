@@ -120,6 +120,9 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
 # ---------------------------------------------------------------------------
 
 
+BENCH_AUTH_SECRET = "bench-secret-loopback-only"
+
+
 class SfuProcess:
     def __init__(self, data_dir: str, log_path: Path, extra: list[str] | None = None) -> None:
         self.http_port = free_port()
@@ -128,10 +131,16 @@ class SfuProcess:
         self.args = [
             sys.executable, "-m", "sfu", "serve", "--host", "127.0.0.1",
             "--http-port", str(self.http_port), "--rtc-port", str(self.rtc_port),
-            "--data-dir", data_dir, "--log-level", "warning", *(extra or []),
+            "--data-dir", data_dir, "--log-level", "warning", "--auth-secret", BENCH_AUTH_SECRET,
+            *(extra or []),
         ]
         self.proc: subprocess.Popen | None = None
         self._log = None
+
+    def token(self, room: str) -> str:
+        from sfu.auth import Grants, mint_token
+
+        return mint_token(BENCH_AUTH_SECRET, "bench", "bench", room, Grants(publish=True, subscribe=True))
 
     @property
     def url(self) -> str:
@@ -206,6 +215,8 @@ async def run_step(http, sfu: SfuProcess, cert, viewers: int, args) -> dict:
     publisher = Participant("publish", cert, rate=args.rate, size=args.size, fps=args.fps)
     watchers = [Participant("subscribe", cert) for _ in range(viewers)]
     everyone = [publisher, *watchers]
+    for participant in everyone:
+        participant.token = sfu.token(room)
     try:
         t_connect = time.monotonic()
         await asyncio.wait_for(publisher.connect(http, sfu.url, room), args.connect_timeout)

@@ -563,6 +563,7 @@ class Participant(asyncio.DatagramProtocol):
         self.connected = asyncio.Event()
         self.error: str | None = None
         self.closed = False
+        self.token: str | None = None  # access token for WHIP/WHEP (Authorization: Bearer)
         # publisher feedback counters
         self.plis = 0
         self.firs = 0
@@ -587,8 +588,10 @@ class Participant(asyncio.DatagramProtocol):
     async def connect(self, http, base_url: str, room: str, timeout: float = 15.0) -> None:
         """WHIP/WHEP offer/answer, then ICE and DTLS; raises on failure."""
         path = "whip" if self.role == "publish" else "whep"
-        async with http.post(f"{base_url}/{path}/{room}", data=self.offer(),
-                             headers={"Content-Type": "application/sdp"}) as resp:
+        headers = {"Content-Type": "application/sdp"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        async with http.post(f"{base_url}/{path}/{room}", data=self.offer(), headers=headers) as resp:
             text = await resp.text()
             if resp.status != 201:
                 raise RuntimeError(f"{path} POST: {resp.status} {text.strip()}")
