@@ -1,0 +1,60 @@
+"""A participant of a meeting as the WebSocket protocol sees it (sfu/signaling.py).
+
+What others may learn about a participant is :meth:`Participant.public`: a
+random participant id, the display name and the published tracks. The
+identity from the access token (possibly an e-mail address or a phone
+number) and the ids of the history and media sessions stay on the server.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .auth import Claims
+
+SOURCES = ("camera", "microphone", "screen", "screen-audio")
+DEFAULT_SOURCE = {"audio": "microphone", "video": "camera"}
+
+
+@dataclass
+class PublishedTrack:
+    id: str  # public track id: "<participant id>-<mid>"
+    kind: str  # "audio" | "video"
+    source: str  # one of SOURCES
+    mid: str  # the publisher's m-section
+    producer_id: str  # the engine's producer (never sent to clients)
+    muted: bool = False
+
+    def public(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "source": self.source, "muted": self.muted}
+
+
+@dataclass
+class Participant:
+    claims: Claims
+    room: str
+    send: Callable[[dict], None]  # queue one message to this participant's socket
+    close: Callable[[int, str], None]  # close its socket (code, reason) after what is queued
+    id: str = field(default_factory=lambda: secrets.token_hex(4))
+    meeting_id: str | None = None
+    session_id: str | None = None  # history session (MeetingService)
+    media_session: str | None = None  # engine transport id
+    tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # track id -> track
+    subscriptions: dict[str, str | None] = field(default_factory=dict)  # mid -> track id
+    joined: bool = False
+    gone: bool = False  # disconnected: its media and history session are closed
+    ending: bool = False  # meeting_ended or kicked was sent; the socket is closing
+    busy: bool = False  # one of its requests is being handled
+    close_after_response: tuple[int, str] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.claims.name
+
+    def public(self) -> dict:
+        return {"id": self.id, "name": self.name, "tracks": [t.public() for t in self.tracks.values()]}
+
+    def event(self, name: str, **fields) -> None:
+        self.send({"type": "event", "event": name, **fields})

@@ -1,0 +1,483 @@
+"""The meeting protocol: JSON over a WebSocket at ``/ws?token=<JWT>``.
+
+docs/protocol.md describes it message by message. In short: the client sends
+requests ``{"id": n, "type": ...}`` and gets one response each, ``{"id": n,
+"type": "response", "ok": true, ...}`` or ``{"id": n, "type": "response", "ok":
+false, "error": "...", "code": "..."}``; the server sends events ``{"type":
+"event", "event": ...}``. The client always offers: one RTCPeerConnection per
+participant carries its sendonly tracks and one recvonly transceiver per track
+it receives; every ``offer`` says which published track each recvonly mid
+should carry (``subscriptions``), and the engine binds exactly that producer
+to that section (MediaEngine.update_session).
+
+:class:`Signaling` is the protocol core: it takes decoded messages and a
+:class:`~sfu.participant.Participant` (whose ``send``/``close`` queue output)
+and drives the engine and the meeting service; it never touches a socket.
+:func:`websocket_handler` is the aiohttp glue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from aiohttp import WSMsgType, web
+
+from . import sdp
+from .auth import AuthError, Claims, authorize, token_from_request, verify_token
+from .log import event
+from .participant import DEFAULT_SOURCE, SOURCES, Participant, PublishedTrack
+
+logger = logging.getLogger("sfu.signaling")
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024  # an offer with many sections stays far below this
+HEARTBEAT = 20.0  # seconds between WebSocket pings (RFC 6455 §5.5.2) from the server
+OUTBOX_LIMIT = 2000  # queued messages to one client before it is dropped as too slow
+KICK_GRACE = 2.0  # after a "kicked" history leave, wait this long for meeting_ended
+
+# WebSocket close codes (RFC 6455 §7.4.2: 4000-4999 are for applications)
+CLOSE_LEFT = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_MEETING_ENDED = 4000
+CLOSE_KICKED = 4001
+CLOSE_SERVER_STOPPED = 4002
+CLOSE_TOO_SLOW = 4003
+CLOSE_PROTOCOL = 4004
+
+# why the engine closed a media session -> what the client is told
+MEDIA_CLOSE_REASONS = {
+    "ice consent timeout": "timed out",
+    "dtls failed": "dtls failed",
+    "dtls closed": "closed by client",
+    "server stopped": "server stopped",
+}
+
+
+class ProtocolError(Exception):
+    """A request that gets ``ok: false``; ``code`` is stable, ``message`` readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Signaling:
+    """Participants of every room on this server, and the protocol's requests."""
+
+    def __init__(self, engine, meetings, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.meetings = meetings
+        self.clock = clock
+        self.rooms: dict[str, dict[str, Participant]] = {}  # room -> participant id -> participant
+        self._by_media: dict[str, Participant] = {}  # engine transport id -> participant
+        self._by_producer: dict[str, tuple[Participant, PublishedTrack]] = {}
+        self._by_history: dict[str, Participant] = {}  # history session id -> participant
+        self._handlers: dict[str, Callable[[Participant, dict], Awaitable[dict]]] = {
+            "join": self._join,
+            "offer": self._offer,
+            "mute": self._mute,
+            "leave": self._leave,
+            "end_meeting": self._end_meeting,
+            "ping": self._ping,
+        }
+        engine.add_listener(self._on_engine_event)
+        meetings.add_listener(self._on_meeting_event)
+
+    # -- connections -------------------------------------------------------------------
+    def connect(self, claims: Claims, room: str, send: Callable[[dict], None],
+                close: Callable[[int, str], None]) -> Participant:
+        """A socket authenticated for ``room``; it joins with a ``join`` request."""
+        return Participant(claims=claims, room=room, send=send, close=close)
+
+    async def handle(self, participant: Participant, message: Any) -> dict:
+        """Handle one decoded client message: queue its response (and a close that
+        the request caused only after it, so the response is not lost); return it."""
+        participant.busy = True
+        try:
+            response = await self._respond(participant, message)
+        finally:
+            participant.busy = False
+        participant.send(response)
+        if participant.close_after_response is not None:
+            code, reason = participant.close_after_response
+            participant.close_after_response = None
+            participant.close(code, reason)
+        return response
+
+    async def _respond(self, participant: Participant, message: Any) -> dict:
+        if not isinstance(message, dict):
+            return _error_response(None, ProtocolError("bad_request", "a message is a JSON object"))
+        request_id = message.get("id")
+        if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):
+            return _error_response(None, ProtocolError("bad_request", "id must be a number or a string"))
+        handler = self._handlers.get(message.get("type"))
+        try:
+            if handler is None:
+                raise ProtocolError("unknown_type", f"unknown message type {message.get('type')!r}")
+            if participant.gone:
+                raise ProtocolError("closed", "this connection has left the meeting")
+            if not participant.joined and handler != self._join and handler != self._ping:
+                raise ProtocolError("not_joined", "send join first")
+            result = await handler(participant, message)
+        except ProtocolError as exc:
+            return _error_response(request_id, exc)
+        except AuthError as exc:
+            return _error_response(request_id, ProtocolError("forbidden", exc.reason))
+        return {"id": request_id, "type": "response", "ok": True, **result}
+
+    def _close(self, participant: Participant, code: int, reason: str) -> None:
+        if participant.busy:  # a request of its own is being answered: close after the response
+            participant.close_after_response = (code, reason)
+        else:
+            participant.close(code, reason)
+
+    async def disconnect(self, participant: Participant, reason: str = "left") -> None:
+        """The socket is gone (or is being closed): free the media, record the leave."""
+        if participant.gone:
+            return
+        participant.gone = True
+        if participant.media_session is not None:
+            # unpublishes its tracks first: the others get track_unpublished, then participant_left
+            self.engine.close_session(participant.media_session, "participant left")
+            self._by_media.pop(participant.media_session, None)
+            participant.media_session = None
+        if participant.joined:
+            members = self.rooms.get(participant.room, {})
+            members.pop(participant.id, None)
+            if not members:
+                self.rooms.pop(participant.room, None)
+            self._broadcast(participant, "participant_left", participant_id=participant.id, reason=reason)
+            event(logger, "participant disconnected", room=participant.room, participant=participant.id,
+                  reason=reason)
+        if participant.session_id is not None:
+            self._by_history.pop(participant.session_id, None)
+            session_id, participant.session_id = participant.session_id, None
+            await self.meetings.leave(session_id, reason)
+
+    async def shutdown(self) -> None:
+        """Server stop: tell everyone, close every socket, record "server stopped"."""
+        for members in list(self.rooms.values()):
+            for participant in list(members.values()):
+                participant.event("server_stopping")
+                participant.close(CLOSE_SERVER_STOPPED, "server stopped")
+                await self.disconnect(participant, "server stopped")
+
+    def participants(self, room: str) -> list[Participant]:
+        return list(self.rooms.get(room, {}).values())
+
+    # -- requests ----------------------------------------------------------------------
+    async def _ping(self, participant: Participant, message: dict) -> dict:
+        return {"pong": True, "time": self.clock()}
+
+    async def _join(self, participant: Participant, message: dict) -> dict:
+        if participant.joined:
+            raise ProtocolError("already_joined", "already joined")
+        room = message.get("room", participant.room)
+        if room != participant.room:
+            raise ProtocolError("forbidden", "the access token is for another room")
+        meeting, session_id = await self.meetings.join(participant.claims, participant.room)
+        if participant.gone:  # the socket closed while the join was written
+            await self.meetings.leave(session_id, "left")
+            raise ProtocolError("closed", "connection closed")
+        participant.meeting_id = meeting.meeting_id
+        participant.session_id = session_id
+        participant.joined = True
+        self._by_history[session_id] = participant
+        members = self.rooms.setdefault(participant.room, {})
+        others = [p.public() for p in members.values()]
+        members[participant.id] = participant
+        self._broadcast(participant, "participant_joined", participant={"id": participant.id,
+                                                                          "name": participant.name, "tracks": []})
+        grants = participant.claims.grants
+        event(logger, "participant joined meeting", room=participant.room, meeting=meeting.meeting_id,
+              participant=participant.id)
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "participant_id": participant.id,
+            "name": participant.name,
+            "meeting": {"id": meeting.meeting_id, "room": meeting.room, "topic": meeting.topic,
+                        "started_at": meeting.started_at, "creator_name": meeting.creator_name},
+            "permissions": {"publish": grants.publish, "subscribe": grants.subscribe,
+                            "end_meeting": _can_end(meeting, participant.claims)},
+            "recording": False,
+            "participants": others,
+        }
+
+    async def _offer(self, participant: Participant, message: dict) -> dict:
+        offer_sdp = message.get("sdp")
+        if not isinstance(offer_sdp, str) or not offer_sdp.strip():
+            raise ProtocolError("bad_request", "offer needs an sdp string")
+        tracks_info = _object(message, "tracks")
+        wanted = _object(message, "subscriptions")
+        try:
+            offer = sdp.parse_sdp(offer_sdp)
+        except sdp.SdpError as exc:
+            raise ProtocolError("bad_sdp", str(exc)) from None
+        sending = [m for m in offer.media if not m.rejected and m.direction in ("sendonly", "sendrecv")
+                   and m.kind in ("audio", "video")]
+        receiving = [m for m in offer.media if not m.rejected and m.direction == "recvonly"]
+        grants = participant.claims.grants
+        if sending and not grants.publish:
+            raise ProtocolError("forbidden", "access token lacks the publish grant")
+        if (receiving or wanted) and not grants.subscribe:
+            raise ProtocolError("forbidden", "access token lacks the subscribe grant")
+        # track ids -> producers of others in this meeting
+        members = self.rooms.get(participant.room, {})
+        by_track = {t.id: t for p in members.values() if p is not participant for t in p.tracks.values()}
+        subscriptions: dict[str, str] = {}
+        for mid, track_id in wanted.items():
+            if not isinstance(track_id, str) and track_id is not None:
+                raise ProtocolError("bad_request", "subscriptions map a mid to a track id or null")
+            track = by_track.get(track_id) if track_id is not None else None
+            if track is not None:
+                subscriptions[mid] = track.producer_id
+        try:
+            if participant.media_session is None:
+                info = self.engine.create_session(participant.room, "meeting", offer_sdp, subscriptions)
+                participant.media_session = info.id
+                self._by_media[info.id] = participant
+                answer = info.answer
+            else:
+                answer = self.engine.update_session(participant.media_session, offer_sdp, subscriptions)
+        except sdp.SdpError as exc:
+            raise ProtocolError("bad_sdp", str(exc).splitlines()[0] if str(exc) else "unusable offer") from None
+        except KeyError:
+            raise ProtocolError("media_closed", "the media session is gone; offer from a new connection") from None
+        desc = self.engine.describe_session(participant.media_session)
+        published: dict[str, str] = {}
+        for mid, producer in desc["producers"].items():
+            track = self._by_producer.get(producer["id"], (None, None))[1]
+            if track is None:
+                info_for_mid = tracks_info.get(mid) if isinstance(tracks_info.get(mid), dict) else {}
+                source = info_for_mid.get("source", DEFAULT_SOURCE[producer["kind"]])
+                if source not in SOURCES:
+                    source = DEFAULT_SOURCE[producer["kind"]]
+                track = PublishedTrack(id=f"{participant.id}-{mid}", kind=producer["kind"], source=source,
+                                       mid=mid, producer_id=producer["id"],
+                                       muted=bool(info_for_mid.get("muted", False)))
+                participant.tracks[track.id] = track
+                self._by_producer[producer["id"]] = (participant, track)
+                self._broadcast(participant, "track_published", participant_id=participant.id,
+                                track=track.public())
+            published[mid] = track.id
+        producer_to_track = {t.producer_id: t.id for t in by_track.values()}
+        participant.subscriptions = {
+            mid: producer_to_track.get(c["producer"]) if c["producer"] else None
+            for mid, c in desc["consumers"].items()
+        }
+        return {"sdp": answer, "published": published, "subscriptions": participant.subscriptions}
+
+    async def _mute(self, participant: Participant, message: dict) -> dict:
+        track_id = message.get("track_id")
+        muted = message.get("muted")
+        if not isinstance(muted, bool):
+            raise ProtocolError("bad_request", "muted must be true or false")
+        track = participant.tracks.get(track_id) if isinstance(track_id, str) else None
+        if track is None:
+            raise ProtocolError("not_found", "no such track of yours")
+        if track.muted != muted:
+            track.muted = muted
+            self._broadcast(participant, "mute_changed", participant_id=participant.id, track_id=track.id,
+                            muted=muted)
+        return {"track_id": track.id, "muted": muted}
+
+    async def _leave(self, participant: Participant, message: dict) -> dict:
+        await self.disconnect(participant, "left")
+        self._close(participant, CLOSE_LEFT, "left")
+        return {}
+
+    async def _end_meeting(self, participant: Participant, message: dict) -> dict:
+        meeting_id = participant.meeting_id
+        await self.meetings.end_meeting(meeting_id, by=participant.claims)
+        # the meeting service's meeting_ended event normally ended it for everyone already
+        for other in self.participants(participant.room):
+            if other.meeting_id == meeting_id:
+                self._end_for(other, "ended by host")
+        return {"ended": True}
+
+    # -- events from the engine and the meeting service ----------------------------------
+    def _on_engine_event(self, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "track_unpublished":
+            found = self._by_producer.pop(ev.get("producer"), None)
+            if found is None:
+                return
+            participant, track = found
+            participant.tracks.pop(track.id, None)
+            if participant.joined:
+                self._broadcast(participant, "track_unpublished", participant_id=participant.id,
+                                track_id=track.id)
+        elif kind == "session_closed":
+            participant = self._by_media.pop(ev.get("session"), None)
+            if participant is None or participant.media_session != ev.get("session"):
+                return
+            participant.media_session = None
+            if not participant.gone:
+                reason = MEDIA_CLOSE_REASONS.get(ev.get("reason"), ev.get("reason") or "closed")
+                participant.event("media_closed", reason=reason)
+
+    def _on_meeting_event(self, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "meeting_ended":
+            meeting_id = ev.get("meeting_id")
+            for members in list(self.rooms.values()):
+                for participant in list(members.values()):
+                    if participant.meeting_id == meeting_id:
+                        self._end_for(participant, ev.get("reason") or "ended")
+        elif kind == "participant_left" and ev.get("reason") == "kicked":
+            participant = self._by_history.get(ev.get("session_id"))
+            if participant is None or participant.gone:
+                return
+            # its history session is closed already; meeting_ended normally follows at once
+            self._by_history.pop(participant.session_id, None)
+            participant.session_id = None
+            asyncio.get_running_loop().call_later(KICK_GRACE, self._kick, participant)
+
+    def _end_for(self, participant: Participant, reason: str) -> None:
+        """meeting_ended to one participant, then its socket closes."""
+        if participant.gone or participant.ending:
+            return
+        participant.ending = True
+        participant.event("meeting_ended", reason=reason)
+        self._close(participant, CLOSE_MEETING_ENDED, "meeting ended")
+        _spawn(self.disconnect(participant, "kicked"))
+
+    def _kick(self, participant: Participant) -> None:
+        if participant.gone or participant.ending:
+            return
+        participant.ending = True
+        participant.event("kicked")
+        self._close(participant, CLOSE_KICKED, "removed from the meeting")
+        _spawn(self.disconnect(participant, "kicked"))
+
+    # -- helpers -----------------------------------------------------------------------
+    def _broadcast(self, source: Participant, name: str, **fields) -> None:
+        for other in self.rooms.get(source.room, {}).values():
+            if other is not source and other.joined and not other.gone \
+                    and other.meeting_id == source.meeting_id:
+                other.event(name, **fields)
+
+
+def _can_end(meeting, claims: Claims) -> bool:
+    if claims.grants.admin or claims.identity == meeting.creator_identity:
+        return True
+    return claims.grants.host and claims.room == meeting.room
+
+
+def _object(message: dict, key: str) -> dict:
+    value = message.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_request", f"{key} must be an object keyed by mid")
+    return value
+
+
+def _error_response(request_id, exc: ProtocolError) -> dict:
+    return {"id": request_id, "type": "response", "ok": False, "error": exc.message, "code": exc.code}
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _spawn(coro) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+# -- aiohttp glue ---------------------------------------------------------------------------
+
+SIGNALING_KEY = web.AppKey("signaling", Signaling)
+WS_AUTH_SECRET_KEY = web.AppKey("ws_auth_secret", str)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    signaling = request.app[SIGNALING_KEY]
+    try:
+        claims = verify_token(request.app[WS_AUTH_SECRET_KEY], token_from_request(request))
+        room = request.query.get("room") or claims.room
+        if room is None:
+            raise AuthError(403, "access token is not valid for any room")
+        authorize(claims, room, None)
+    except AuthError as exc:
+        headers = {"WWW-Authenticate": 'Bearer realm="sfu"'} if exc.status == 401 else {}
+        return web.Response(status=exc.status, text=exc.reason + "\n", headers=headers)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE_BYTES)
+    await ws.prepare(request)
+    outbox: asyncio.Queue = asyncio.Queue()
+    closing: list[tuple[int, str]] = []
+
+    def send(message: dict) -> None:
+        if closing:
+            return
+        if outbox.qsize() >= OUTBOX_LIMIT:
+            close(CLOSE_TOO_SLOW, "client too slow")
+            return
+        outbox.put_nowait(message)
+
+    def close(code: int, reason: str) -> None:
+        if not closing:
+            closing.append((code, reason))
+            outbox.put_nowait(None)
+
+    async def writer() -> None:
+        while True:
+            message = await outbox.get()
+            if message is None:
+                break
+            try:
+                await ws.send_str(json.dumps(message, separators=(",", ":")))
+            except (ConnectionError, RuntimeError):
+                break
+        code, reason = closing[0] if closing else (CLOSE_GOING_AWAY, "")
+        await ws.close(code=code, message=reason.encode()[:120])
+
+    participant = signaling.connect(claims, room, send, close)
+    writer_task = asyncio.create_task(writer())
+    reason = "left"
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    message = json.loads(msg.data)
+                except ValueError:
+                    send(_error_response(None, ProtocolError("bad_request", "not JSON")))
+                    continue
+                await signaling.handle(participant, message)  # queues the response
+            elif msg.type == WSMsgType.BINARY:
+                send(_error_response(None, ProtocolError("bad_request", "binary messages are not used")))
+            else:
+                break
+        if ws.close_code not in (CLOSE_LEFT, CLOSE_GOING_AWAY):
+            reason = "timed out"  # 1006 and friends: the connection died, nobody said goodbye
+    except asyncio.CancelledError:
+        reason = "server stopped"
+        raise
+    finally:
+        await signaling.disconnect(participant, reason)  # nothing if it left or was ended already
+        close(CLOSE_GOING_AWAY, "")
+        try:
+            await asyncio.wait_for(writer_task, 5.0)
+        except (asyncio.TimeoutError, Exception):
+            writer_task.cancel()
+    return ws
+
+
+def add_routes(app: web.Application, engine, meetings, auth_secret: str) -> Signaling:
+    """Mount ``/ws`` on ``app``; sockets are closed when the app shuts down."""
+    signaling = Signaling(engine, meetings)
+    app[SIGNALING_KEY] = signaling
+    app[WS_AUTH_SECRET_KEY] = auth_secret
+    app.router.add_get("/ws", websocket_handler)
+
+    async def on_shutdown(_app: web.Application) -> None:
+        await signaling.shutdown()
+
+    app.on_shutdown.append(on_shutdown)
+    return signaling

@@ -1,0 +1,317 @@
+"""The meeting protocol core (sfu/signaling.py) without sockets: a real media
+engine that only negotiates (not started), a fake meeting service that records
+what it was asked, and participants whose outgoing messages land in lists."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from sfu.auth import AuthError, Claims, Grants
+from sfu.config import Config
+from sfu.engine import MediaEngine
+from sfu.history import Meeting
+from sfu.signaling import CLOSE_LEFT, CLOSE_MEETING_ENDED, CLOSE_SERVER_STOPPED, Signaling
+
+from .sdp_offers import OfferPeer
+
+EVERYTHING = Grants(publish=True, subscribe=True)
+
+
+class FakeMeetings:
+    """Implements what Signaling uses of sfu.meetings.MeetingService."""
+
+    def __init__(self) -> None:
+        self.listeners = []
+        self.calls: list[tuple] = []
+        self.meetings: dict[str, Meeting] = {}
+        self.sessions: dict[str, str] = {}  # session id -> meeting id
+        self._n = 0
+
+    def add_listener(self, cb) -> None:
+        self.listeners.append(cb)
+
+    def emit(self, ev: dict) -> None:
+        for cb in self.listeners:
+            cb(ev)
+
+    async def join(self, claims: Claims, room: str):
+        meeting = next((m for m in self.meetings.values() if m.room == room and m.ended_at is None), None)
+        if meeting is None:
+            meeting = Meeting(f"m{len(self.meetings)}", room, "standup", claims.identity, claims.name, 100.0)
+            self.meetings[meeting.meeting_id] = meeting
+        self._n += 1
+        session_id = f"s{self._n}"
+        self.sessions[session_id] = meeting.meeting_id
+        self.calls.append(("join", claims.identity, room, session_id))
+        return meeting, session_id
+
+    async def leave(self, session_id: str, reason: str = "left") -> None:
+        if self.sessions.pop(session_id, None) is not None:
+            self.calls.append(("leave", session_id, reason))
+
+    async def end_meeting(self, meeting_id: str, by: Claims) -> list[str]:
+        meeting = self.meetings[meeting_id]
+        if not (by.grants.host or by.identity == meeting.creator_identity):
+            raise AuthError(403, "only the meeting's host may end it")
+        ids = sorted(s for s, m in self.sessions.items() if m == meeting_id)
+        for session_id in ids:
+            await self.leave(session_id, "kicked")
+            self.emit({"type": "participant_left", "meeting_id": meeting_id, "session_id": session_id,
+                       "reason": "kicked"})
+        meeting.ended_at = 200.0
+        self.emit({"type": "meeting_ended", "meeting_id": meeting_id, "room": meeting.room, "reason": "ended by host"})
+        return ids
+
+
+class Client:
+    """One participant's socket: what the server queued for it, and its offers."""
+
+    def __init__(self, signaling: Signaling, identity: str, name: str, room: str = "r",
+                 grants: Grants = EVERYTHING) -> None:
+        self.signaling = signaling
+        self.claims = Claims(identity, name, room, grants, 2**40)
+        self.sent: list[dict] = []
+        self.closed: tuple[int, str] | None = None
+        self.participant = signaling.connect(self.claims, room, self.sent.append, self._close)
+        self.peer = OfferPeer()
+        self._ids = 0
+
+    def _close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+        self.sent.append({"type": "closed", "code": code})
+
+    async def request(self, type_: str, **fields) -> dict:
+        self._ids += 1
+        response = await self.signaling.handle(self.participant, {"id": self._ids, "type": type_, **fields})
+        assert response["id"] == self._ids and response["type"] == "response"
+        return response
+
+    def events(self, name: str | None = None) -> list[dict]:
+        return [m for m in self.sent if m.get("type") == "event" and (name is None or m["event"] == name)]
+
+
+@pytest.fixture
+def engine():
+    return MediaEngine(Config(), pure_python=True)
+
+
+@pytest.fixture
+def meetings():
+    return FakeMeetings()
+
+
+@pytest.fixture
+def signaling(engine, meetings):
+    return Signaling(engine, meetings, clock=lambda: 1234.5)
+
+
+AV = [("0", "audio", "sendonly"), ("1", "video", "sendonly")]
+SOURCES = {"0": {"source": "microphone"}, "1": {"source": "camera"}}
+
+
+async def joined(signaling, identity, name, **kw) -> Client:
+    client = Client(signaling, identity, name, **kw)
+    response = await client.request("join")
+    assert response["ok"], response
+    return client
+
+
+async def test_requests_before_join_are_refused_except_ping(signaling):
+    c = Client(signaling, "alice@example.com", "Alice")
+    response = await c.request("offer", sdp=c.peer.offer(AV))
+    assert response == {"id": 1, "type": "response", "ok": False, "code": "not_joined", "error": "send join first"}
+    pong = await c.request("ping")
+    assert pong["ok"] and pong["pong"] is True and pong["time"] == 1234.5
+
+
+async def test_join_returns_meeting_and_others_by_display_name_only(signaling, meetings):
+    alice = await joined(signaling, "alice@example.com", "Alice")
+    await alice.request("offer", sdp=alice.peer.offer(AV), tracks=SOURCES)
+    bob = Client(signaling, "+15551234567", "Bob")
+    response = await bob.request("join")
+    assert response["ok"]
+    assert response["meeting"] == {"id": "m0", "room": "r", "topic": "standup", "started_at": 100.0,
+                                   "creator_name": "Alice"}
+    assert response["participant_id"] == bob.participant.id and response["name"] == "Bob"
+    assert response["permissions"] == {"publish": True, "subscribe": True, "end_meeting": False}
+    [other] = response["participants"]
+    assert other == {"id": alice.participant.id, "name": "Alice", "tracks": [
+        {"id": f"{alice.participant.id}-0", "kind": "audio", "source": "microphone", "muted": False},
+        {"id": f"{alice.participant.id}-1", "kind": "video", "source": "camera", "muted": False},
+    ]}
+    [ev] = alice.events("participant_joined")
+    assert ev["participant"] == {"id": bob.participant.id, "name": "Bob", "tracks": []}
+    # identities (e-mail, phone) never reach the other participant
+    assert "alice@example.com" not in json.dumps(bob.sent + [response])
+    assert "+15551234567" not in json.dumps(alice.sent)
+    assert ("join", "+15551234567", "r", "s2") in meetings.calls
+    again = await bob.request("join")
+    assert again["code"] == "already_joined"
+
+
+async def test_publish_subscribe_and_renegotiate(signaling, engine):
+    alice = await joined(signaling, "a", "Alice")
+    bob = await joined(signaling, "b", "Bob")
+    published = await alice.request("offer", sdp=alice.peer.offer(AV), tracks=SOURCES)
+    assert published["ok"], published
+    a = alice.participant.id
+    assert published["published"] == {"0": f"{a}-0", "1": f"{a}-1"}
+    assert published["sdp"].startswith("v=0")
+    announced = bob.events("track_published")
+    assert [(e["participant_id"], e["track"]["id"], e["track"]["source"]) for e in announced] == [
+        (a, f"{a}-0", "microphone"), (a, f"{a}-1", "camera")]
+    assert alice.events("track_published") == []
+
+    # Bob publishes and receives Alice's two tracks in one offer
+    offer = bob.peer.offer(AV + [("2", "audio", "recvonly"), ("3", "video", "recvonly")])
+    response = await bob.request("offer", sdp=offer, tracks=SOURCES, subscriptions={"2": f"{a}-0", "3": f"{a}-1"})
+    assert response["ok"], response
+    assert response["subscriptions"] == {"2": f"{a}-0", "3": f"{a}-1"}
+    consumers = engine.describe_session(bob.participant.media_session)["consumers"]
+    producers = engine.describe_session(alice.participant.media_session)["producers"]
+    assert consumers["3"]["producer"] == producers["1"]["id"]
+    transport = engine.transports[bob.participant.media_session]
+
+    # Alice stops her camera: Bob is told, his section goes silent; same transports
+    await alice.request("offer", sdp=alice.peer.offer([("0", "audio", "sendonly"), ("1", "video", "inactive")]))
+    assert [e["track_id"] for e in bob.events("track_unpublished")] == [f"{a}-1"]
+    assert engine.describe_session(bob.participant.media_session)["consumers"]["3"]["producer"] is None
+    response = await bob.request("offer", sdp=bob.peer.offer(AV + [("2", "audio", "recvonly"), ("3", "video", "inactive")]),
+                                 subscriptions={"2": f"{a}-0"})
+    assert response["ok"] and response["subscriptions"] == {"2": f"{a}-0"}
+    assert engine.transports[bob.participant.media_session] is transport
+    # a screen share is a third track with its source label
+    screen = await alice.request("offer", sdp=alice.peer.offer(
+        [("0", "audio", "sendonly"), ("1", "video", "inactive"), ("2", "video", "sendonly")]),
+        tracks={"2": {"source": "screen"}})
+    assert screen["published"] == {"0": f"{a}-0", "2": f"{a}-2"}
+    assert bob.events("track_published")[-1]["track"] == {"id": f"{a}-2", "kind": "video", "source": "screen",
+                                                          "muted": False}
+
+
+async def test_unknown_or_own_track_subscriptions_stay_silent(signaling, engine):
+    alice = await joined(signaling, "a", "Alice")
+    a = alice.participant.id
+    response = await alice.request("offer", sdp=alice.peer.offer(AV + [("2", "video", "recvonly")]),
+                                   subscriptions={"2": f"{a}-1"})
+    assert response["ok"] and response["subscriptions"] == {"2": None}
+    response = await alice.request("offer", sdp=alice.peer.offer(AV + [("2", "video", "recvonly")]),
+                                   subscriptions={"2": "nobody-1"})
+    assert response["ok"] and response["subscriptions"] == {"2": None}
+
+
+async def test_grants_are_enforced(signaling):
+    viewer = await joined(signaling, "v", "Viewer", grants=Grants(subscribe=True))
+    response = await viewer.request("offer", sdp=viewer.peer.offer(AV))
+    assert (response["ok"], response["code"]) == (False, "forbidden")
+    assert "publish" in response["error"]
+    mute = await joined(signaling, "m", "Mute", grants=Grants(publish=True))
+    response = await mute.request("offer", sdp=mute.peer.offer([("0", "video", "recvonly")]))
+    assert (response["ok"], response["code"]) == (False, "forbidden")
+    other_room = Client(signaling, "x", "X", room="r")
+    response = await other_room.request("join", room="elsewhere")
+    assert response["code"] == "forbidden"
+
+
+async def test_mute_is_broadcast(signaling):
+    alice = await joined(signaling, "a", "Alice")
+    bob = await joined(signaling, "b", "Bob")
+    await alice.request("offer", sdp=alice.peer.offer(AV), tracks={"0": {"source": "microphone", "muted": True}})
+    a = alice.participant.id
+    assert bob.events("track_published")[0]["track"]["muted"] is True
+    response = await alice.request("mute", track_id=f"{a}-0", muted=False)
+    assert response["ok"] and response["muted"] is False
+    assert bob.events("mute_changed") == [{"type": "event", "event": "mute_changed", "participant_id": a,
+                                           "track_id": f"{a}-0", "muted": False}]
+    assert (await alice.request("mute", track_id=f"{a}-0", muted=False))["ok"]
+    assert len(bob.events("mute_changed")) == 1  # no change, no event
+    assert (await bob.request("mute", track_id=f"{a}-0", muted=True))["code"] == "not_found"
+    assert (await alice.request("mute", track_id=f"{a}-0", muted="yes"))["code"] == "bad_request"
+
+
+async def test_leaving_unpublishes_then_announces_and_records(signaling, engine, meetings):
+    alice = await joined(signaling, "a", "Alice")
+    bob = await joined(signaling, "b", "Bob")
+    await alice.request("offer", sdp=alice.peer.offer(AV))
+    media = alice.participant.media_session
+    response = await alice.request("leave")
+    assert response["ok"] and alice.closed == (CLOSE_LEFT, "left")
+    assert alice.sent[-2:] == [response, {"type": "closed", "code": CLOSE_LEFT}]
+    names = [e["event"] for e in bob.events()][-3:]
+    assert names == ["track_unpublished", "track_unpublished", "participant_left"]
+    assert bob.events("participant_left")[0] == {"type": "event", "event": "participant_left",
+                                                 "participant_id": alice.participant.id, "reason": "left"}
+    assert not engine.has_session(media)
+    assert ("leave", "s1", "left") in meetings.calls
+    assert signaling.participants("r") == [bob.participant]
+    assert (await alice.request("ping"))["code"] == "closed"
+    # a socket that dies is recorded as timed out
+    await signaling.disconnect(bob.participant, "timed out")
+    assert ("leave", "s2", "timed out") in meetings.calls and signaling.rooms == {}
+
+
+async def test_end_meeting_needs_a_host_and_ends_it_for_everyone(signaling, meetings):
+    alice = await joined(signaling, "a", "Alice")  # the creator
+    bob = await joined(signaling, "b", "Bob")
+    response = await bob.request("end_meeting")
+    assert (response["ok"], response["code"]) == (False, "forbidden")
+    response = await alice.request("end_meeting")
+    assert response["ok"], response
+    # the response reached Alice before her socket closed
+    closed_at = next(i for i, m in enumerate(alice.sent) if m["type"] == "closed")
+    assert alice.sent.index(response) < closed_at
+    for client in (alice, bob):
+        assert client.events("meeting_ended")[0]["reason"] == "ended by host"
+        assert client.closed == (CLOSE_MEETING_ENDED, "meeting ended")
+    await asyncio.sleep(0)  # the disconnects run as tasks
+    for client in (alice, bob):
+        assert client.participant.gone
+    assert sorted(c for c in meetings.calls if c[0] == "leave") == [("leave", "s1", "kicked"), ("leave", "s2", "kicked")]
+
+
+async def test_media_session_loss_is_reported(signaling, engine):
+    alice = await joined(signaling, "a", "Alice")
+    bob = await joined(signaling, "b", "Bob")
+    await alice.request("offer", sdp=alice.peer.offer(AV))
+    engine.transports[alice.participant.media_session].close("ice consent timeout")
+    assert alice.events("media_closed") == [{"type": "event", "event": "media_closed", "reason": "timed out"}]
+    assert alice.participant.media_session is None and alice.participant.tracks == {}
+    assert len(bob.events("track_unpublished")) == 2
+    # a new peer connection can offer again
+    alice.peer = alice.peer.__class__()
+    assert (await alice.request("offer", sdp=alice.peer.offer(AV)))["ok"]
+
+
+async def test_shutdown_closes_every_socket(signaling, meetings):
+    alice = await joined(signaling, "a", "Alice")
+    await signaling.shutdown()
+    assert alice.events("server_stopping") and alice.closed == (CLOSE_SERVER_STOPPED, "server stopped")
+    assert ("leave", "s1", "server stopped") in meetings.calls
+
+
+@pytest.mark.parametrize("message, code", [
+    ([1, 2], "bad_request"),
+    ({"id": 1, "type": "dance"}, "unknown_type"),
+    ({"id": True, "type": "ping"}, "bad_request"),
+    ({"id": 1, "type": "offer", "sdp": ""}, "bad_request"),
+    ({"id": 1, "type": "offer", "sdp": "v=0\r\nbogus"}, "bad_sdp"),
+    ({"id": 1, "type": "offer", "sdp": "v=0\r\n", "subscriptions": []}, "bad_request"),
+    ({"id": 1, "type": "mute", "track_id": 5, "muted": True}, "not_found"),
+])
+async def test_bad_requests(signaling, message, code):
+    client = await joined(signaling, "a", "Alice")
+    response = await signaling.handle(client.participant, message)
+    assert response["ok"] is False and response["code"] == code, response
+    assert response["id"] == (message.get("id") if isinstance(message, dict) and message.get("id") is not True else None)
+
+
+async def test_bad_offer_changes_nothing(signaling, engine):
+    alice = await joined(signaling, "a", "Alice")
+    await alice.request("offer", sdp=alice.peer.offer(AV))
+    restart = OfferPeer(ssrcs=alice.peer.ssrcs)
+    response = await alice.request("offer", sdp=restart.offer(AV))
+    assert response["code"] == "bad_sdp" and "ICE restart" in response["error"]
+    assert len(alice.participant.tracks) == 2
