@@ -203,3 +203,35 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise ValueError("duration must be positive")
     return seconds
+
+
+# -- `sfu token` -----------------------------------------------------------------------
+
+def add_token_arguments(parser) -> None:
+    parser.add_argument("--room", help="the room the token is valid for (omit for a REST-only token)")
+    parser.add_argument("--identity", required=True, help="who the token is for (the JWT sub)")
+    parser.add_argument("--name", help="display name shown to others (default: the identity)")
+    for grant, text in (("publish", "may publish tracks"), ("subscribe", "may receive tracks"),
+                        ("host", "may end the meeting and export its history"),
+                        ("admin", "every room and every meeting's history")):
+        parser.add_argument("--" + grant, action="store_true", help=text)
+    parser.add_argument("--ttl", default="6h", help="lifetime, e.g. 90s, 15m, 6h, 7d (default 6h)")
+    parser.add_argument("--data-dir", default=None, help="where `sfu serve` keeps auth_secret (env SFU_DATA_DIR)")
+    parser.add_argument("--auth-secret", default=None, help="the signing secret (env SFU_AUTH_SECRET)")
+
+
+def token_command(args, secret: str) -> int:
+    """Print a description, then the token alone on the last line."""
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        raise SystemExit(f"sfu token: {exc}") from None
+    grants = Grants(publish=args.publish, subscribe=args.subscribe, host=args.host, admin=args.admin)
+    now = time.time()
+    token = mint_token(secret, args.identity, args.name or args.identity, args.room, grants, ttl=ttl, now=now)
+    granted = ", ".join(g for g in GRANT_NAMES if getattr(grants, g)) or "none"
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + ttl))
+    print(f"# token for {args.identity!r} in room {args.room or '(none)'}; grants: {granted}; "
+          f"expires {expires}")
+    print(token)
+    return 0

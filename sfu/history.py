@@ -467,3 +467,74 @@ __all__ = [
     "attendance", "export", "export_csv", "export_json", "iso", "meeting_dict", "open_backend",
     "session_dict",
 ]
+
+
+# -- `sfu history` ----------------------------------------------------------------------
+
+def add_history_arguments(parser) -> None:
+    parser.add_argument("action", choices=("list", "show", "export"))
+    parser.add_argument("meeting_id", nargs="?", help="the meeting (show, export)")
+    parser.add_argument("--format", choices=("csv", "json"), default="csv", help="export format")
+    parser.add_argument("--data-dir", default=None, help="the server's data directory (env SFU_DATA_DIR)")
+    parser.add_argument("--db", default=None, help="postgresql://... (env SFU_DB; default: SQLite in the data dir)")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--identity", help="act as this person: only meetings they created")
+    who.add_argument("--admin", action="store_true", help="every meeting")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+async def _history(args, db: str | None, data_dir: str, out) -> int:
+    import time
+
+    if args.action != "list" and not args.meeting_id:
+        print(f"sfu history {args.action}: a meeting id is needed", file=out)
+        return 2
+    store = HistoryStore.from_config(db, data_dir)
+    await store.open()
+    try:
+        now = time.time()
+        if args.action == "list":
+            meetings = await store.list_meetings(None if args.admin else args.identity)
+            rows = [["MEETING", "ROOM", "TOPIC", "CREATOR", "STARTED", "ENDED", "MINUTES"]]
+            for m in meetings:
+                d = meeting_dict(m, now)
+                rows.append([m.meeting_id, m.room, m.topic or "-", m.creator_name, d["started_at"],
+                             d["ended_at"] or "running", f"{d['duration_seconds'] / 60:.1f}"])
+            print(_table(rows), file=out)
+            return 0
+        meeting = await store.get_meeting(args.meeting_id)
+        if meeting is None:
+            print(f"no such meeting: {args.meeting_id}", file=out)
+            return 1
+        if not args.admin and meeting.creator_identity != args.identity:
+            print("403: only the meeting's creator or an admin may read its history", file=out)
+            return 1
+        report = attendance(meeting, await store.sessions(meeting.meeting_id), now)
+        if args.action == "export":
+            out.write(export(report, args.format)[0])
+            return 0
+        m = report["meeting"]
+        print(f"meeting {m['meeting_id']}  room {m['room']}  topic {m['topic'] or '-'}\n"
+              f"creator {m['creator']['name']}  started {m['started_at']}  "
+              f"ended {m['ended_at'] or 'running'}  ({m['duration_seconds'] / 60:.1f} min)\n", file=out)
+        rows = [["NAME", "IDENTITY", "JOINED", "LEFT", "MINUTES", "ENDED BY"]]
+        for s in report["sessions"]:
+            rows.append([s["display_name"], s["identity"], s["joined_at"], s["left_at"] or "-",
+                         f"{s['duration_seconds'] / 60:.1f}", s["end_reason"] or "in meeting"])
+        print(_table(rows), file=out)
+        print("\n" + _table([["NAME", "IDENTITY", "SESSIONS", "TOTAL MINUTES"]] + [
+            [t["display_name"], t["identity"], t["sessions"], f"{t['total_seconds'] / 60:.1f}"]
+            for t in report["totals"]]), file=out)
+        return 0
+    finally:
+        await store.close()
+
+
+def history_command(args, db: str | None, data_dir: str, out=None) -> int:
+    import sys
+
+    return asyncio.run(_history(args, db, data_dir, out or sys.stdout))
