@@ -16,11 +16,27 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the SFU (HTTP signaling + media)")
     config.add_serve_arguments(serve)
 
+    from .auth import add_token_arguments
+    from .history import add_history_arguments
+
+    add_token_arguments(sub.add_parser("token", help="mint an access token (JWT) for a room"))
+    add_history_arguments(sub.add_parser("history", help="list, show or export meeting history"))
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         from .server import run
 
         return run(config.from_args(args))
+    if args.command == "token":
+        from .auth import load_or_create_secret, token_command
+
+        cfg = config.from_args(args)
+        return token_command(args, cfg.auth_secret or load_or_create_secret(cfg.data_dir))
+    if args.command == "history":
+        from .history import history_command
+
+        cfg = config.from_args(args)
+        return history_command(args, cfg.db, cfg.data_dir)
     parser.error(f"unknown command {args.command}")
     return 2
 
