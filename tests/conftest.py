@@ -128,3 +128,21 @@ def sfu(tmp_path, netns):
     server = SfuProcess(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (Debian's package) for this test session, on a Unix socket."""
+    from .pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_db(request, tmp_path) -> str:
+    """The `--db` value of an empty history database, once per backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "history.sqlite3")
+    return request.getfixturevalue("postgres").create_database()
