@@ -8,6 +8,13 @@ extensions = [
         ["sfu/_fast/packet.pyx"],
         extra_compile_args=["-O3"],
     ),
+    # recvmmsg/sendmmsg -> demux -> libsrtp (called through pylibsrtp's cffi pointers) -> sendmmsg
+    Extension(
+        "sfu._fast.datapath",
+        ["sfu/_fast/datapath.pyx"],
+        extra_compile_args=["-O3"],
+        define_macros=[("_GNU_SOURCE", None)],
+    ),
 ]
 
 setup(

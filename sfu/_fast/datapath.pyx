@@ -1,0 +1,1225 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The forwarding path of one worker in C: RTP in, RTP out, no Python per packet.
+
+::
+
+    UDP socket ──recvmmsg──► demux by first byte (RFC 7983 §7, RFC 5761 §4)
+       0..3     STUN ─────────────────────────────► slow_path(data, addr)
+       from an address no Peer has ──────────────► drop "unknown_source"
+       20..63   DTLS ─────────────────────────────► slow_path(data, addr)
+       128..191 RTCP (2nd byte 192..223) ─────────► slow_path(data, addr)
+       128..191 RTP ─► Peer by source address (hash table of sockaddr)
+                    ─► srtp_unprotect in place (libsrtp, direct call)
+                    ─► header check ─► Stream by SSRC (unknown: unknown_ssrc callback)
+                    ─► receive statistics, NACK gap log, packet cache
+                    ─► for each Subscription of the stream (a tuple snapshot):
+                          copy + rewrite (packet.Rewriter._rewrite) into a send slot
+                          ─► srtp_protect with the subscriber's session ─► queue
+       ──sendmmsg──► the queue, at the end of each receive batch
+
+The Python side (``sfu.engine``, ``sfu.router``) owns the objects and changes
+the tables through a small API: ``Datapath.new_peer(owner)`` -> ``Peer``
+(``set_address``, ``set_srtp``, ``add_stream``, ``subscription``, ``close``),
+``Stream`` (``set_subscriptions``, ``cached``, ``stats``, ``drain_events``,
+``close``) and ``Subscription`` (the per-subscriber state, shared with a
+``packet.Rewriter``). Counters are C integers read with ``take_counters()``;
+the receive-to-send latency of each batch that forwarded something goes into
+a histogram (``latency()``).
+
+It mirrors the Python path of ``sfu.engine.MediaEngine.forward`` and
+``sfu.router.Producer.on_packet`` step by step, with the same drop reasons;
+``tests/test_datapath.py`` feeds both the same packets and compares the
+output byte for byte. ``feed(data, addr, now)`` is the sans-I/O entry used by
+those tests; ``on_readable()`` is the socket entry (``loop.add_reader``).
+
+libsrtp is called through function pointers taken from pylibsrtp's cffi
+module (``ffi.addressof(lib, "srtp_protect")``); their C type is checked at
+import. A Peer keeps the ``SrtpPair`` whose ``srtp_t`` it uses alive.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno  # EWOULDBLOCK == EAGAIN on Linux
+from libc.math cimport fabs
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcmp, memcpy, memmove, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.uio cimport iovec
+
+from sfu._fast.includes.mmsg cimport (
+    AF_INET, AF_INET6, INET6_ADDRSTRLEN, MSG_DONTWAIT, MSG_TRUNC, htons, inet_ntop, inet_pton,
+    mmsghdr, ntohs, recvmmsg, sendmmsg, sendto, sockaddr, sockaddr_in, sockaddr_in6, socklen_t,
+)
+from sfu._fast.includes.srtp cimport (
+    SFU_SRTP_FN_CTYPE, SRTP_ERR_STATUS_REPLAY_FAIL, SRTP_ERR_STATUS_REPLAY_OLD, SRTP_MAX_TRAILER_LEN,
+    sfu_srtp_fn,
+)
+from sfu._fast.packet cimport Rewriter, _header_length, _rd16, _rd32
+
+import logging
+
+logger = logging.getLogger("sfu.datapath")
+
+# -- tunables -------------------------------------------------------------------
+
+cdef enum:
+    RX_BATCH = 64          # datagrams per recvmmsg
+    RX_SLOT = 2048         # bytes per receive buffer (larger datagrams: "too_long")
+    RX_MAX = 1500          # longest SRTP packet unprotected (pylibsrtp's limit too)
+    RX_ROUNDS = 16         # recvmmsg calls per readiness callback (then yield to the loop)
+    TX_QUEUE = 1024        # packets queued for one sendmmsg (UIO_MAXIOV)
+    TX_SLOT = 2048         # bytes per send slot (packet + SRTP trailer)
+    EVENT_RING = 4096      # NACK log events kept between two drains
+
+cdef enum:  # kinds of NACK log events
+    EV_GAP = 0
+    EV_RECOVERED = 1
+    EV_CLEAR = 2
+
+# -- counters -------------------------------------------------------------------
+
+cdef enum:  # counters
+    # statistics (MediaEngine.stats)
+    C_RTP_FORWARDED
+    C_RX_PACKETS
+    C_RX_BYTES
+    C_RX_RTP
+    C_TX_PACKETS
+    C_TX_BYTES
+    C_SLOW_PATH
+    C_RECV_CALLS
+    C_SEND_CALLS
+    C_BATCHES_FORWARDING
+    # drops (MediaEngine.drops), same names as the Python path
+    D_UNKNOWN_SOURCE
+    D_NOT_CONNECTED
+    D_SRTP_AUTH
+    D_SRTP_REPLAY
+    D_MALFORMED
+    D_UNKNOWN_SSRC
+    D_UNKNOWN_PAYLOAD_TYPE
+    D_NO_SUBSCRIBER
+    D_SRTP_PROTECT
+    D_SEND_BUFFER_FULL
+    D_SEND_ERROR
+    D_TOO_LONG
+    D_INTERNAL_ERROR
+    D_RECV_ERROR
+    N_COUNTERS
+
+STAT_NAMES = (
+    "rtp_forwarded", "rx_packets", "rx_bytes", "rx_rtp", "tx_packets", "tx_bytes", "slow_path",
+    "recv_calls", "send_calls", "batches_forwarding",
+)
+DROP_NAMES = (
+    "unknown_source", "not_connected", "srtp_auth", "srtp_replay", "malformed", "unknown_ssrc",
+    "unknown_payload_type", "no_subscriber", "srtp_protect", "send_buffer_full", "send_error",
+    "too_long", "internal_error", "recv_error",
+)
+assert len(STAT_NAMES) + len(DROP_NAMES) == N_COUNTERS
+
+# receive->send latency histogram: upper bounds in microseconds (last: +Inf)
+LATENCY_BUCKETS_US = (25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 50000)
+cdef enum:
+    N_BUCKETS = 11
+cdef double _BOUNDS[10]
+
+
+cdef void _init_bounds():
+    cdef int i
+    for i in range(N_BUCKETS - 1):
+        _BOUNDS[i] = LATENCY_BUCKETS_US[i] * 1e-6
+
+
+_init_bounds()
+
+# -- libsrtp ----------------------------------------------------------------------
+
+cdef sfu_srtp_fn _srtp_protect = NULL
+cdef sfu_srtp_fn _srtp_unprotect = NULL
+
+
+def _load_libsrtp():
+    """Take srtp_protect/srtp_unprotect from pylibsrtp's cffi module; fail loudly if they changed."""
+    global _srtp_protect, _srtp_unprotect
+    from pylibsrtp._binding import ffi, lib
+
+    expected = SFU_SRTP_FN_CTYPE.decode()
+    pointers = {}
+    for name in ("srtp_protect", "srtp_unprotect"):
+        fn = ffi.addressof(lib, name)
+        ctype = ffi.typeof(fn).cname
+        if ctype != expected:
+            raise ImportError(
+                f"pylibsrtp's {name} has type {ctype!r}, the fast path expects {expected!r}; "
+                "use sfu serve --fast-path off or update sfu/_fast/includes/srtp.pxd"
+            )
+        pointers[name] = int(ffi.cast("uintptr_t", fn))
+    _srtp_protect = <sfu_srtp_fn><uintptr_t>pointers["srtp_protect"]
+    _srtp_unprotect = <sfu_srtp_fn><uintptr_t>pointers["srtp_unprotect"]
+
+
+_load_libsrtp()
+
+
+cdef uintptr_t _srtp_t(object session) except 0:
+    """The srtp_t (struct srtp_ctx_t_ *) of a pylibsrtp.Session."""
+    from pylibsrtp._binding import ffi
+
+    ptr = int(ffi.cast("uintptr_t", session._srtp[0]))
+    if ptr == 0:
+        raise ValueError("pylibsrtp session has no srtp_t")
+    return <uintptr_t>ptr
+
+# -- addresses -------------------------------------------------------------------------
+
+
+cdef struct AddrKey:
+    uint32_t family
+    uint32_t port     # host order
+    uint32_t scope
+    uint8_t addr[16]
+
+
+cdef inline bint _key_from_sockaddr(const void* sa, AddrKey* k) noexcept nogil:
+    memset(k, 0, sizeof(AddrKey))
+    cdef const sockaddr_in* sin
+    cdef const sockaddr_in6* sin6
+    if (<const sockaddr*>sa).sa_family == AF_INET:
+        sin = <const sockaddr_in*>sa
+        k.family = AF_INET
+        k.port = ntohs(sin.sin_port)
+        memcpy(k.addr, &sin.sin_addr, 4)
+        return True
+    if (<const sockaddr*>sa).sa_family == AF_INET6:
+        sin6 = <const sockaddr_in6*>sa
+        k.family = AF_INET6
+        k.port = ntohs(sin6.sin6_port)
+        k.scope = sin6.sin6_scope_id
+        memcpy(k.addr, &sin6.sin6_addr, 16)
+        return True
+    return False
+
+
+cdef inline uint64_t _key_hash(const AddrKey* k) noexcept nogil:
+    # FNV-1a over the key bytes
+    cdef const uint8_t* p = <const uint8_t*>k
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef size_t i
+    for i in range(sizeof(AddrKey)):
+        h = (h ^ p[i]) * 1099511628211ULL
+    return h
+
+
+cdef socklen_t _sockaddr_from_tuple(object addr, sockaddr_in6* out) except 0:
+    """Fill ``out`` (large enough for either family) from a socket-module address tuple."""
+    memset(out, 0, sizeof(sockaddr_in6))
+    host = addr[0]
+    port = int(addr[1])
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"bad port {port}")
+    cdef bytes h = host.encode("ascii") if isinstance(host, str) else bytes(host)
+    cdef sockaddr_in* sin = <sockaddr_in*>out
+    if b":" not in h:
+        if inet_pton(AF_INET, h, &sin.sin_addr) != 1:
+            raise ValueError(f"bad IPv4 address {host!r}")
+        sin.sin_family = AF_INET
+        sin.sin_port = htons(<uint16_t>port)
+        return sizeof(sockaddr_in)
+    if b"%" in h:
+        h = h.split(b"%")[0]
+    if inet_pton(AF_INET6, h, &out.sin6_addr) != 1:
+        raise ValueError(f"bad IPv6 address {host!r}")
+    out.sin6_family = AF_INET6
+    out.sin6_port = htons(<uint16_t>port)
+    if len(addr) >= 4:
+        out.sin6_scope_id = <uint32_t>int(addr[3])
+    return sizeof(sockaddr_in6)
+
+
+cdef object _tuple_from_sockaddr(const void* sa):
+    cdef char text[INET6_ADDRSTRLEN + 1]
+    cdef const sockaddr_in* sin
+    cdef const sockaddr_in6* sin6
+    if (<const sockaddr*>sa).sa_family == AF_INET:
+        sin = <const sockaddr_in*>sa
+        inet_ntop(AF_INET, &sin.sin_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(sin.sin_port))
+    if (<const sockaddr*>sa).sa_family == AF_INET6:
+        sin6 = <const sockaddr_in6*>sa
+        inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(sin6.sin6_port), sin6.sin6_flowinfo, sin6.sin6_scope_id)
+    return None
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+# -- routing objects ---------------------------------------------------------------
+
+
+@cython.final
+cdef class Subscription:
+    """One subscriber's copy of a stream: its Rewriter, destination Peer and send state.
+
+    Mirrors the fields of ``sfu.router.Consumer`` that the forwarding loop
+    reads and writes (``FastConsumer`` exposes them as properties).
+    """
+
+    cdef readonly Peer peer
+    cdef public Rewriter rewriter
+    cdef public bint paused
+    cdef public bint synced
+    cdef public double clock_rate
+    cdef public uint32_t initial_seq
+    cdef public uint32_t initial_ts
+    cdef public double last_out_time
+    cdef public uint64_t packets_sent
+    cdef public uint64_t octets_sent
+    cdef bint _has_last
+    cdef uint16_t _last_seq
+    cdef uint32_t _last_ts
+
+    def __init__(self, Peer peer, Rewriter rewriter, clock_rate):
+        self.peer = peer
+        self.rewriter = rewriter
+        self.clock_rate = clock_rate
+
+    @property
+    def last_out_seq(self):
+        return self._last_seq if self._has_last else None
+
+    @last_out_seq.setter
+    def last_out_seq(self, value):
+        if value is None:
+            self._has_last = False
+        else:
+            self._has_last = True
+            self._last_seq = <uint16_t>(int(value) & 0xFFFF)
+
+    @property
+    def last_out_ts(self):
+        return self._last_ts if self._has_last else None
+
+    @last_out_ts.setter
+    def last_out_ts(self, value):
+        if value is not None:
+            self._last_ts = <uint32_t>(int(value) & 0xFFFFFFFF)
+
+    cdef inline void _sync(self, uint16_t seq, uint32_t ts, double now) noexcept:
+        """Continue the output numbering where it left off (sfu.router.Consumer.sync)."""
+        cdef uint16_t out_seq
+        cdef uint32_t out_ts
+        cdef int64_t elapsed
+        if not self._has_last:
+            out_seq = <uint16_t>self.initial_seq
+            out_ts = self.initial_ts
+        else:
+            out_seq = <uint16_t>(self._last_seq + 1)
+            elapsed = <int64_t>((now - self.last_out_time) * self.clock_rate)
+            if elapsed < 1:
+                elapsed = 1
+            out_ts = self._last_ts + <uint32_t>elapsed
+        self.rewriter._seq_delta = <uint16_t>(out_seq - seq)
+        self.rewriter._ts_delta = out_ts - ts
+        self.synced = True
+
+
+@cython.final
+cdef class Stream:
+    """A published stream (one SSRC of one Peer): receive state, NACK log, packet cache."""
+
+    cdef readonly Peer peer
+    cdef readonly uint32_t ssrc
+    cdef readonly int payload_type
+    cdef readonly object owner
+    cdef double clock_rate
+    cdef bint nack
+    cdef int64_t nack_max_gap
+    cdef tuple subs
+    cdef readonly bint closed
+    # receive statistics (RFC 3550 A.1, A.3, A.8)
+    cdef readonly uint64_t packets
+    cdef readonly uint64_t bytes
+    cdef bint _started
+    cdef int64_t _unwrap_highest
+    cdef bint _has_base
+    cdef int64_t _base
+    cdef int64_t _highest
+    cdef readonly double jitter
+    cdef bint _has_transit
+    cdef double _last_transit
+    # NACK log: what Producer.on_packet does to Producer.missing, as events
+    cdef int64_t* _ev_a
+    cdef int64_t* _ev_b
+    cdef double* _ev_t
+    cdef uint8_t* _ev_kind
+    cdef size_t _ev_head
+    cdef size_t _ev_len
+    cdef bint _ev_overflow
+    # packet cache: an arena of bytes written as a log + an index by seq
+    cdef uint8_t* _arena
+    cdef size_t _arena_size
+    cdef uint64_t _pos           # logical write position (RFC-free: see _store)
+    cdef int32_t* _idx_seq
+    cdef uint64_t* _idx_pos
+    cdef uint16_t* _idx_len
+    cdef size_t _idx_mask
+
+    def __cinit__(self):
+        self.subs = ()
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self) noexcept:
+        free(self._ev_a); self._ev_a = NULL
+        free(self._ev_b); self._ev_b = NULL
+        free(self._ev_t); self._ev_t = NULL
+        free(self._ev_kind); self._ev_kind = NULL
+        free(self._arena); self._arena = NULL
+        free(self._idx_seq); self._idx_seq = NULL
+        free(self._idx_pos); self._idx_pos = NULL
+        free(self._idx_len); self._idx_len = NULL
+
+    cdef int _alloc(self, size_t cache_packets, size_t cache_bytes) except -1:
+        self._ev_a = <int64_t*>malloc(EVENT_RING * sizeof(int64_t))
+        self._ev_b = <int64_t*>malloc(EVENT_RING * sizeof(int64_t))
+        self._ev_t = <double*>malloc(EVENT_RING * sizeof(double))
+        self._ev_kind = <uint8_t*>malloc(EVENT_RING)
+        self._arena = <uint8_t*>malloc(cache_bytes) if cache_bytes else NULL
+        self._arena_size = cache_bytes
+        self._idx_seq = <int32_t*>malloc(cache_packets * sizeof(int32_t))
+        self._idx_pos = <uint64_t*>malloc(cache_packets * sizeof(uint64_t))
+        self._idx_len = <uint16_t*>malloc(cache_packets * sizeof(uint16_t))
+        if (self._ev_a == NULL or self._ev_b == NULL or self._ev_t == NULL or self._ev_kind == NULL
+                or (cache_bytes and self._arena == NULL) or self._idx_seq == NULL
+                or self._idx_pos == NULL or self._idx_len == NULL):
+            self._free()
+            raise MemoryError()
+        memset(self._idx_seq, 0xFF, cache_packets * sizeof(int32_t))  # -1: empty
+        self._idx_mask = cache_packets - 1
+        return 0
+
+    # -- per packet (C only) --------------------------------------------------
+
+    cdef inline void _event(self, uint8_t kind, int64_t a, int64_t b, double t) noexcept:
+        cdef size_t i
+        if self._ev_len == EVENT_RING:
+            self._ev_overflow = True
+            return
+        i = (self._ev_head + self._ev_len) % EVENT_RING
+        self._ev_kind[i] = kind
+        self._ev_a[i] = a
+        self._ev_b[i] = b
+        self._ev_t[i] = t
+        self._ev_len += 1
+
+    cdef inline void _store(self, uint16_t seq, const uint8_t* p, Py_ssize_t n) noexcept:
+        """Cache the plaintext packet (sfu.router.Producer: the NACK cache).
+
+        The arena is a log: logical position ``_pos`` grows forever, the
+        bytes of logical position x live at x % size, and a packet never
+        straddles the end (it skips to the next multiple of the size). A
+        cached packet starting at logical s is intact while ``_pos <= s + size``.
+        """
+        cdef size_t slot = seq & self._idx_mask
+        cdef uint64_t start
+        if n > <Py_ssize_t>self._arena_size or n > 0xFFFF:
+            self._idx_seq[slot] = -1
+            return
+        start = self._pos
+        if (start % self._arena_size) + <uint64_t>n > self._arena_size:
+            start = (start // self._arena_size + 1) * self._arena_size
+        memcpy(self._arena + start % self._arena_size, p, n)
+        self._pos = start + <uint64_t>n
+        self._idx_seq[slot] = seq
+        self._idx_pos[slot] = start
+        self._idx_len[slot] = <uint16_t>n
+
+    cdef inline void _on_packet(self, const uint8_t* p, Py_ssize_t n, uint16_t seq, uint32_t ts,
+                                double now) noexcept:
+        """sfu.router.Producer.on_packet, event for event."""
+        cdef int64_t ext, gap
+        cdef uint16_t delta
+        cdef double transit, d
+        if not self._started:
+            self._started = True
+            self._unwrap_highest = seq
+            ext = seq
+        else:
+            delta = <uint16_t>(seq - self._unwrap_highest)
+            if delta < 0x8000:
+                ext = self._unwrap_highest + delta
+                self._unwrap_highest = ext
+            else:
+                ext = self._unwrap_highest + delta - 0x10000
+        self.packets += 1
+        self.bytes += n
+        if self._arena_size:
+            self._store(seq, p, n)
+        if not self._has_base:
+            self._has_base = True
+            self._base = ext
+            self._highest = ext
+        elif ext > self._highest:
+            gap = ext - self._highest - 1
+            if gap and self.nack:
+                if gap > self.nack_max_gap:
+                    self._event(EV_CLEAR, 0, 0, now)
+                else:
+                    self._event(EV_GAP, self._highest + 1, ext, now)
+            self._highest = ext
+        elif self.nack:
+            self._event(EV_RECOVERED, ext, 0, now)
+        # interarrival jitter, RFC 3550 A.8
+        transit = now * self.clock_rate - <double>ts
+        if self._has_transit:
+            d = fabs(transit - self._last_transit)
+            if d < self.clock_rate * 10:
+                self.jitter += (d - self.jitter) / 16.0
+        self._last_transit = transit
+        self._has_transit = True
+
+    # -- Python API --------------------------------------------------------------
+
+    def set_subscriptions(self, subscriptions):
+        """Replace the fan-out snapshot (called on every membership change)."""
+        subs = tuple(subscriptions)
+        for s in subs:
+            if not isinstance(s, Subscription):
+                raise TypeError("expected Subscription objects")
+        self.subs = subs
+
+    @property
+    def subscriptions(self):
+        return self.subs
+
+    def cached(self, seq):
+        """The cached plaintext packet with sequence number ``seq``, or None."""
+        if self._arena == NULL:
+            return None
+        cdef size_t slot = (<uint32_t>seq) & self._idx_mask
+        if self._idx_seq[slot] != <int32_t>(seq & 0xFFFF):
+            return None
+        cdef uint64_t start = self._idx_pos[slot]
+        if self._pos > start + self._arena_size:
+            return None  # overwritten since
+        return PyBytes_FromStringAndSize(<char*>self._arena + start % self._arena_size, self._idx_len[slot])
+
+    def stats(self):
+        """(packets, bytes, base_ext_seq or None, highest_ext_seq, jitter)."""
+        return (self.packets, self.bytes, self._base if self._has_base else None,
+                self._highest if self._has_base else -1, self.jitter)
+
+    def drain_events(self):
+        """The NACK log since the last call: ("gap", first, end, t) for missing
+        extended seqs [first, end), ("recovered", ext, None, t), ("clear", ...)."""
+        out = []
+        cdef size_t i
+        cdef uint8_t kind
+        if self._ev_overflow:
+            out.append(("clear", 0, 0, 0.0))
+        while self._ev_len:
+            i = self._ev_head
+            kind = self._ev_kind[i]
+            if kind == EV_GAP:
+                out.append(("gap", self._ev_a[i], self._ev_b[i], self._ev_t[i]))
+            elif kind == EV_RECOVERED:
+                out.append(("recovered", self._ev_a[i], None, self._ev_t[i]))
+            else:
+                out.append(("clear", 0, 0, self._ev_t[i]))
+            self._ev_head = (i + 1) % EVENT_RING
+            self._ev_len -= 1
+        self._ev_overflow = False
+        return out
+
+    def close(self):
+        """Stop receiving this SSRC in C (packets of it go to unknown_ssrc)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.subs = ()
+        if self.peer is not None:
+            self.peer._remove_stream(self)
+
+
+@cython.final
+cdef class Peer:
+    """One transport: its address (when known), SRTP sessions (when connected), streams."""
+
+    cdef Datapath dp
+    cdef readonly object owner
+    cdef AddrKey _key
+    cdef sockaddr_in6 _sa
+    cdef socklen_t _salen
+    cdef readonly bint registered   # in the address table
+    cdef void* _tx
+    cdef void* _rx
+    cdef object _srtp                # keep-alive of the libsrtp sessions
+    cdef tuple _streams
+    cdef readonly bint closed
+
+    def __cinit__(self):
+        self._streams = ()
+
+    @property
+    def connected(self):
+        return self._tx != NULL
+
+    @property
+    def address(self):
+        return _tuple_from_sockaddr(&self._sa) if self._salen else None
+
+    @property
+    def streams(self):
+        return self._streams
+
+    def set_address(self, addr):
+        """(Re)bind this peer to the source address ``addr`` (ICE selected a pair)."""
+        if self.closed:
+            return
+        cdef sockaddr_in6 sa
+        cdef socklen_t n = _sockaddr_from_tuple(addr, &sa)
+        cdef AddrKey key
+        _key_from_sockaddr(&sa, &key)
+        if self.registered:
+            self.dp._table_remove(&self._key, self)
+            self.registered = False
+        memcpy(&self._sa, &sa, sizeof(sa))
+        self._salen = n
+        self._key = key
+        self.dp._table_put(&self._key, self)
+        self.registered = True
+
+    def set_srtp(self, pair):
+        """Use the libsrtp sessions of an ``sfu.srtp.SrtpPair`` (``.tx``, ``.rx``)."""
+        if self.closed:
+            return
+        tx = _srtp_t(pair.tx)
+        rx = _srtp_t(pair.rx)
+        self._srtp = pair
+        self._tx = <void*>tx
+        self._rx = <void*>rx
+
+    def add_stream(self, ssrc, payload_type, clock_rate, *, nack=True, nack_max_gap=256,
+                   cache_packets=1024, cache_bytes=512 * 1024, owner=None):
+        """Receive ``ssrc`` from this peer in C; ``cache_packets`` is a power of two."""
+        if cache_packets < 1 or cache_packets & (cache_packets - 1) or cache_packets > (1 << 20):
+            raise ValueError("cache_packets must be a power of two")
+        if not 0 <= ssrc <= 0xFFFFFFFF or not 0 <= payload_type <= 127:
+            raise ValueError("bad SSRC or payload type")
+        for s in self._streams:
+            if (<Stream>s).ssrc == ssrc:
+                raise ValueError(f"SSRC {ssrc} already has a stream on this peer")
+        cdef Stream stream = Stream.__new__(Stream)
+        stream._alloc(cache_packets, cache_bytes)
+        stream.peer = self
+        stream.ssrc = ssrc
+        stream.payload_type = payload_type
+        stream.clock_rate = clock_rate
+        stream.nack = nack
+        stream.nack_max_gap = nack_max_gap
+        stream.owner = owner
+        self._streams = self._streams + (stream,)
+        return stream
+
+    cdef void _remove_stream(self, Stream stream):
+        self._streams = tuple(s for s in self._streams if s is not stream)
+
+    def subscription(self, Rewriter rewriter, clock_rate):
+        """A Subscription that sends to this peer."""
+        return Subscription(self, rewriter, clock_rate)
+
+    def close(self):
+        """Forget the address, the SRTP sessions and the streams."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.registered:
+            self.dp._table_remove(&self._key, self)
+            self.registered = False
+        self._tx = NULL
+        self._rx = NULL
+        self._srtp = None
+        for s in self._streams:
+            (<Stream>s).closed = True
+            (<Stream>s).subs = ()
+        self._streams = ()
+
+    cdef inline Stream _find(self, uint32_t ssrc):
+        cdef tuple streams = self._streams
+        for s in streams:
+            if (<Stream>s).ssrc == ssrc:
+                return <Stream>s
+        return None
+
+# -- the data path ------------------------------------------------------------------
+
+
+@cython.final
+cdef class Datapath:
+    """The socket, the address table, the send queue and the counters of one worker."""
+
+    cdef int fd
+    cdef object slow_path
+    cdef object unknown_ssrc
+    cdef object _loop
+    cdef bint _writing
+    cdef readonly bint capture
+    cdef public list captured
+    cdef uint64_t _counters[N_COUNTERS]
+    cdef uint64_t _taken[N_COUNTERS]
+    # address table: open addressing, linear probing, backward-shift deletion
+    cdef AddrKey* _keys
+    cdef PyObject** _vals        # borrowed: _registered holds the references
+    cdef size_t _cap
+    cdef size_t _count
+    cdef set _registered
+    # receive batch
+    cdef mmsghdr* _rx_msgs
+    cdef iovec* _rx_iov
+    cdef sockaddr_in6* _rx_addr
+    cdef uint8_t* _rx_buf
+    # send queue: entries [_q_start, _q_len) wait for sendmmsg
+    cdef mmsghdr* _tx_msgs
+    cdef iovec* _tx_iov
+    cdef sockaddr_in6* _tx_addr
+    cdef uint8_t* _tx_buf
+    cdef size_t _q_start
+    cdef size_t _q_len
+    # latency histogram (seconds)
+    cdef uint64_t _hist[N_BUCKETS]
+    cdef double _hist_sum
+    cdef uint64_t _hist_count
+
+    def __cinit__(self):
+        self.fd = -1
+        self._cap = 64
+        self._keys = <AddrKey*>calloc(self._cap, sizeof(AddrKey))
+        self._vals = <PyObject**>calloc(self._cap, sizeof(PyObject*))
+        self._rx_msgs = <mmsghdr*>calloc(RX_BATCH, sizeof(mmsghdr))
+        self._rx_iov = <iovec*>calloc(RX_BATCH, sizeof(iovec))
+        self._rx_addr = <sockaddr_in6*>calloc(RX_BATCH, sizeof(sockaddr_in6))
+        self._rx_buf = <uint8_t*>malloc(RX_BATCH * RX_SLOT)
+        self._tx_msgs = <mmsghdr*>calloc(TX_QUEUE, sizeof(mmsghdr))
+        self._tx_iov = <iovec*>calloc(TX_QUEUE, sizeof(iovec))
+        self._tx_addr = <sockaddr_in6*>calloc(TX_QUEUE, sizeof(sockaddr_in6))
+        self._tx_buf = <uint8_t*>malloc(TX_QUEUE * TX_SLOT)
+        if (self._keys == NULL or self._vals == NULL or self._rx_msgs == NULL or self._rx_iov == NULL
+                or self._rx_addr == NULL or self._rx_buf == NULL or self._tx_msgs == NULL
+                or self._tx_iov == NULL or self._tx_addr == NULL or self._tx_buf == NULL):
+            raise MemoryError()
+        cdef size_t i
+        for i in range(RX_BATCH):
+            self._rx_iov[i].iov_base = self._rx_buf + i * RX_SLOT
+            self._rx_iov[i].iov_len = RX_SLOT
+            self._rx_msgs[i].msg_hdr.msg_iov = &self._rx_iov[i]
+            self._rx_msgs[i].msg_hdr.msg_iovlen = 1
+            self._rx_msgs[i].msg_hdr.msg_name = &self._rx_addr[i]
+        for i in range(TX_QUEUE):
+            self._tx_iov[i].iov_base = self._tx_buf + i * TX_SLOT
+            self._tx_msgs[i].msg_hdr.msg_iov = &self._tx_iov[i]
+            self._tx_msgs[i].msg_hdr.msg_iovlen = 1
+            self._tx_msgs[i].msg_hdr.msg_name = &self._tx_addr[i]
+        self._registered = set()
+        self.captured = []
+
+    def __init__(self, slow_path, unknown_ssrc=None, *, capture=False):
+        """``slow_path(data: bytes, addr)`` gets every datagram the C path does not
+        forward or drop itself; ``unknown_ssrc(owner, plain: bytes, ssrc) -> bool``
+        may register a stream for an SSRC (then the packet is forwarded). With
+        ``capture=True`` nothing is sent: packets go to ``captured`` as
+        ``(bytes, addr)`` (tests)."""
+        self.slow_path = slow_path
+        self.unknown_ssrc = unknown_ssrc
+        self.capture = capture
+
+    def __dealloc__(self):
+        free(self._keys)
+        free(self._vals)
+        free(self._rx_msgs)
+        free(self._rx_iov)
+        free(self._rx_addr)
+        free(self._rx_buf)
+        free(self._tx_msgs)
+        free(self._tx_iov)
+        free(self._tx_addr)
+        free(self._tx_buf)
+
+    # -- address table -------------------------------------------------------------
+
+    cdef Peer _lookup(self, const AddrKey* key):
+        cdef size_t mask = self._cap - 1
+        cdef size_t i = _key_hash(key) & mask
+        while self._vals[i] != NULL:
+            if memcmp(&self._keys[i], key, sizeof(AddrKey)) == 0:
+                return <Peer>self._vals[i]
+            i = (i + 1) & mask
+        return None
+
+    cdef int _table_put(self, const AddrKey* key, Peer peer) except -1:
+        cdef size_t mask, i
+        if (self._count + 1) * 2 > self._cap:
+            self._grow()
+        mask = self._cap - 1
+        i = _key_hash(key) & mask
+        while self._vals[i] != NULL:
+            if memcmp(&self._keys[i], key, sizeof(AddrKey)) == 0:
+                # another peer had this address: it loses it (the newest binding wins)
+                old = <Peer>self._vals[i]
+                old.registered = False
+                self._registered.discard(old)
+                self._vals[i] = <PyObject*>peer
+                self._registered.add(peer)
+                return 0
+            i = (i + 1) & mask
+        memcpy(&self._keys[i], key, sizeof(AddrKey))
+        self._vals[i] = <PyObject*>peer
+        self._count += 1
+        self._registered.add(peer)
+        return 0
+
+    cdef int _grow(self) except -1:
+        cdef size_t old_cap = self._cap
+        cdef AddrKey* old_keys = self._keys
+        cdef PyObject** old_vals = self._vals
+        cdef size_t new_cap = old_cap * 2
+        cdef AddrKey* keys = <AddrKey*>calloc(new_cap, sizeof(AddrKey))
+        cdef PyObject** vals = <PyObject**>calloc(new_cap, sizeof(PyObject*))
+        cdef size_t i, j, mask = new_cap - 1
+        if keys == NULL or vals == NULL:
+            free(keys)
+            free(vals)
+            raise MemoryError()
+        for i in range(old_cap):
+            if old_vals[i] != NULL:
+                j = _key_hash(&old_keys[i]) & mask
+                while vals[j] != NULL:
+                    j = (j + 1) & mask
+                memcpy(&keys[j], &old_keys[i], sizeof(AddrKey))
+                vals[j] = old_vals[i]
+        self._keys = keys
+        self._vals = vals
+        self._cap = new_cap
+        free(old_keys)
+        free(old_vals)
+        return 0
+
+    cdef void _table_remove(self, const AddrKey* key, Peer peer):
+        cdef size_t mask = self._cap - 1
+        cdef size_t i = _key_hash(key) & mask
+        cdef size_t j, k
+        while self._vals[i] != NULL:
+            if memcmp(&self._keys[i], key, sizeof(AddrKey)) == 0:
+                break
+            i = (i + 1) & mask
+        else:
+            return
+        if self._vals[i] != <PyObject*>peer:
+            return  # the address went to another peer meanwhile
+        self._registered.discard(peer)
+        self._count -= 1
+        # backward-shift deletion keeps every probe chain unbroken
+        j = i
+        while True:
+            j = (j + 1) & mask
+            if self._vals[j] == NULL:
+                break
+            k = _key_hash(&self._keys[j]) & mask
+            if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
+                memcpy(&self._keys[i], &self._keys[j], sizeof(AddrKey))
+                self._vals[i] = self._vals[j]
+                i = j
+        self._vals[i] = NULL
+
+    # -- Python API ----------------------------------------------------------------------
+
+    def new_peer(self, owner=None):
+        """A Peer for one transport; it enters the address table with set_address()."""
+        cdef Peer peer = Peer.__new__(Peer)
+        peer.dp = self
+        peer.owner = owner
+        return peer
+
+    def open(self, int fd, loop=None):
+        """Use the non-blocking UDP socket ``fd``; ``loop`` gets add_writer when the
+        kernel's send buffer is full. The caller registers ``on_readable`` with
+        ``loop.add_reader(fd, datapath.on_readable)``."""
+        self.fd = fd
+        self._loop = loop
+
+    def close(self):
+        if self._writing and self._loop is not None and self.fd >= 0:
+            self._loop.remove_writer(self.fd)
+        self._writing = False
+        self.fd = -1
+        self._loop = None
+        self._q_start = self._q_len = 0
+
+    @property
+    def peers(self):
+        """Number of peers in the address table."""
+        return self._count
+
+    @property
+    def queued(self):
+        return self._q_len - self._q_start
+
+    def take_counters(self):
+        """(stats, drops): what each counter gained since the last call (non-zero only)."""
+        stats = {}
+        drops = {}
+        cdef int i
+        cdef uint64_t delta
+        for i in range(N_COUNTERS):
+            delta = self._counters[i] - self._taken[i]
+            if delta:
+                self._taken[i] = self._counters[i]
+                if i < D_UNKNOWN_SOURCE:
+                    stats[STAT_NAMES[i]] = delta
+                else:
+                    drops[DROP_NAMES[i - D_UNKNOWN_SOURCE]] = delta
+        return stats, drops
+
+    def counters(self):
+        """All counters since start (stats and drops in one dict)."""
+        names = STAT_NAMES + DROP_NAMES
+        return {names[i]: self._counters[i] for i in range(N_COUNTERS)}
+
+    def latency(self):
+        """Receive->send latency of forwarding batches: Prometheus-style histogram
+        {"buckets": [(upper bound s, cumulative count)...], "count", "sum"}."""
+        out = []
+        cdef uint64_t total = 0
+        cdef int i
+        for i in range(N_BUCKETS):
+            total += self._hist[i]
+            out.append((LATENCY_BUCKETS_US[i] * 1e-6 if i < N_BUCKETS - 1 else float("inf"), total))
+        return {"buckets": out, "count": self._hist_count, "sum": self._hist_sum}
+
+    def feed(self, data, addr, double now):
+        """Process one datagram as if received from ``addr`` at ``now`` (sans-I/O entry), then flush."""
+        cdef sockaddr_in6 sa
+        cdef Py_ssize_t n = len(data)
+        cdef bytes b = bytes(data)
+        _sockaddr_from_tuple(addr, &sa)
+        if n > RX_SLOT:
+            self._counters[C_RX_PACKETS] += 1
+            self._counters[D_TOO_LONG] += 1
+            return
+        memcpy(self._rx_buf, PyBytes_AS_STRING(b), n)
+        self._datagram(self._rx_buf, n, &sa, now)
+        self._flush()
+
+    def sendto(self, data, addr):
+        """Send one datagram from Python (STUN, DTLS, RTCP, retransmissions): at once
+        when nothing is queued, else behind the queue."""
+        cdef sockaddr_in6 sa
+        cdef socklen_t salen = _sockaddr_from_tuple(addr, &sa)
+        cdef bytes b = bytes(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+        cdef ssize_t rc
+        cdef uint8_t* slot
+        if n > TX_SLOT:
+            self._counters[D_SEND_ERROR] += 1
+            return
+        if self._q_len == self._q_start and not self.capture and self.fd >= 0:
+            rc = sendto(self.fd, PyBytes_AS_STRING(b), n, 0, <sockaddr*>&sa, salen)
+            self._counters[C_SEND_CALLS] += 1
+            if rc >= 0:
+                self._counters[C_TX_PACKETS] += 1
+                self._counters[C_TX_BYTES] += n
+                return
+            if errno != EAGAIN:
+                self._counters[D_SEND_ERROR] += 1
+                return
+        slot = self._slot()
+        if slot == NULL:
+            self._counters[D_SEND_BUFFER_FULL] += 1
+            return
+        memcpy(slot, PyBytes_AS_STRING(b), n)
+        self._commit(n, &sa, salen)
+        if self.capture:
+            self._flush()
+        elif not self._writing:
+            self._flush()
+
+    def flush(self):
+        self._flush()
+
+    def on_readable(self):
+        """Read and process datagrams until the socket is empty (or RX_ROUNDS batches)."""
+        cdef int n, i, rounds = 0
+        cdef double t_rx, lat
+        cdef uint64_t forwarded
+        cdef mmsghdr* m
+        if self.fd < 0:
+            return
+        while rounds < RX_ROUNDS:
+            for i in range(RX_BATCH):
+                self._rx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
+                self._rx_msgs[i].msg_hdr.msg_flags = 0
+            n = recvmmsg(self.fd, self._rx_msgs, RX_BATCH, MSG_DONTWAIT, NULL)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                if errno != EAGAIN:
+                    self._counters[D_RECV_ERROR] += 1
+                break
+            self._counters[C_RECV_CALLS] += 1
+            t_rx = _monotonic()
+            forwarded = self._counters[C_RTP_FORWARDED]
+            for i in range(n):
+                m = &self._rx_msgs[i]
+                if m.msg_hdr.msg_flags & MSG_TRUNC:
+                    self._counters[C_RX_PACKETS] += 1
+                    self._counters[D_TOO_LONG] += 1
+                    continue
+                self._datagram(self._rx_buf + i * RX_SLOT, m.msg_len, &self._rx_addr[i], t_rx)
+            self._flush()
+            if self._counters[C_RTP_FORWARDED] != forwarded:
+                self._record_latency(_monotonic() - t_rx)
+            if n < RX_BATCH:
+                break
+            rounds += 1
+
+    def _on_writable(self):
+        self._flush()
+        if self._q_len == self._q_start and self._writing:
+            self._writing = False
+            if self._loop is not None and self.fd >= 0:
+                self._loop.remove_writer(self.fd)
+
+    # -- per datagram (C) ------------------------------------------------------------
+
+    cdef inline void _record_latency(self, double seconds) noexcept:
+        cdef int i
+        for i in range(N_BUCKETS - 1):
+            if seconds <= _BOUNDS[i]:
+                break
+        else:
+            i = N_BUCKETS - 1
+        self._hist[i] += 1
+        self._hist_count += 1
+        self._hist_sum += seconds
+        self._counters[C_BATCHES_FORWARDING] += 1
+
+    cdef void _datagram(self, uint8_t* buf, Py_ssize_t n, const sockaddr_in6* sa, double now):
+        """RFC 7983 §7 demux, then the RTP path or the slow path."""
+        cdef AddrKey key
+        cdef Peer peer
+        cdef uint8_t first
+        self._counters[C_RX_PACKETS] += 1
+        self._counters[C_RX_BYTES] += n
+        if n > 0 and buf[0] <= 3:
+            self._slow(buf, n, sa)  # STUN: ICE-lite in Python (it learns addresses)
+            return
+        if not _key_from_sockaddr(sa, &key):
+            self._counters[D_UNKNOWN_SOURCE] += 1
+            return
+        peer = self._lookup(&key)
+        if peer is None:
+            self._counters[D_UNKNOWN_SOURCE] += 1
+            return
+        if n == 0:
+            self._counters[D_MALFORMED] += 1
+            return
+        first = buf[0]
+        if 20 <= first <= 63:
+            self._slow(buf, n, sa)  # DTLS
+        elif 128 <= first <= 191 and n >= 2:
+            if 192 <= buf[1] <= 223:
+                self._slow(buf, n, sa)  # RTCP (RFC 5761 §4)
+            else:
+                self._rtp(peer, buf, n, now)
+        else:
+            self._counters[D_MALFORMED] += 1
+
+    cdef void _slow(self, const uint8_t* buf, Py_ssize_t n, const sockaddr_in6* sa):
+        self._counters[C_SLOW_PATH] += 1
+        try:
+            self.slow_path(PyBytes_FromStringAndSize(<const char*>buf, n), _tuple_from_sockaddr(sa))
+        except Exception:
+            self._counters[D_INTERNAL_ERROR] += 1
+            logger.exception("slow path failed")
+
+    cdef bint _learn(self, Peer peer, const uint8_t* buf, Py_ssize_t n, uint32_t ssrc):
+        if self.unknown_ssrc is None:
+            return False
+        try:
+            return bool(self.unknown_ssrc(peer.owner, PyBytes_FromStringAndSize(<const char*>buf, n), ssrc))
+        except Exception:
+            self._counters[D_INTERNAL_ERROR] += 1
+            logger.exception("unknown_ssrc callback failed")
+            return False
+
+    cdef void _rtp(self, Peer peer, uint8_t* buf, Py_ssize_t n, double now):
+        """transport.receive_rtp + producer.on_packet + engine.forward, in C."""
+        cdef int length = <int>n
+        cdef int rc
+        cdef Py_ssize_t hlen
+        cdef uint32_t ssrc
+        cdef Stream stream
+        self._counters[C_RX_RTP] += 1
+        if peer._rx == NULL:
+            self._counters[D_NOT_CONNECTED] += 1
+            return
+        if n > RX_MAX:
+            self._counters[D_TOO_LONG] += 1
+            return
+        rc = _srtp_unprotect(peer._rx, buf, &length)
+        if rc != 0:
+            if rc == SRTP_ERR_STATUS_REPLAY_FAIL or rc == SRTP_ERR_STATUS_REPLAY_OLD:
+                self._counters[D_SRTP_REPLAY] += 1
+            else:
+                self._counters[D_SRTP_AUTH] += 1
+            return
+        hlen = _header_length(buf, length)
+        if hlen < 0:
+            self._counters[D_MALFORMED] += 1
+            return
+        ssrc = _rd32(buf + 8)
+        stream = peer._find(ssrc)
+        if stream is None:
+            if self._learn(peer, buf, length, ssrc):
+                stream = peer._find(ssrc)
+            if stream is None:
+                self._counters[D_UNKNOWN_SSRC] += 1
+                return
+        if (buf[1] & 0x7F) != stream.payload_type:
+            self._counters[D_UNKNOWN_PAYLOAD_TYPE] += 1  # e.g. RTX or FEC we did not negotiate
+            return
+        stream._on_packet(buf, length, _rd16(buf + 2), _rd32(buf + 4), now)
+        self._forward(stream, buf, length, now)
+
+    cdef void _forward(self, Stream stream, const uint8_t* buf, Py_ssize_t n, double now):
+        """sfu.engine.MediaEngine.forward, in C."""
+        cdef tuple subs = stream.subs
+        cdef Py_ssize_t count = PyTuple_GET_SIZE(subs)
+        cdef Subscription sub
+        cdef Peer dest
+        cdef uint8_t* slot
+        cdef Py_ssize_t m
+        cdef int length, rc
+        cdef uint64_t sent = 0
+        cdef uint16_t seq = _rd16(buf + 2)
+        cdef uint32_t ts = _rd32(buf + 4)
+        if count == 0:
+            self._counters[D_NO_SUBSCRIBER] += 1
+            return
+        for obj in subs:
+            sub = <Subscription>obj
+            dest = sub.peer
+            if dest._tx == NULL or sub.paused or not dest.registered:
+                continue
+            if not sub.synced:
+                sub._sync(seq, ts, now)
+            slot = self._slot()
+            if slot == NULL:
+                self._counters[D_SEND_BUFFER_FULL] += 1
+                continue
+            m = sub.rewriter._rewrite(buf, n, slot, TX_SLOT - SRTP_MAX_TRAILER_LEN)
+            if m == -1:
+                continue  # payload type not mapped for this subscriber
+            if m < 0:
+                self._counters[D_INTERNAL_ERROR] += 1  # the Python path raises here
+                return
+            length = <int>m
+            rc = _srtp_protect(dest._tx, slot, &length)
+            if rc != 0:
+                self._counters[D_SRTP_PROTECT] += 1
+                continue
+            self._commit(length, &dest._sa, dest._salen)
+            sub._has_last = True
+            sub._last_seq = <uint16_t>(seq + sub.rewriter._seq_delta)
+            sub._last_ts = ts + sub.rewriter._ts_delta
+            sub.last_out_time = now
+            sub.packets_sent += 1
+            sub.octets_sent += m
+            sent += 1
+        self._counters[C_RTP_FORWARDED] += sent
+
+    # -- send queue ---------------------------------------------------------------------
+
+    cdef inline uint8_t* _slot(self) noexcept:
+        """The buffer of the next queue entry, or NULL when the queue stays full."""
+        if self._q_len == TX_QUEUE:
+            self._flush()
+            if self._q_len == TX_QUEUE:
+                self._compact()
+                if self._q_len == TX_QUEUE:
+                    return NULL
+        return self._tx_buf + self._q_len * TX_SLOT
+
+    cdef inline void _commit(self, int length, const sockaddr_in6* sa, socklen_t salen) noexcept:
+        cdef size_t i = self._q_len
+        self._tx_iov[i].iov_len = length
+        memcpy(&self._tx_addr[i], sa, salen)
+        self._tx_msgs[i].msg_hdr.msg_namelen = salen
+        self._q_len = i + 1
+
+    cdef void _compact(self) noexcept:
+        """Move the entries still waiting (after EAGAIN) to the front of the queue."""
+        cdef size_t i, k = 0
+        if self._q_start == 0:
+            return
+        for i in range(self._q_start, self._q_len):
+            memmove(self._tx_buf + k * TX_SLOT, self._tx_buf + i * TX_SLOT, self._tx_iov[i].iov_len)
+            self._tx_iov[k].iov_len = self._tx_iov[i].iov_len
+            memcpy(&self._tx_addr[k], &self._tx_addr[i], sizeof(sockaddr_in6))
+            self._tx_msgs[k].msg_hdr.msg_namelen = self._tx_msgs[i].msg_hdr.msg_namelen
+            k += 1
+        self._q_start = 0
+        self._q_len = k
+
+    cdef void _flush(self):
+        """sendmmsg the queue; on EAGAIN keep the rest and wait for writability."""
+        cdef int rc
+        cdef size_t i
+        if self.capture:
+            for i in range(self._q_start, self._q_len):
+                self.captured.append((
+                    PyBytes_FromStringAndSize(<char*>self._tx_buf + i * TX_SLOT, self._tx_iov[i].iov_len),
+                    _tuple_from_sockaddr(&self._tx_addr[i]),
+                ))
+                self._counters[C_TX_PACKETS] += 1
+                self._counters[C_TX_BYTES] += self._tx_iov[i].iov_len
+            self._q_start = self._q_len = 0
+            return
+        if self.fd < 0:
+            self._q_start = self._q_len = 0
+            return
+        while self._q_start < self._q_len:
+            rc = sendmmsg(self.fd, self._tx_msgs + self._q_start, <unsigned int>(self._q_len - self._q_start), 0)
+            self._counters[C_SEND_CALLS] += 1
+            if rc > 0:
+                for i in range(self._q_start, self._q_start + rc):
+                    self._counters[C_TX_BYTES] += self._tx_iov[i].iov_len
+                self._counters[C_TX_PACKETS] += rc
+                self._q_start += rc
+                continue
+            if rc < 0 and errno == EINTR:
+                continue
+            if rc < 0 and errno == EAGAIN:
+                self._counters[D_SEND_BUFFER_FULL] += 1
+                self._wait_writable()
+                return
+            # another error on the first message: drop it, go on with the rest
+            self._counters[D_SEND_ERROR] += 1
+            self._q_start += 1
+        self._q_start = self._q_len = 0
+
+    cdef void _wait_writable(self):
+        if self._writing or self._loop is None:
+            return
+        try:
+            self._loop.add_writer(self.fd, self._on_writable)
+            self._writing = True
+        except Exception:
+            logger.exception("add_writer failed")
