@@ -13,7 +13,7 @@ import secrets
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, signaling
 from .auth import AuthError, authorize, token_from_request, verify_token
 from .engine import MediaEngine
 from .log import event
@@ -171,7 +171,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
+    """The meeting page (WebSocket protocol, sfu/signaling.py)."""
+    return web.FileResponse(STATIC_DIR / "meeting.html")
+
+
+async def whip_page(request: web.Request) -> web.StreamResponse:
+    """The WHIP/WHEP test page."""
+    return web.FileResponse(STATIC_DIR / "whip.html")
 
 
 def _track_meeting_sessions(app: web.Application, engine: MediaEngine, meetings: MeetingService) -> None:
@@ -208,11 +214,13 @@ def make_app(engine: MediaEngine, meetings: MeetingService | None = None, auth_s
     if meetings is not None:
         add_routes(app, meetings, app[AUTH_SECRET_KEY], dev)
         _track_meeting_sessions(app, engine, meetings)
+        signaling.add_routes(app, engine, meetings, app[AUTH_SECRET_KEY])  # GET /ws
     for prefix, role in (("whip", "publish"), ("whep", "subscribe")):
         app.router.add_post(f"/{prefix}/{{room}}", _make_post(role, prefix))
         app.router.add_delete(f"/{prefix}/{{room}}/{{session}}", _make_delete(prefix))
         app.router.add_patch(f"/{prefix}/{{room}}/{{session}}", patch_session)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
+    app.router.add_get("/whip.html", whip_page)
     app.router.add_static("/static/", STATIC_DIR)
     return app

@@ -1,4 +1,4 @@
-"""Headless Chromium through the SFU: the test page (sfu/static/index.html)
+"""Headless Chromium through the SFU: the test page (sfu/static/whip.html, served at /whip.html)
 publishes with WHIP and plays with WHEP, driven over the DevTools protocol.
 
 Chromium leaves loopback out of its network list unless started with
@@ -68,7 +68,7 @@ async def diagnose(tab: Tab, sfu) -> str:
 async def open_page(browser: Chromium, sfu, query: str) -> Tab:
     room = urllib.parse.parse_qs(query).get("room", ["demo"])[0]
     query += "&token=" + urllib.parse.quote(sfu.token(room, "browser"))
-    tab = await browser.new_tab(f"{sfu.url}/?{query}")
+    tab = await browser.new_tab(f"{sfu.url}/whip.html?{query}")
     # the page sets sfuState synchronously when its script runs
     assert await tab.wait_for("typeof window.sfuState === 'object'", timeout=10), tab.console
     return tab

@@ -1,0 +1,505 @@
+// The meeting page: the WebSocket meeting protocol (docs/protocol.md), no build step.
+//
+// One RTCPeerConnection carries this participant's sendonly tracks (camera,
+// microphone, screen) and one recvonly transceiver per track of the others.
+// The page always offers; every offer tells the server which published track
+// each recvonly mid should carry ("subscriptions"). The server is ICE-lite and
+// puts its candidate in the answer: no STUN/TURN server, no trickle ICE.
+//
+// For automation: ?room=R&name=N&autojoin=1 joins on load (&camera=0, &mic=0
+// to join without them; &token=T to use a given token). window.meetingState
+// reports {status, joined, participantId, participants, error, ended} and
+// window.meetingStats() resolves to what is received from each participant.
+"use strict";
+
+(() => {
+  const params = new URLSearchParams(window.location.search);
+  const server = params.get("server") || window.location.origin;
+  const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle" };
+  const PING_INTERVAL_MS = 25000;
+  const CLOSE_MESSAGES = {
+    4000: "The meeting has ended.",
+    4001: "You were removed from the meeting.",
+    4002: "The server stopped.",
+    4003: "The connection was too slow.",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    form: $("join-form"), room: $("room"), name: $("name"), tokenField: $("token-field"), token: $("token"),
+    join: $("join"), controls: $("controls"), camera: $("camera"), microphone: $("microphone"),
+    screen: $("screen"), leave: $("leave"), end: $("end"), notice: $("notice"), tiles: $("tiles"),
+    info: $("meeting-info"),
+  };
+
+  const state = { status: "idle", joined: false, participantId: null, participants: 0, error: null, ended: null };
+  window.meetingState = state;
+
+  let ws = null;
+  let pc = null;
+  let nextId = 1;
+  const pending = new Map(); // request id -> {resolve, reject}
+  const people = new Map(); // participant id -> {id, name, tracks: Map(track id -> track), tile}
+  const local = {}; // source -> {track, transceiver, trackId, muted}
+  const receivers = []; // {transceiver, kind, trackId|null}
+  let localStream = null;
+  let pingTimer = null;
+  let leaving = false;
+  let negotiation = null; // the running negotiation loop (a promise)
+  let negotiateAgain = false;
+
+  // ---- notices and state --------------------------------------------------------------
+  function notice(text, kind = "") {
+    ui.notice.textContent = text;
+    ui.notice.className = kind;
+  }
+
+  function fail(err) {
+    const message = err && err.message ? err.message : String(err);
+    state.error = message;
+    notice("Error: " + message, "error");
+    console.error("meeting:", err);
+  }
+
+  function setStatus(status) {
+    state.status = status;
+    state.participants = people.size + (state.joined ? 1 : 0);
+  }
+
+  // ---- tiles -------------------------------------------------------------------------
+  function makeTile(key, label, isLocal) {
+    const figure = document.createElement("figure");
+    figure.className = "tile" + (isLocal ? " local" : "");
+    figure.dataset.key = key;
+    const video = document.createElement("video");
+    video.autoplay = true;
+    video.playsInline = true;
+    video.muted = true; // audio plays through the <audio> elements
+    const caption = document.createElement("figcaption");
+    caption.textContent = label; // never innerHTML: names come from other people
+    figure.append(video, caption);
+    ui.tiles.append(figure);
+    return figure;
+  }
+
+  function personTile(person, source) {
+    // the camera (and audio) go to the person's tile, a screen share gets its own
+    const key = source === "screen" ? `${person.id}:screen` : person.id;
+    let tile = ui.tiles.querySelector(`figure[data-key="${CSS.escape(key)}"]`);
+    if (!tile) tile = makeTile(key, source === "screen" ? `${person.name} (screen)` : person.name, false);
+    return tile;
+  }
+
+  function removeTiles(personId) {
+    for (const tile of ui.tiles.querySelectorAll("figure")) {
+      if (tile.dataset.key === personId || tile.dataset.key.startsWith(personId + ":")) tile.remove();
+    }
+  }
+
+  function showRemoteTrack(receiver) {
+    const owner = ownerOf(receiver.trackId);
+    if (!owner) return;
+    const { person, track } = owner;
+    const media = receiver.transceiver.receiver.track;
+    const tile = personTile(person, track.source);
+    if (track.kind === "video") {
+      const video = tile.querySelector("video");
+      if (!video.srcObject || video.srcObject.getVideoTracks()[0] !== media) {
+        video.srcObject = new MediaStream([media]);
+      }
+      tile.classList.toggle("video-off", track.muted);
+    } else {
+      let audio = tile.querySelector(`audio[data-track="${CSS.escape(track.id)}"]`);
+      if (!audio) {
+        audio = document.createElement("audio");
+        audio.autoplay = true;
+        audio.dataset.track = track.id;
+        tile.append(audio);
+      }
+      audio.srcObject = new MediaStream([media]);
+      tile.querySelector("figcaption").classList.toggle("muted-audio", track.muted);
+    }
+  }
+
+  function ownerOf(trackId) {
+    for (const person of people.values()) {
+      const track = person.tracks.get(trackId);
+      if (track) return { person, track };
+    }
+    return null;
+  }
+
+  // ---- requests ----------------------------------------------------------------------
+  function request(type, fields = {}) {
+    return new Promise((resolve, reject) => {
+      if (!ws || ws.readyState !== WebSocket.OPEN) return reject(new Error("not connected"));
+      const id = nextId++;
+      pending.set(id, { resolve, reject });
+      ws.send(JSON.stringify({ id, type, ...fields }));
+    });
+  }
+
+  function onMessage(raw) {
+    const message = JSON.parse(raw.data);
+    if (message.type === "response") {
+      const waiter = pending.get(message.id);
+      if (!waiter) return;
+      pending.delete(message.id);
+      if (message.ok) waiter.resolve(message);
+      else waiter.reject(new Error(message.error || "request failed"));
+    } else if (message.type === "event") {
+      const handler = EVENTS[message.event];
+      if (handler) handler(message);
+    }
+  }
+
+  // ---- events from the server ------------------------------------------------------------
+  const EVENTS = {
+    participant_joined(ev) {
+      addPerson(ev.participant);
+      setStatus(state.status);
+    },
+    participant_left(ev) {
+      const person = people.get(ev.participant_id);
+      if (!person) return;
+      for (const trackId of person.tracks.keys()) releaseReceiver(trackId);
+      people.delete(ev.participant_id);
+      removeTiles(ev.participant_id);
+      setStatus(state.status);
+    },
+    track_published(ev) {
+      const person = people.get(ev.participant_id);
+      if (!person) return;
+      person.tracks.set(ev.track.id, ev.track);
+      personTile(person, ev.track.source);
+      scheduleNegotiation();
+    },
+    track_unpublished(ev) {
+      const person = people.get(ev.participant_id);
+      if (!person) return;
+      const track = person.tracks.get(ev.track_id);
+      person.tracks.delete(ev.track_id);
+      releaseReceiver(ev.track_id);
+      if (track && track.source === "screen") {
+        const tile = ui.tiles.querySelector(`figure[data-key="${CSS.escape(person.id + ":screen")}"]`);
+        if (tile) tile.remove();
+      } else if (track && track.kind === "video") {
+        const tile = personTile(person, track.source);
+        tile.querySelector("video").srcObject = null;
+      }
+      scheduleNegotiation();
+    },
+    mute_changed(ev) {
+      const person = people.get(ev.participant_id);
+      const track = person && person.tracks.get(ev.track_id);
+      if (!track) return;
+      track.muted = ev.muted;
+      const tile = personTile(person, track.source);
+      if (track.kind === "video") tile.classList.toggle("video-off", ev.muted);
+      else tile.querySelector("figcaption").classList.toggle("muted-audio", ev.muted);
+    },
+    meeting_ended(ev) {
+      state.ended = ev.reason || "ended";
+      notice(`The meeting has ended (${ev.reason}).`, "ended");
+    },
+    kicked() {
+      state.ended = "kicked";
+      notice("You were removed from the meeting.", "ended");
+    },
+    server_stopping() {
+      notice("The server is stopping.", "error");
+    },
+    media_closed(ev) {
+      fail(new Error(`media connection closed (${ev.reason})`));
+      leave();
+    },
+    recording(ev) { // announced by servers that record; this one does not
+      notice(ev.recording ? "This meeting is being recorded." : "Recording stopped.");
+    },
+  };
+
+  function addPerson(info) {
+    const person = { id: info.id, name: info.name, tracks: new Map() };
+    for (const track of info.tracks || []) person.tracks.set(track.id, track);
+    people.set(person.id, person);
+    personTile(person, "camera");
+    return person;
+  }
+
+  // ---- negotiation (the client always offers) -----------------------------------------------
+  function scheduleNegotiation() {
+    negotiateAgain = true;
+    if (!negotiation) {
+      negotiation = (async () => {
+        try {
+          while (negotiateAgain && pc && state.joined) {
+            negotiateAgain = false;
+            await negotiateOnce();
+          }
+        } catch (err) {
+          if (state.joined) fail(err);
+        } finally {
+          negotiation = null;
+        }
+      })();
+    }
+    return negotiation;
+  }
+
+  function releaseReceiver(trackId) {
+    for (const r of receivers) if (r.trackId === trackId) r.trackId = null;
+  }
+
+  async function negotiateOnce() {
+    // every track of the others is received (subscribe to all): reuse idle sections first
+    const wanted = [];
+    for (const person of people.values()) {
+      for (const track of person.tracks.values()) {
+        if (!receivers.some((r) => r.trackId === track.id)) wanted.push(track);
+      }
+    }
+    if (state.canSubscribe) {
+      for (const track of wanted) {
+        let receiver = receivers.find((r) => r.trackId === null && r.kind === track.kind);
+        if (!receiver) {
+          const transceiver = pc.addTransceiver(track.kind, { direction: "recvonly" });
+          receiver = { transceiver, kind: track.kind, trackId: null };
+          receivers.push(receiver);
+        }
+        receiver.trackId = track.id;
+      }
+    }
+    if (!pc.getTransceivers().length) return; // nothing to send or receive yet
+    await pc.setLocalDescription(await pc.createOffer());
+    const subscriptions = {};
+    for (const r of receivers) if (r.transceiver.mid !== null) subscriptions[r.transceiver.mid] = r.trackId;
+    const tracks = {};
+    for (const [source, entry] of Object.entries(local)) {
+      if (entry.transceiver.mid !== null) tracks[entry.transceiver.mid] = { source, muted: entry.muted };
+    }
+    const response = await request("offer", { sdp: pc.localDescription.sdp, tracks, subscriptions });
+    await pc.setRemoteDescription({ type: "answer", sdp: response.sdp });
+    for (const entry of Object.values(local)) {
+      entry.trackId = response.published[entry.transceiver.mid] || null;
+    }
+    for (const r of receivers) {
+      if (r.trackId !== null) showRemoteTrack(r);
+    }
+  }
+
+  // ---- joining and leaving -------------------------------------------------------------------
+  async function accessToken(room, name) {
+    const given = params.get("token") || ui.token.value.trim();
+    if (given) return given;
+    const response = await fetch(`${server}/api/dev/token`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ room, name }),
+    });
+    if (response.status !== 200) {
+      ui.tokenField.hidden = false;
+      throw new Error(`this server needs an access token (sfu token --room ${room} --name ... --publish --subscribe)`);
+    }
+    return (await response.json()).token;
+  }
+
+  function openSocket(token) {
+    const url = server.replace(/^http/, "ws") + "/ws?token=" + encodeURIComponent(token);
+    return new Promise((resolve, reject) => {
+      const socket = new WebSocket(url);
+      socket.onopen = () => resolve(socket);
+      socket.onerror = () => reject(new Error("could not connect (is the access token valid for this room?)"));
+    });
+  }
+
+  async function join() {
+    const room = ui.room.value.trim();
+    const name = ui.name.value.trim();
+    if (!room || !name) throw new Error("enter a room and your name");
+    ui.join.disabled = true;
+    state.error = null;
+    state.ended = null;
+    leaving = false;
+    notice("Joining…");
+    setStatus("joining");
+    const token = await accessToken(room, name);
+    ws = await openSocket(token);
+    ws.onmessage = onMessage;
+    ws.onclose = onClose;
+    const joined = await request("join");
+    state.joined = true;
+    state.participantId = joined.participant_id;
+    state.canSubscribe = joined.permissions.subscribe;
+    const topic = joined.meeting.topic ? ` — ${joined.meeting.topic}` : "";
+    ui.info.textContent = `Room ${joined.meeting.room}, meeting ${joined.meeting.id}${topic}`;
+    ui.form.hidden = true;
+    ui.controls.hidden = false;
+    ui.end.hidden = !joined.permissions.end_meeting;
+    if (joined.recording) notice("This meeting is being recorded.");
+    else notice("");
+    const me = makeTile("local", `${joined.name} (you)`, true);
+    for (const info of joined.participants) addPerson(info);
+    pingTimer = setInterval(() => request("ping").catch(() => {}), PING_INTERVAL_MS);
+
+    pc = new RTCPeerConnection(RTC_CONFIG);
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc && pc.connectionState === "failed") fail(new Error("media connection failed"));
+    });
+    if (joined.permissions.publish) {
+      await startLocalMedia(me);
+    } else {
+      ui.camera.disabled = ui.microphone.disabled = ui.screen.disabled = true;
+    }
+    setStatus("joined");
+    await scheduleNegotiation();
+  }
+
+  async function startLocalMedia(tile) {
+    const wantVideo = params.get("camera") !== "0";
+    const wantAudio = params.get("mic") !== "0";
+    if (!wantVideo && !wantAudio) return;
+    try {
+      localStream = await navigator.mediaDevices.getUserMedia({
+        audio: wantAudio,
+        video: wantVideo ? { width: { ideal: 640 }, height: { ideal: 360 } } : false,
+      });
+    } catch (err) {
+      notice(`No camera or microphone (${err.name}); you can still see and hear the others.`, "error");
+      return;
+    }
+    tile.querySelector("video").srcObject = localStream;
+    for (const track of localStream.getTracks()) {
+      const source = track.kind === "audio" ? "microphone" : "camera";
+      const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [localStream] });
+      local[source] = { track, transceiver, trackId: null, muted: false };
+    }
+    ui.camera.disabled = !local.camera;
+    ui.microphone.disabled = !local.microphone;
+  }
+
+  async function toggle(source, button, onText, offText) {
+    const entry = local[source];
+    if (!entry) return;
+    entry.muted = !entry.muted;
+    entry.track.enabled = !entry.muted;
+    button.textContent = entry.muted ? offText : onText;
+    button.setAttribute("aria-pressed", String(!entry.muted));
+    if (source === "camera") ui.tiles.querySelector('figure[data-key="local"]').classList.toggle("video-off", entry.muted);
+    if (entry.trackId) await request("mute", { track_id: entry.trackId, muted: entry.muted });
+  }
+
+  async function toggleScreen() {
+    const entry = local.screen;
+    if (entry && entry.track) { // stop sharing: the section goes inactive, the server unpublishes it
+      entry.track.onended = null;
+      entry.track.stop();
+      await entry.transceiver.sender.replaceTrack(null);
+      entry.transceiver.direction = "inactive";
+      entry.track = null;
+      ui.screen.textContent = "Share screen";
+      ui.screen.setAttribute("aria-pressed", "false");
+      const tile = ui.tiles.querySelector('figure[data-key="local:screen"]');
+      if (tile) tile.remove();
+      await scheduleNegotiation();
+      return;
+    }
+    const stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    const track = stream.getVideoTracks()[0];
+    if (entry) { // reuse the section of an earlier share
+      await entry.transceiver.sender.replaceTrack(track);
+      entry.transceiver.direction = "sendonly";
+      entry.track = track;
+    } else {
+      local.screen = { track, transceiver: pc.addTransceiver(track, { direction: "sendonly" }), trackId: null, muted: false };
+    }
+    track.onended = () => toggleScreen().catch(fail); // "Stop sharing" in the browser's own UI
+    makeTile("local:screen", "Your screen", true).querySelector("video").srcObject = stream;
+    ui.screen.textContent = "Stop sharing";
+    ui.screen.setAttribute("aria-pressed", "true");
+    await scheduleNegotiation();
+  }
+
+  function onClose(ev) {
+    const why = CLOSE_MESSAGES[ev.code];
+    if (!leaving) {
+      if (why) notice(why, "ended");
+      else if (!state.error) notice("The connection to the server was lost.", "error");
+      if (ev.code === 4000 && !state.ended) state.ended = "ended";
+    }
+    cleanup();
+  }
+
+  function cleanup() {
+    state.joined = false;
+    clearInterval(pingTimer);
+    for (const waiter of pending.values()) waiter.reject(new Error("disconnected"));
+    pending.clear();
+    if (pc) pc.close();
+    pc = null;
+    if (localStream) for (const track of localStream.getTracks()) track.stop();
+    if (local.screen && local.screen.track) local.screen.track.stop();
+    localStream = null;
+    for (const key of Object.keys(local)) delete local[key];
+    receivers.length = 0;
+    people.clear();
+    ui.tiles.replaceChildren();
+    ui.form.hidden = false;
+    ui.controls.hidden = true;
+    ui.join.disabled = false;
+    ui.camera.textContent = "Camera on";
+    ui.microphone.textContent = "Microphone on";
+    ui.screen.textContent = "Share screen";
+    setStatus(state.ended ? "ended" : "idle");
+  }
+
+  async function leave() {
+    leaving = true;
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      try { await request("leave"); } catch (err) { /* closing anyway */ }
+      ws.close(1000, "left");
+    }
+    if (!state.error && !state.ended) notice("You left the meeting.");
+    cleanup();
+  }
+
+  // ---- statistics for people and for automation ---------------------------------------------
+  window.meetingStats = async () => {
+    const out = { participants: {}, videoFramesDecoded: 0, audioPacketsReceived: 0, connection: pc ? pc.connectionState : "closed" };
+    for (const r of receivers) {
+      if (!r.trackId) continue;
+      const owner = ownerOf(r.trackId);
+      if (!owner) continue;
+      const entry = out.participants[owner.person.id] ||= { name: owner.person.name, video: 0, audio: 0, frameWidth: 0 };
+      const report = await r.transceiver.receiver.getStats();
+      report.forEach((s) => {
+        if (s.type !== "inbound-rtp") return;
+        if (s.kind === "video") {
+          entry.video += s.framesDecoded || 0;
+          entry.frameWidth = Math.max(entry.frameWidth, s.frameWidth || 0);
+          out.videoFramesDecoded += s.framesDecoded || 0;
+        } else {
+          entry.audio += s.packetsReceived || 0;
+          out.audioPacketsReceived += s.packetsReceived || 0;
+        }
+      });
+    }
+    return out;
+  };
+
+  // ---- wiring -------------------------------------------------------------------------------
+  ui.form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    join().catch((err) => { fail(err); if (ws) ws.close(); cleanup(); });
+  });
+  ui.camera.addEventListener("click", () => toggle("camera", ui.camera, "Camera on", "Camera off").catch(fail));
+  ui.microphone.addEventListener("click", () => toggle("microphone", ui.microphone, "Microphone on", "Microphone off").catch(fail));
+  ui.screen.addEventListener("click", () => toggleScreen().catch(fail));
+  ui.leave.addEventListener("click", () => leave().catch(fail));
+  ui.end.addEventListener("click", () => request("end_meeting").catch(fail));
+  window.addEventListener("pagehide", () => { if (ws) ws.close(1001, "page closed"); });
+
+  if (params.get("room")) ui.room.value = params.get("room");
+  if (params.get("name")) ui.name.value = params.get("name");
+  if (params.get("token")) ui.tokenField.hidden = false, ui.token.value = params.get("token");
+  if (params.get("autojoin") === "1") ui.form.requestSubmit();
+})();
