@@ -197,10 +197,8 @@ def open_backend(db: str | None, data_dir: str) -> _Backend:
         return SqliteBackend(os.path.join(data_dir, "history.sqlite3"))
     if db.startswith(("postgresql://", "postgres://")):
         return PostgresBackend(db)
-    if db.startswith("sqlite:///"):
-        return SqliteBackend(db[len("sqlite://"):])
-    if db.startswith("sqlite://"):
-        return SqliteBackend(db[len("sqlite://"):])
+    if db.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute.db
+        return SqliteBackend(db[len("sqlite:///"):])
     if "://" in db:
         raise ValueError(f"unsupported database URL {db.split('://')[0]}://... (use postgresql:// or sqlite:///)")
     return SqliteBackend(db)
