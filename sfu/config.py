@@ -36,6 +36,9 @@ class Config:
     grace_period: float = 30.0  # an emptied meeting ends this many seconds after its last leave
     heartbeat_interval: float = 10.0  # open sessions are marked alive in the store this often
     dev: bool = False  # the page may get a token for any room and name from the server
+    # media forwarding: "c" (sfu._fast.datapath), "python" (Python loop + Cython header
+    # rewrite), "pure" (all Python: the test oracle and benchmark baseline)
+    datapath: str = "c"
 
     @property
     def candidate_ip(self) -> str:
@@ -57,6 +60,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "retention_days": (float, "days to keep the history of ended meetings"),
     "grace_period": (float, "seconds an emptied meeting waits for someone to rejoin before it ends"),
     "heartbeat_interval": (float, "seconds between history heartbeats of open sessions"),
+    "datapath": (str, "media forwarding: c (fast path), python or pure (reference, benchmark baseline)"),
 }
 # boolean switches: a bare flag on the command line, SFU_<NAME>=1/true/yes in the environment
 _SWITCHES: dict[str, str] = {
