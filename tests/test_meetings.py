@@ -1,0 +1,233 @@
+"""The meeting life cycle (sfu/meetings.py) over the history store, both backends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sfu.auth import AuthError, Claims, Grants
+from sfu.history import HistoryStore, Meeting, SessionRecord
+from sfu.meetings import ID_ALPHABET, Conflict, MeetingService, NotFound, new_meeting_id
+
+pytestmark = pytest.mark.timeout(60)
+T0 = 1_800_000_000.0
+GRACE = 0.05
+
+
+class Clock:
+    """Wall-clock stand-in: every reading moves one second on, so order is visible."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def person(identity, room="r1", **grants) -> Claims:
+    return Claims(identity, identity.title(), room, Grants(**grants), int(T0 + 3600))
+
+
+@pytest.fixture
+async def service(history_db, tmp_path):
+    svc = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), grace_period=GRACE,
+                         heartbeat_interval=3600, clock=Clock())
+    svc.events = []
+    svc.add_listener(svc.events.append)
+    await svc.start()
+    yield svc
+    if svc.started:
+        await svc.stop()
+
+
+async def until(predicate, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_meeting_ids_are_short_and_typeable():
+    ids = {new_meeting_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for mid in list(ids)[:50]:
+        groups = mid.split("-")
+        assert [len(g) for g in groups] == [3, 3, 3]
+        assert all(c in ID_ALPHABET for g in groups for c in g)
+    assert not set("01ilo") & set(ID_ALPHABET)
+
+
+async def test_first_join_creates_the_meeting_with_the_first_participant_as_creator(service):
+    m, s1 = await service.join(person("alice"), "r1")
+    m2, s2 = await service.join(person("bob"), "r1")
+    assert m is m2 and s1 != s2
+    assert (m.room, m.creator_identity, m.creator_name, m.ended_at) == ("r1", "alice", "Alice", None)
+    stored = await service.store.get_meeting(m.meeting_id)
+    assert stored == Meeting(m.meeting_id, "r1", "", "alice", "Alice", m.started_at, None)
+    rows = await service.store.sessions(m.meeting_id)  # durable when join returned
+    assert [(r.session_id, r.identity, r.display_name, r.left_at) for r in rows] == [
+        (s1, "alice", "Alice", None), (s2, "bob", "Bob", None)]
+    assert [e["type"] for e in service.events] == ["meeting_started", "participant_joined",
+                                                  "participant_joined"]
+    assert service.active_meeting("r1") is m and service.sessions_in(m.meeting_id) == sorted([s1, s2])
+
+
+async def test_concurrent_first_joins_make_one_meeting(service):
+    results = await asyncio.gather(*(service.join(person(f"p{i}"), "busy") for i in range(8)))
+    assert len({m.meeting_id for m, _ in results}) == 1
+    assert len(await service.store.sessions(results[0][0].meeting_id)) == 8
+
+
+async def test_last_leave_ends_the_meeting_after_the_grace_period(service):
+    m, s1 = await service.join(person("alice"), "r1")
+    _, s2 = await service.join(person("bob"), "r1")
+    await service.leave(s1, "left")
+    await service.leave(s1, "left")  # idempotent
+    await service.leave(s2, "timed out")
+    assert service.active_meeting("r1") is m, "still in its grace period"
+    await until(lambda: service.active_meeting("r1") is None)
+    stored = await service.store.get_meeting(m.meeting_id)
+    rows = {r.session_id: r for r in await service.store.sessions(m.meeting_id)}
+    assert rows[s1].end_reason == "left" and rows[s2].end_reason == "timed out"
+    assert stored.ended_at is not None and stored.ended_at >= rows[s2].left_at
+    assert service.events[-1] == {"type": "meeting_ended", "meeting_id": m.meeting_id, "room": "r1",
+                                  "reason": "empty"}
+    left = [e for e in service.events if e["type"] == "participant_left"]
+    assert [(e["session_id"], e["reason"]) for e in left] == [(s1, "left"), (s2, "timed out")]
+
+
+async def test_rejoin_in_the_grace_period_keeps_the_meeting_with_a_new_session(service):
+    m, s1 = await service.join(person("alice"), "r1")
+    await service.leave(s1)
+    m2, s2 = await service.join(person("alice"), "r1")
+    assert m2 is m and s2 != s1
+    await asyncio.sleep(GRACE * 3)
+    assert service.active_meeting("r1") is m
+    rows = await service.store.sessions(m.meeting_id)
+    assert [(r.session_id, r.end_reason) for r in rows] == [(s1, "left"), (s2, None)]
+    # after the meeting ends, the next join starts a new meeting
+    await service.leave(s2)
+    await until(lambda: service.active_meeting("r1") is None)
+    m3, _ = await service.join(person("bob"), "r1")
+    assert m3.meeting_id != m.meeting_id and m3.creator_identity == "bob"
+
+
+async def test_host_ends_the_meeting_and_everyone_is_kicked(service):
+    m, s1 = await service.join(person("alice"), "r1")
+    _, s2 = await service.join(person("bob"), "r1")
+    _, s3 = await service.join(person("carol", host=True), "r1")
+    with pytest.raises(AuthError) as err:
+        await service.end_meeting(m.meeting_id, person("bob"))
+    assert err.value.status == 403
+    with pytest.raises(AuthError):  # host of another room
+        await service.end_meeting(m.meeting_id, person("dan", room="r2", host=True))
+    with pytest.raises(NotFound):
+        await service.end_meeting("zzz-zzz-zzz", person("carol", host=True))
+    kicked = await service.end_meeting(m.meeting_id, person("carol", host=True))
+    assert kicked == sorted([s1, s2, s3])
+    assert service.active_meeting("r1") is None
+    rows = await service.store.sessions(m.meeting_id)
+    assert {r.end_reason for r in rows} == {"kicked"}
+    assert (await service.store.get_meeting(m.meeting_id)).ended_at is not None
+    assert await service.end_meeting(m.meeting_id, person("alice")) == []  # ended already
+
+
+@pytest.mark.parametrize("who", [person("alice"), person("root", room=None, admin=True)])
+async def test_creator_or_admin_may_end(service, who):
+    m, _ = await service.join(person("alice"), "r1")
+    await service.end_meeting(m.meeting_id, who)
+    assert service.active_meeting("r1") is None
+
+
+async def test_created_meeting_is_joined_and_keeps_its_creator(service):
+    m = await service.create_meeting(None, "Standup", person("alice", room=None))
+    assert m.room == m.meeting_id and m.topic == "Standup"
+    with pytest.raises(Conflict):
+        await service.create_meeting(m.room, "again", person("bob"))
+    joined, _ = await service.join(person("bob", room=m.room), m.room)
+    assert joined is m and joined.creator_identity == "alice"
+
+
+async def test_stop_closes_open_sessions_as_server_stopped(service):
+    m, s1 = await service.join(person("alice"), "r1")
+    await service.stop()
+    store = service.store
+    await store.open()
+    try:
+        assert [(r.session_id, r.end_reason) for r in await store.sessions(m.meeting_id)] == [
+            (s1, "server stopped")]
+        assert (await store.get_meeting(m.meeting_id)).ended_at is not None
+    finally:
+        await store.close()
+
+
+async def test_leave_later_from_synchronous_code_is_awaited_by_stop(service):
+    m, s1 = await service.join(person("alice"), "r1")
+    service.leave_later(s1, "timed out")
+    service.leave_later("unknown-session", "left")
+    await service.stop()
+    await service.store.open()
+    try:
+        assert [r.end_reason for r in await service.store.sessions(m.meeting_id)] == ["timed out"]
+    finally:
+        await service.store.close()
+
+
+async def test_heartbeat_then_crash_then_recovery(history_db, tmp_path):
+    clock = Clock()
+    svc = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), grace_period=GRACE,
+                         heartbeat_interval=0.02, clock=clock)
+    await svc.start()
+    m, s1 = await svc.join(person("alice"), "r1")
+    await asyncio.sleep(0.1)  # a few heartbeats
+    beat = (await svc.store.sessions(m.meeting_id))[0].last_heartbeat
+    assert beat > m.started_at + 1
+    # crash: no stop(), the tasks just die with the process
+    for task in svc._tasks:
+        task.cancel()
+    await asyncio.sleep(0)
+    await svc.store.close()
+    clock.now += 1000
+    svc2 = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), clock=clock)
+    await svc2.start()
+    try:
+        rows = await svc2.store.sessions(m.meeting_id)
+        assert rows[0].end_reason == "server stopped"
+        assert beat <= rows[0].left_at < clock.now - 900, "closed at its last heartbeat, not at restart"
+        assert (await svc2.store.get_meeting(m.meeting_id)).ended_at == rows[0].left_at
+        assert svc2.active_meeting("r1") is None
+    finally:
+        await svc2.stop()
+
+
+async def test_retention_purge_at_start(history_db, tmp_path):
+    store = HistoryStore.from_config(history_db, str(tmp_path))
+    await store.open()
+    day = 86400.0
+    await store.create_meeting(Meeting("old-old-old", "r", "", "a", "A", T0 - 200 * day, T0 - 181 * day))
+    await store.add_session(SessionRecord("s", "old-old-old", "a", "A", T0 - 200 * day,
+                                          T0 - 181 * day, T0 - 181 * day, "left"))
+    await store.create_meeting(Meeting("new-new-new", "r", "", "a", "A", T0 - 100 * day, T0 - 99 * day))
+    await store.close()
+    svc = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), retention_days=180,
+                         clock=lambda: T0)
+    await svc.start()
+    try:
+        assert await svc.store.get_meeting("old-old-old") is None
+        assert await svc.store.sessions("old-old-old") == []
+        assert await svc.store.get_meeting("new-new-new") is not None
+    finally:
+        await svc.stop()
+
+
+async def test_a_failing_listener_does_not_break_the_service(service):
+    def broken(_ev):
+        raise RuntimeError("boom")
+
+    service.add_listener(broken)
+    m, s = await service.join(person("alice"), "r1")
+    await service.leave(s)
+    assert service.events[-1]["type"] == "participant_left"
