@@ -32,7 +32,7 @@ from importlib import metadata
 from typing import Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
@@ -42,6 +42,10 @@ from prometheus_client.process_collector import ProcessCollector
 from . import __version__
 
 logger = logging.getLogger("sfu.metrics")
+
+# no `_created` series next to every histogram: they double the series count and
+# say nothing a process start time does not (process_start_time_seconds)
+disable_created_metrics()
 
 UPDATE_INTERVAL = 1.0  # seconds between two reads of the engine's counters
 LAG_INTERVAL = 0.1  # seconds the lag probe sleeps; the overshoot is the loop's lag
@@ -327,7 +331,7 @@ class Metrics:
 
         self.sample = EngineSample()
         self.joins: Counter[str] = Counter({role: 0 for role in ROLES})
-        self.leaves: Counter[tuple[str, str]] = Counter()
+        self.leaves: Counter[tuple[str, str]] = Counter({(role, "client"): 0 for role in ROLES})
         self.kernel_drops = 0  # receive buffer overflows of our socket
         self.rx_queue_bytes = 0
         self.node_udp: dict[str, int] = {}
