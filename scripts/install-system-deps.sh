@@ -6,6 +6,9 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# PostgreSQL server binaries (initdb, pg_ctl in /usr/lib/postgresql/*/bin) for the
+# history store's PostgreSQL backend tests (tests/pgserver.py); runuser runs them as postgres
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # GStreamer webrtcbin as a WHIP publisher (tests/e2e/gst_whip_publisher.py, system python3)
 for pkg in python3-gi gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 \
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
