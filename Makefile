@@ -28,7 +28,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 serve: install
-	$(VENV)/bin/sfu serve --data-dir ./var $(ARGS)
+	$(VENV)/bin/sfu serve --data-dir ./var --dev $(ARGS)
 
 # Tests run inside a private network namespace that has only loopback, so real
 # WebRTC clients cannot reach any other address.
