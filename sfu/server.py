@@ -67,6 +67,9 @@ async def serve(config: Config) -> None:
     url = server.url
     # the structured log never carries addresses; the one human line on stdout does
     log.event(logger, "sfu serving", http_port=server.http_port, rtc_port=server.engine.port)
+    if config.dev:
+        log.event(logger, "development mode: anyone may get an access token from /api/dev/token",
+                  logging.WARNING)
     print(f"SFU ready: page {url}/  WHIP {url}/whip/<room>  WHEP {url}/whep/<room>  "
           f"health {url}/healthz  media udp/{server.engine.port}", flush=True)
     stop = asyncio.Event()
