@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .auth import AuthError, Claims
-from .history import DuplicateMeeting, HistoryStore, Meeting, SessionRecord
+from .history import END_REASONS, DuplicateMeeting, HistoryStore, Meeting, SessionRecord
 from .log import event
 
 logger = logging.getLogger("sfu.meetings")
@@ -176,6 +176,9 @@ class MeetingService:
 
     async def leave(self, session_id: str, reason: str = "left", schedule_end: bool = True) -> None:
         """Record a session's end; idempotent.  The last one out starts the grace period."""
+        if reason not in END_REASONS:
+            event(logger, "unknown end reason recorded as left", logging.WARNING, reason=reason)
+            reason = "left"
         info = self._sessions.pop(session_id, None)
         if info is None:
             return

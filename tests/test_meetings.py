@@ -231,3 +231,9 @@ async def test_a_failing_listener_does_not_break_the_service(service):
     m, s = await service.join(person("alice"), "r1")
     await service.leave(s)
     assert service.events[-1]["type"] == "participant_left"
+
+
+async def test_unknown_leave_reason_is_recorded_as_left(service):
+    m, s1 = await service.join(person("alice"), "r1")
+    await service.leave(s1, "exploded")
+    assert [r.end_reason for r in await service.store.sessions(m.meeting_id)] == ["left"]
