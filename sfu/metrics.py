@@ -184,7 +184,8 @@ def sample_engine(engine) -> EngineSample:
     if samples:
         while samples:
             s.latency.append(samples.popleft())
-    udp = getattr(engine, "_udp", None)
+    udp = getattr(engine, "_udp", None)  # the asyncio datagram transport (Python data path)
+    sock = getattr(engine, "_sock", None)  # the socket the C data path reads itself
     if udp is not None:
         s.up = True
         s.socket = udp.get_extra_info("socket")
@@ -192,6 +193,9 @@ def sample_engine(engine) -> EngineSample:
             s.send_queue_bytes = udp.get_write_buffer_size()
         except (AttributeError, RuntimeError):
             pass
+    elif sock is not None:
+        s.up = True
+        s.socket = sock
     return s
 
 
@@ -259,6 +263,7 @@ def _build_labels(engine) -> dict[str, str]:
     impl_file = getattr(impl, "__file__", "") or ""
     compiled = impl_file.endswith((".so", ".pyd"))
     return {
+        "datapath": str(getattr(engine, "datapath_mode", "python")),
         "version": __version__,
         "python": platform.python_version(),
         "uvloop": version("uvloop"),

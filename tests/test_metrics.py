@@ -146,6 +146,13 @@ def test_sample_of_an_engine_without_socket_is_down():
     assert not sample_engine(FakeEngine()).up
 
 
+def test_sample_of_the_c_data_path_reads_its_socket():
+    e = FakeEngine()
+    e._sock = sock = object()
+    s = sample_engine(e)
+    assert s.up and s.socket is sock and s.send_queue_bytes == 0
+
+
 # -- the collector ------------------------------------------------------------------------
 
 def test_counters_and_gauges_are_exposed_with_the_worker_label():
@@ -184,7 +191,7 @@ def test_no_label_carries_a_room_session_or_address():
     body, _ = m.exposition()
     assert b"secret-room" not in body and b"abcdef" not in body and b"127.0.0.1" not in body
     allowed = {"worker", "kind", "reason", "role", "type", "direction", "le", "quantile",
-               "version", "python", "uvloop", "cython", "fast_path"}
+               "version", "python", "uvloop", "cython", "fast_path", "datapath"}
     for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:
             assert set(s.labels) <= allowed, (s.name, s.labels)
