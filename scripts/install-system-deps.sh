@@ -6,6 +6,9 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# Prometheus and promtool: the deploy/ config and alert rules are checked, and a real
+# Prometheus scrapes the SFU, in tests/test_deploy.py and tests/e2e/test_metrics_e2e.py
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 # PostgreSQL server binaries (initdb, pg_ctl in /usr/lib/postgresql/*/bin) for the
 # history store's PostgreSQL backend tests (tests/pgserver.py); runuser runs them as postgres
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
