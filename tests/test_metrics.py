@@ -481,3 +481,34 @@ async def test_an_update_error_never_stops_the_task(monkeypatch, caplog):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# -- wiring in the real server -------------------------------------------------------------------
+
+async def test_server_serves_metrics_and_feeds_meeting_durations(tmp_path):
+    import aiohttp
+
+    from sfu.config import Config
+    from sfu.metrics import METRICS_KEY
+    from sfu.server import Server
+
+    server = Server(Config(host="127.0.0.1", http_port=0, rtc_port=0, data_dir=str(tmp_path / "data")))
+    await server.start()
+    try:
+        m = server._runner.app[METRICS_KEY]
+        assert m._task is not None  # the updater runs while the app runs
+        # the meeting service reports to the metrics
+        m.clock = Clock(0.0)
+        server.meetings._emit({"type": "meeting_started", "meeting_id": "x", "room": "r"})
+        m.clock.t = 42.0
+        server.meetings._emit({"type": "meeting_ended", "meeting_id": "x", "room": "r", "reason": "empty"})
+        assert scrape(m)[("sfu_meeting_duration_seconds_sum", ())] == 42.0
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.url + "/metrics",
+                                   headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+                assert "sfu_worker_up" in await r.text()
+    finally:
+        await server.stop()
+    assert m._task is None
