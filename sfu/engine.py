@@ -80,7 +80,19 @@ class _Protocol(asyncio.DatagramProtocol):
 class MediaEngine:
     def __init__(self, config: Config, pure_python: bool = False) -> None:
         self.config = config
-        self.impl = load_packet_impl(pure_python)
+        mode = "pure" if pure_python else getattr(config, "datapath", "c")
+        if mode not in ("c", "python", "pure"):
+            raise ValueError(f"datapath must be c, python or pure, not {mode!r}")
+        self.datapath_mode = mode
+        self.impl = load_packet_impl(mode == "pure")
+        # the C fast path (sfu._fast.datapath): RTP never reaches Python; everything
+        # else comes back through datagram_received (the slow path)
+        self.datapath = None
+        if mode == "c":
+            from ._fast.datapath import Datapath
+
+            self.datapath = Datapath(self.datagram_received, self._unknown_ssrc)
+        self._sock: socket.socket | None = None
         self.certificate = Certificate.generate()
         self.transports: dict[str, Transport] = {}
         self.by_ufrag: dict[str, Transport] = {}
@@ -113,7 +125,12 @@ class MediaEngine:
         sock.bind((self.config.host, self.config.rtc_port))
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        self._udp, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        if self.datapath is not None:
+            self._sock = sock
+            self.datapath.open(sock.fileno(), self._loop)
+            self._loop.add_reader(sock.fileno(), self.datapath.on_readable)
+        else:
+            self._udp, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._ticker = asyncio.create_task(self._tick_loop())
 
     async def stop(self) -> None:
@@ -128,12 +145,18 @@ class MediaEngine:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self.datapath.close()
+            self._sock.close()
+            self._sock = None
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             now = loop.time()
+            self._fold_datapath()
             for transport in list(self.transports.values()):
                 try:
                     transport.tick(now)
@@ -434,6 +457,7 @@ class MediaEngine:
         return True
 
     def snapshot(self) -> dict:
+        self._fold_datapath()
         return {
             "transports": len(self.transports),
             "rooms": len(self.rooms),
@@ -445,6 +469,8 @@ class MediaEngine:
 
     # -- callbacks from transports ---------------------------------------------------
     def _transport_closed(self, transport: Transport, reason: str) -> None:
+        if transport.peer is not None:
+            transport.peer.close()  # out of the C tables before its SRTP sessions go
         self.transports.pop(transport.id, None)
         self.by_ufrag.pop(transport.local_ufrag, None)
         if transport.addr is not None and self.by_addr.get(transport.addr) is transport:
@@ -479,8 +505,12 @@ class MediaEngine:
         if old is not None and self.by_addr.get(old) is transport:
             del self.by_addr[old]
         self.by_addr[new] = transport
+        if transport.peer is not None:
+            transport.peer.set_address(new)
 
     def transport_connected(self, transport: Transport, now: float) -> None:
+        if transport.peer is not None and transport.srtp is not None:
+            transport.peer.set_srtp(transport.srtp)  # RTP of this peer now stays in C
         for consumer in transport.consumers:
             if consumer.producer is not None:
                 self.request_keyframe(consumer.producer, now)
@@ -509,6 +539,9 @@ class MediaEngine:
 
     # -- data path ---------------------------------------------------------------
     def send(self, data: bytes, addr) -> None:
+        if self.datapath is not None:
+            self.datapath.sendto(data, addr)
+            return
         udp = self._udp
         if udp is not None:
             if udp.get_write_buffer_size() > SEND_QUEUE_LIMIT:  # the socket stays full: drop, don't queue
@@ -518,6 +551,21 @@ class MediaEngine:
 
     def drop(self, reason: str) -> None:
         self.drops[reason] += 1
+
+    def _fold_datapath(self) -> None:
+        """Add what the C path counted since the last call to stats/drops and its latency samples."""
+        if self.datapath is None:
+            return
+        stats, drops = self.datapath.take_counters()
+        self.stats.update(stats)
+        self.drops.update(drops)
+        self.latency_samples.extend(self.datapath.drain_latency())
+
+    def _unknown_ssrc(self, transport: Transport, plain: bytes, ssrc: int) -> bool:
+        """The C path met an SSRC it has no stream for: bind it by MID (Transport._learn_ssrc)."""
+        if transport is None or transport.state == "closed":
+            return False
+        return transport._learn_ssrc(plain, ssrc) is not None
 
     def datagram_received(self, data: bytes, addr) -> None:
         now = self._loop.time()

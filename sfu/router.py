@@ -54,6 +54,12 @@ def _same_codec(a: Codec, b: Codec) -> bool:
 class Producer:
     """A track published into a room by one transport."""
 
+    def __new__(cls, transport, *args, **kwargs):
+        # a transport of the C data path (sfu._fast.datapath) gets a FastProducer
+        if cls is Producer and getattr(transport, "peer", None) is not None:
+            cls = FastProducer
+        return object.__new__(cls)
+
     def __init__(
         self,
         transport: "Transport",
@@ -210,6 +216,12 @@ class Producer:
 class Consumer:
     """One subscriber's copy of a track: its own SSRC, numbering, PT and extension ids."""
 
+    def __new__(cls, transport, *args, **kwargs):
+        # a transport of the C data path (sfu._fast.datapath) gets a FastConsumer
+        if cls is Consumer and getattr(transport, "peer", None) is not None:
+            cls = FastConsumer
+        return object.__new__(cls)
+
     def __init__(
         self,
         transport: "Transport",
@@ -239,6 +251,10 @@ class Consumer:
         self.paused = False
         self.last_out_seq: int | None = None
         self.last_out_ts: int | None = None
+        # where the output numbering starts (random, RFC 3550 §5.1), drawn here so that
+        # the C data path (which cannot call random) starts where this class would
+        self.initial_seq = random.getrandbits(15)
+        self.initial_ts = random.getrandbits(31)
         self.last_out_time = 0.0
         self.packets_sent = 0
         self.octets_sent = 0
@@ -266,8 +282,8 @@ class Consumer:
     def sync(self, seq: int, ts: int, now: float) -> None:
         """Set the deltas so that the output continues where it left off (or starts at random)."""
         if self.last_out_seq is None:
-            out_seq = random.getrandbits(15)
-            out_ts = random.getrandbits(31)
+            out_seq = self.initial_seq
+            out_ts = self.initial_ts
             self.first_packet_time = now
         else:
             out_seq = (self.last_out_seq + 1) & 0xFFFF
@@ -365,3 +381,139 @@ class Room:
     def _attach(self, consumer: Consumer, producer: Producer) -> None:
         consumer.attach(producer)
         producer.set_consumers(producer.consumers + (consumer,))
+
+
+# -- the C data path ------------------------------------------------------------------
+#
+# With the C data path (sfu._fast.datapath), a Transport has a ``peer`` and its
+# Producers and Consumers are these subclasses: the per-packet state lives in C
+# (Stream, Subscription) and the attributes the control plane reads are
+# properties over it. Nothing else in the control plane changes.
+
+VIDEO_CACHE_BYTES = 512 * 1024  # packet cache arena per published stream (sfu._fast.datapath)
+AUDIO_CACHE_BYTES = 64 * 1024
+
+
+def _stream_stat(index: int, name: str):
+    def get(self):
+        stream = self.stream
+        return stream.stats()[index] if stream is not None else self.__dict__.get(name)
+
+    def set(self, value):
+        self.__dict__[name] = value
+
+    return property(get, set)
+
+
+class FastProducer(Producer):
+    """A Producer whose packets the C data path receives, caches and forwards."""
+
+    def __init__(self, transport, kind, mid, codec, ssrc, extensions, impl) -> None:
+        self.stream = None
+        self._ready = False
+        super().__init__(transport, kind, mid, codec, ssrc, extensions, impl)
+        self._ready = True
+        self._open_stream()
+
+    packets = _stream_stat(0, "packets")
+    bytes = _stream_stat(1, "bytes")
+    base_ext_seq = _stream_stat(2, "base_ext_seq")
+    highest_ext_seq = _stream_stat(3, "highest_ext_seq")
+    jitter = _stream_stat(4, "jitter")
+
+    @property
+    def ssrc(self):
+        return self.__dict__.get("ssrc")
+
+    @ssrc.setter
+    def ssrc(self, value) -> None:
+        self.__dict__["ssrc"] = value
+        if self._ready:
+            self._open_stream()
+
+    @property
+    def room(self):
+        return self.__dict__.get("room")
+
+    @room.setter
+    def room(self, value) -> None:
+        self.__dict__["room"] = value
+        if value is None and self.stream is not None:
+            self.stream.close()  # unpublished: its SSRC is unknown to the C path again
+
+    @property
+    def first_packet_time(self):
+        stream = self.stream
+        return stream.first_packet_time if stream is not None else self.__dict__.get("first_packet_time")
+
+    @first_packet_time.setter
+    def first_packet_time(self, value) -> None:
+        self.__dict__["first_packet_time"] = value
+
+    def _open_stream(self) -> None:
+        if self.stream is not None or self.ssrc is None:
+            return
+        self.stream = self.transport.peer.add_stream(
+            self.ssrc, self.codec.payload_type, self.codec.clock_rate,
+            nack=self.supports_nack, nack_max_gap=NACK_MAX_GAP, cache_packets=CACHE_SIZE,
+            cache_bytes=VIDEO_CACHE_BYTES if self.kind == "video" else AUDIO_CACHE_BYTES, owner=self,
+        )
+        self.set_consumers(self.consumers)
+
+    def set_consumers(self, consumers: Iterable["Consumer"]) -> None:
+        super().set_consumers(consumers)
+        stream = self.stream
+        if stream is not None and not stream.closed:
+            stream.set_subscriptions([c.sub for c in self.consumers if isinstance(c, FastConsumer)])
+
+    def on_packet(self, plain: bytes, seq: int, ts: int, now: float) -> None:
+        raise RuntimeError("packets of a FastProducer are received by the C data path")
+
+    def cached(self, seq: int) -> bytes | None:
+        return self.stream.cached(seq) if self.stream is not None else None
+
+    def _drain_nack_log(self) -> None:
+        """Apply what the C path logged since the last tick to ``missing`` (as on_packet does)."""
+        if self.stream is None:
+            return
+        missing = self.missing
+        for kind, a, b, t in self.stream.drain_events():
+            if kind == "gap":
+                for s in range(a, b):
+                    missing[s] = [t, 0, 0.0]
+            elif kind == "recovered":
+                missing.pop(a, None)
+            else:
+                missing.clear()
+
+    def poll_nack(self, now: float):
+        self._drain_nack_log()
+        return super().poll_nack(now)
+
+    def report_block(self, now: float):
+        self._drain_nack_log()
+        return super().report_block(now)
+
+
+def _on_subscription(name: str):
+    return property(lambda self: getattr(self.sub, name), lambda self, value: setattr(self.sub, name, value))
+
+
+class FastConsumer(Consumer):
+    """A Consumer whose forwarding state is a C Subscription (shared Rewriter)."""
+
+    def __init__(self, transport, kind, mid, codec, extensions, impl) -> None:
+        self.sub = transport.peer.subscription(None, codec.clock_rate)
+        super().__init__(transport, kind, mid, codec, extensions, impl)
+        self.sub.rewriter = self.rewriter
+
+    synced = _on_subscription("synced")
+    paused = _on_subscription("paused")
+    last_out_seq = _on_subscription("last_out_seq")
+    last_out_ts = _on_subscription("last_out_ts")
+    last_out_time = _on_subscription("last_out_time")
+    packets_sent = _on_subscription("packets_sent")
+    octets_sent = _on_subscription("octets_sent")
+    initial_seq = _on_subscription("initial_seq")
+    initial_ts = _on_subscription("initial_ts")
+    first_packet_time = _on_subscription("first_packet_time")

@@ -42,6 +42,9 @@ class Transport:
     ) -> None:
         self.engine = engine
         self.id = secrets.token_hex(8)
+        # the C data path's view of this transport (None on the Python path)
+        datapath = getattr(engine, "datapath", None)
+        self.peer = datapath.new_peer(self) if datapath is not None else None
         self.room_name = room_name
         self.role = role  # "publish" | "subscribe"
         self.local_ufrag = secrets.token_hex(4)

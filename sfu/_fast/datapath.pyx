@@ -73,6 +73,7 @@ cdef enum:
     TX_QUEUE = 1024        # packets queued for one sendmmsg (UIO_MAXIOV)
     TX_SLOT = 2048         # bytes per send slot (packet + SRTP trailer)
     EVENT_RING = 4096      # NACK log events kept between two drains
+    LATENCY_RING = 4096    # raw latency samples kept between two drains
 
 cdef enum:  # kinds of NACK log events
     EV_GAP = 0
@@ -284,11 +285,24 @@ cdef class Subscription:
     cdef bint _has_last
     cdef uint16_t _last_seq
     cdef uint32_t _last_ts
+    cdef bint _has_first
+    cdef double _first_time
 
     def __init__(self, Peer peer, Rewriter rewriter, clock_rate):
         self.peer = peer
         self.rewriter = rewriter
         self.clock_rate = clock_rate
+
+    @property
+    def first_packet_time(self):
+        """When the first packet was synced for sending (join-time metric)."""
+        return self._first_time if self._has_first else None
+
+    @first_packet_time.setter
+    def first_packet_time(self, value):
+        self._has_first = value is not None
+        if value is not None:
+            self._first_time = value
 
     @property
     def last_out_seq(self):
@@ -319,6 +333,8 @@ cdef class Subscription:
         if not self._has_last:
             out_seq = <uint16_t>self.initial_seq
             out_ts = self.initial_ts
+            self._has_first = True
+            self._first_time = now
         else:
             out_seq = <uint16_t>(self._last_seq + 1)
             elapsed = <int64_t>((now - self.last_out_time) * self.clock_rate)
@@ -352,6 +368,7 @@ cdef class Stream:
     cdef int64_t _base
     cdef int64_t _highest
     cdef readonly double jitter
+    cdef double _first_time
     cdef bint _has_transit
     cdef double _last_transit
     # NACK log: what Producer.on_packet does to Producer.missing, as events
@@ -467,6 +484,7 @@ cdef class Stream:
             self._has_base = True
             self._base = ext
             self._highest = ext
+            self._first_time = now
         elif ext > self._highest:
             gap = ext - self._highest - 1
             if gap and self.nack:
@@ -499,6 +517,10 @@ cdef class Stream:
     @property
     def subscriptions(self):
         return self.subs
+
+    @property
+    def first_packet_time(self):
+        return self._first_time if self._has_base else None
 
     def cached(self, seq):
         """The cached plaintext packet with sequence number ``seq``, or None."""
@@ -697,6 +719,8 @@ cdef class Datapath:
     cdef uint64_t _hist[N_BUCKETS]
     cdef double _hist_sum
     cdef uint64_t _hist_count
+    cdef double _lat_ring[LATENCY_RING]
+    cdef size_t _lat_len
 
     def __cinit__(self):
         self.fd = -1
@@ -903,6 +927,12 @@ cdef class Datapath:
             out.append((LATENCY_BUCKETS_US[i] * 1e-6 if i < N_BUCKETS - 1 else float("inf"), total))
         return {"buckets": out, "count": self._hist_count, "sum": self._hist_sum}
 
+    def drain_latency(self):
+        """The latency samples (seconds, one per forwarding batch) since the last call."""
+        out = [self._lat_ring[i] for i in range(self._lat_len)]
+        self._lat_len = 0
+        return out
+
     def feed(self, data, addr, double now):
         """Process one datagram as if received from ``addr`` at ``now`` (sans-I/O entry), then flush."""
         cdef sockaddr_in6 sa
@@ -1008,6 +1038,9 @@ cdef class Datapath:
         self._hist[i] += 1
         self._hist_count += 1
         self._hist_sum += seconds
+        if self._lat_len < LATENCY_RING:
+            self._lat_ring[self._lat_len] = seconds
+            self._lat_len += 1
         self._counters[C_BATCHES_FORWARDING] += 1
 
     cdef void _datagram(self, uint8_t* buf, Py_ssize_t n, const sockaddr_in6* sa, double now):
@@ -1116,7 +1149,7 @@ cdef class Datapath:
         for obj in subs:
             sub = <Subscription>obj
             dest = sub.peer
-            if dest._tx == NULL or sub.paused or not dest.registered:
+            if dest._tx == NULL or sub.paused or not dest.registered or sub.rewriter is None:
                 continue
             if not sub.synced:
                 sub._sync(seq, ts, now)
