@@ -155,14 +155,17 @@ class MediaEngine:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(TICK_INTERVAL)
-            now = loop.time()
-            self._fold_datapath()
-            for transport in list(self.transports.values()):
-                try:
-                    transport.tick(now)
-                except Exception:  # a bug in one transport must not stop the others
-                    logger.exception("transport tick failed", extra={"fields": {"transport": transport.id}})
-                    transport.close("internal error")
+            self.tick(loop.time())
+
+    def tick(self, now: float) -> None:
+        """Timers of every transport (DTLS, NACK, reports, consent); tests call it with a fake clock."""
+        self._fold_datapath()
+        for transport in list(self.transports.values()):
+            try:
+                transport.tick(now)
+            except Exception:  # a bug in one transport must not stop the others
+                logger.exception("transport tick failed", extra={"fields": {"transport": transport.id}})
+                transport.close("internal error")
 
     def now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
