@@ -15,6 +15,13 @@ extensions = [
         extra_compile_args=["-O3"],
         define_macros=[("_GNU_SOURCE", None)],
     ),
+    # the benchmark's floor: only libsrtp protect + sendmmsg of the same packets (bench/README.md)
+    Extension(
+        "bench.floor",
+        ["bench/floor.pyx"],
+        extra_compile_args=["-O3"],
+        define_macros=[("_GNU_SOURCE", None)],
+    ),
 ]
 
 setup(

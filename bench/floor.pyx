@@ -1,0 +1,155 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The floor: what forwarding one packet to N subscribers cannot avoid.
+
+Per tick (``rate`` ticks per second, like a publisher's packets): for each of
+the N destinations, copy the packet into its send slot, set a sequence number,
+``srtp_protect`` it with that destination's own libsrtp session, then one
+``sendmmsg`` for all N -- exactly the unavoidable part of the SFU's fan-out
+(sfu/_fast/datapath.pyx), without receiving, parsing, routing or Python.
+It runs without the GIL (in a thread of the benchmark, so the destinations'
+sockets can be read by the same process's event loop) and measures its own
+thread CPU time (CLOCK_THREAD_CPUTIME_ID), which on loopback includes the
+kernel's delivery of each packet to the destination socket.
+
+libsrtp is called through the same cffi function pointer as the data path
+(sfu/_fast/includes/srtp.pxd); the sessions are pylibsrtp Sessions made by
+the caller (one per destination, like one SrtpPair per subscriber).
+"""
+
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport uint8_t, uint16_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.uio cimport iovec
+
+from sfu._fast.includes.mmsg cimport (
+    AF_INET, htons, inet_pton, mmsghdr, sendmmsg, sockaddr_in, socklen_t,
+)
+from sfu._fast.includes.srtp cimport SFU_SRTP_FN_CTYPE, SRTP_MAX_TRAILER_LEN, sfu_srtp_fn
+
+cdef extern from "<time.h>" nogil:
+    int clock_nanosleep(int clockid, int flags, const timespec* request, timespec* remain)
+    enum:
+        TIMER_ABSTIME
+        CLOCK_THREAD_CPUTIME_ID
+
+cdef enum:
+    SLOT = 2048
+
+
+cdef double _now(int clock) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(clock, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+def _pointer(obj):
+    from pylibsrtp._binding import ffi
+    return int(ffi.cast("uintptr_t", obj))
+
+
+def _protect_pointer():
+    from pylibsrtp._binding import ffi, lib
+    fn = ffi.addressof(lib, "srtp_protect")
+    if ffi.typeof(fn).cname != SFU_SRTP_FN_CTYPE.decode():
+        raise ImportError(f"srtp_protect has type {ffi.typeof(fn).cname!r}")
+    return _pointer(fn)
+
+
+def run(int fd, destinations, sessions, bytes packet, double rate, double seconds):
+    """Send ``packet`` (plaintext RTP) to every destination ``rate`` times a second
+    for ``seconds`` (rate 0: back to back, ``seconds`` of ticks). Returns
+    {"packets", "sent", "errors", "ticks", "cpu_seconds", "wall_seconds", "us_per_packet"}.
+    """
+    cdef Py_ssize_t n = len(destinations)
+    cdef Py_ssize_t size = len(packet)
+    if n == 0 or n != len(sessions):
+        raise ValueError("one session per destination")
+    if size < 12 or size + SRTP_MAX_TRAILER_LEN > SLOT:
+        raise ValueError("bad packet size")
+    cdef sfu_srtp_fn protect = <sfu_srtp_fn><uintptr_t>_protect_pointer()
+    cdef mmsghdr* msgs = <mmsghdr*>calloc(n, sizeof(mmsghdr))
+    cdef iovec* iov = <iovec*>calloc(n, sizeof(iovec))
+    cdef sockaddr_in* addrs = <sockaddr_in*>calloc(n, sizeof(sockaddr_in))
+    cdef void** ctx = <void**>calloc(n, sizeof(void*))
+    cdef uint8_t* bufs = <uint8_t*>malloc(n * SLOT)
+    cdef const uint8_t* src = <const uint8_t*><const char*>packet
+    cdef Py_ssize_t i
+    cdef int length, rc, k
+    cdef uint64_t ticks = 0, total = 0, sent = 0, errors = 0
+    cdef uint16_t seq = 1
+    cdef double period = 1.0 / rate if rate > 0 else 0.0
+    cdef double t0, t_end, cpu0, cpu1, wall0, wall1, t_next
+    cdef timespec due
+    try:
+        if msgs == NULL or iov == NULL or addrs == NULL or ctx == NULL or bufs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            host, port = destinations[i]
+            addrs[i].sin_family = AF_INET
+            addrs[i].sin_port = htons(<uint16_t>port)
+            if inet_pton(AF_INET, host.encode(), &addrs[i].sin_addr) != 1:
+                raise ValueError(f"IPv4 only: {host!r}")
+            ctx[i] = <void*><uintptr_t>_pointer(sessions[i]._srtp[0])
+            iov[i].iov_base = bufs + i * SLOT
+            msgs[i].msg_hdr.msg_iov = &iov[i]
+            msgs[i].msg_hdr.msg_iovlen = 1
+            msgs[i].msg_hdr.msg_name = &addrs[i]
+            msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+        with nogil:
+            wall0 = _now(CLOCK_MONOTONIC)
+            cpu0 = _now(CLOCK_THREAD_CPUTIME_ID)
+            t_end = wall0 + seconds
+            t_next = wall0
+            while True:
+                if period > 0:
+                    t_next += period
+                    if t_next > t_end:
+                        break
+                    due.tv_sec = <long>t_next
+                    due.tv_nsec = <long>((t_next - due.tv_sec) * 1e9)
+                    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, NULL) == EINTR:
+                        pass
+                elif _now(CLOCK_MONOTONIC) > t_end:
+                    break
+                for i in range(n):
+                    memcpy(bufs + i * SLOT, src, size)
+                    bufs[i * SLOT + 2] = <uint8_t>(seq >> 8)
+                    bufs[i * SLOT + 3] = <uint8_t>seq
+                    length = <int>size
+                    if protect(ctx[i], bufs + i * SLOT, &length) != 0:
+                        errors += 1
+                        length = 0
+                    iov[i].iov_len = length
+                k = 0
+                while k < n:
+                    rc = sendmmsg(fd, msgs + k, <unsigned int>(n - k), 0)
+                    if rc > 0:
+                        k += rc
+                        sent += rc
+                    elif rc < 0 and errno == EINTR:
+                        continue
+                    else:
+                        errors += 1
+                        k += 1  # EAGAIN or an error: this packet is lost, go on
+                total += n
+                ticks += 1
+                seq = <uint16_t>(seq + 1)
+            cpu1 = _now(CLOCK_THREAD_CPUTIME_ID)
+            wall1 = _now(CLOCK_MONOTONIC)
+    finally:
+        free(msgs)
+        free(iov)
+        free(addrs)
+        free(ctx)
+        free(bufs)
+    return {
+        "packets": total,
+        "sent": sent,
+        "errors": errors,
+        "ticks": ticks,
+        "cpu_seconds": cpu1 - cpu0,
+        "wall_seconds": wall1 - wall0,
+        "us_per_packet": (cpu1 - cpu0) * 1e6 / total if total else None,
+    }
