@@ -350,6 +350,7 @@
     } else {
       ui.camera.disabled = ui.microphone.disabled = ui.screen.disabled = true;
     }
+    if (!pc) return;
     setStatus("joined");
     await scheduleNegotiation();
   }
@@ -365,6 +366,11 @@
       });
     } catch (err) {
       notice(`No camera or microphone (${err.name}); you can still see and hear the others.`, "error");
+      return;
+    }
+    if (!pc) { // the meeting ended (or we left) while the camera was opening
+      for (const track of localStream.getTracks()) track.stop();
+      localStream = null;
       return;
     }
     tile.querySelector("video").srcObject = localStream;
@@ -489,7 +495,12 @@
   // ---- wiring -------------------------------------------------------------------------------
   ui.form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    join().catch((err) => { fail(err); if (ws) ws.close(); cleanup(); });
+    join().catch((err) => {
+      if (state.ended || leaving) return; // ended or left while joining: already reported
+      fail(err);
+      if (ws) ws.close();
+      cleanup();
+    });
   });
   ui.camera.addEventListener("click", () => toggle("camera", ui.camera, "Camera on", "Camera off").catch(fail));
   ui.microphone.addEventListener("click", () => toggle("microphone", ui.microphone, "Microphone on", "Microphone off").catch(fail));

@@ -1,0 +1,130 @@
+"""Headless Chromium on the meeting page (/, sfu/static/meeting.html): two pages
+join one room over the WebSocket protocol and each decodes the other's video
+(getStats framesDecoded), then one leaves and the other sees it go.
+
+Chromium needs --allow-loopback-in-peer-connection in the loopback-only
+namespace and fake media devices (tests/e2e/cdp.py FLAGS)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+
+import pytest
+
+from ..conftest import SfuProcess
+from .cdp import Chromium, Tab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(120)]
+
+MEDIA_TIMEOUT = 40.0
+
+
+@pytest.fixture
+async def chromium(tmp_path, netns):
+    browser = Chromium(tmp_path / "chromium")
+    await browser.start()
+    try:
+        yield browser
+    finally:
+        await browser.close()
+        assert browser.processes() == [], "chromium left processes behind"
+
+
+@pytest.fixture
+def dev_sfu(tmp_path, netns):
+    server = SfuProcess(tmp_path, "--dev").start()
+    yield server
+    server.stop()
+
+
+async def open_meeting(browser: Chromium, sfu, **query) -> Tab:
+    tab = await browser.new_tab(f"{sfu.url}/?{urllib.parse.urlencode(query)}")
+    assert await tab.wait_for("typeof window.meetingState === 'object'", timeout=10), tab.console
+    return tab
+
+
+async def diagnose(tab: Tab, sfu) -> str:
+    try:
+        state = await tab.evaluate("window.meetingState")
+        stats = await tab.evaluate("window.meetingStats()")
+        notice = await tab.evaluate("document.getElementById('notice').textContent")
+    except Exception as exc:
+        state, stats, notice = f"unavailable: {exc}", None, None
+    return (f"state={json.dumps(state)}\nstats={json.dumps(stats)}\nnotice={notice!r}\n"
+            f"console={tab.console}\nserver log (tail):\n{sfu.log()[-3000:]}")
+
+
+async def wait_media(tab: Tab, names: list[str], timeout: float) -> dict:
+    """Poll meetingStats() until every named participant's video decodes (>30 frames) and audio arrives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await tab.evaluate("window.meetingStats()")
+        by_name = {p["name"]: p for p in stats["participants"].values()}
+        if all(n in by_name and by_name[n]["video"] > 30 and by_name[n]["audio"] > 0 for n in names):
+            return stats
+        if time.monotonic() >= deadline:
+            return stats
+        await asyncio.sleep(0.25)
+
+
+async def captions(tab: Tab) -> list[str]:
+    return await tab.evaluate(
+        "[...document.querySelectorAll('#tiles figcaption')].map((c) => c.textContent)")
+
+
+async def test_two_pages_see_each_other(dev_sfu, chromium):
+    alice = await open_meeting(chromium, dev_sfu, room="browser-meet", name="Alice", autojoin=1)
+    assert await alice.wait_for("window.meetingState.joined || window.meetingState.error", 15), \
+        await diagnose(alice, dev_sfu)
+    bob = await open_meeting(chromium, dev_sfu, room="browser-meet", name="Bob", autojoin=1)
+    for tab, other in ((alice, "Bob"), (bob, "Alice")):
+        stats = await wait_media(tab, [other], MEDIA_TIMEOUT)
+        by_name = {p["name"]: p for p in stats["participants"].values()}
+        assert other in by_name and by_name[other]["video"] > 30, await diagnose(tab, dev_sfu)
+        assert by_name[other]["audio"] > 0 and by_name[other]["frameWidth"] > 0, by_name
+        assert stats["connection"] == "connected", stats
+    # a tile per participant, with the display name
+    assert sorted(await captions(alice)) == ["Alice (you)", "Bob"]
+    assert sorted(await captions(bob)) == ["Alice", "Bob (you)"]
+    health = dev_sfu.health()
+    assert health["transports"] == 2 and health["producers"] == 4 and health["consumers"] == 4, health
+
+    # Bob turns his camera off: Alice's page shows it
+    await bob.evaluate("document.getElementById('camera').click()")
+    assert await alice.wait_for(
+        "[...document.querySelectorAll('#tiles figure')].some((f) => f.classList.contains('video-off'))", 5)
+
+    # Bob leaves: his tile goes away on Alice's page and the SFU frees his session
+    await bob.evaluate("document.getElementById('leave').click()")
+    assert await alice.wait_for(
+        "![...document.querySelectorAll('#tiles figcaption')].some((c) => c.textContent === 'Bob')", 10), \
+        await captions(alice)
+    assert await bob.wait_for("!window.meetingState.joined", 5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and dev_sfu.health()["transports"] != 1:
+        await asyncio.sleep(0.1)
+    health = dev_sfu.health()
+    # Alice's page keeps its two receiving sections, idle (bound to nothing), for the next tracks
+    assert health["transports"] == 1 and health["producers"] == 2 and health["consumers"] == 2, health
+    assert not [line for line in alice.console if line.startswith("exception")], alice.console
+
+
+async def test_page_asks_for_a_token_without_dev_mode(sfu, chromium):
+    page = await open_meeting(chromium, sfu, room="tokens", name="Carol", autojoin=1)
+    assert await page.wait_for("window.meetingState.error", 10)
+    assert "access token" in (await page.evaluate("window.meetingState.error"))
+    assert await page.evaluate("document.getElementById('token-field').hidden") is False
+    # with a token minted for the room (sfu token), the same page joins
+    token = sfu.token("tokens", identity="carol@example.com", name="Carol")
+    page = await open_meeting(chromium, sfu, room="tokens", name="Carol", token=token, autojoin=1)
+    assert await page.wait_for("window.meetingState.joined || window.meetingState.error", 15), \
+        await diagnose(page, sfu)
+    assert await page.evaluate("window.meetingState.error") is None
+    # the host (its creator) may end the meeting: the page says so and leaves
+    assert await page.evaluate("document.getElementById('end').hidden") is False
+    await page.evaluate("document.getElementById('end').click()")
+    assert await page.wait_for("window.meetingState.ended", 10), await diagnose(page, sfu)
+    assert "ended" in await page.evaluate("document.getElementById('notice').textContent")
