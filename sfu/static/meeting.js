@@ -475,12 +475,13 @@
       if (!r.trackId) continue;
       const owner = ownerOf(r.trackId);
       if (!owner) continue;
-      const entry = out.participants[owner.person.id] ||= { name: owner.person.name, video: 0, audio: 0, frameWidth: 0 };
+      const entry = out.participants[owner.person.id] ||= { name: owner.person.name, video: 0, audio: 0, frameWidth: 0, sources: {} };
       const report = await r.transceiver.receiver.getStats();
       report.forEach((s) => {
         if (s.type !== "inbound-rtp") return;
         if (s.kind === "video") {
           entry.video += s.framesDecoded || 0;
+          entry.sources[owner.track.source] = (entry.sources[owner.track.source] || 0) + (s.framesDecoded || 0);
           entry.frameWidth = Math.max(entry.frameWidth, s.frameWidth || 0);
           out.videoFramesDecoded += s.framesDecoded || 0;
         } else {

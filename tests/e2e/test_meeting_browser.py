@@ -128,3 +128,35 @@ async def test_page_asks_for_a_token_without_dev_mode(sfu, chromium):
     await page.evaluate("document.getElementById('end').click()")
     assert await page.wait_for("window.meetingState.ended", 10), await diagnose(page, sfu)
     assert "ended" in await page.evaluate("document.getElementById('notice').textContent")
+
+
+async def test_screen_share_reaches_the_other_page(dev_sfu, chromium):
+    alice = await open_meeting(chromium, dev_sfu, room="screens", name="Alice", autojoin=1)
+    assert await alice.wait_for("window.meetingState.joined || window.meetingState.error", 15)
+    bob = await open_meeting(chromium, dev_sfu, room="screens", name="Bob", autojoin=1, camera=0, mic=0)
+    assert await bob.wait_for("window.meetingState.joined || window.meetingState.error", 15)
+    assert await alice.wait_for("document.getElementById('camera').disabled === false", 10)
+    # getDisplayMedia needs a user gesture
+    await alice.call("Runtime.evaluate", expression="document.getElementById('screen').click()", userGesture=True)
+    assert await bob.wait_for(
+        "[...document.querySelectorAll('#tiles figcaption')].some((c) => c.textContent === 'Alice (screen)')",
+        15), (await captions(bob), await diagnose(alice, dev_sfu))
+    deadline = time.monotonic() + MEDIA_TIMEOUT
+    while True:
+        stats = await bob.evaluate("window.meetingStats()")
+        sources = next(iter(stats["participants"].values()), {}).get("sources", {})
+        if sources.get("screen", 0) > 10 and sources.get("camera", 0) > 10 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    assert sources.get("screen", 0) > 10 and sources.get("camera", 0) > 10, stats
+    health = dev_sfu.health()
+    assert health["producers"] == 3, health  # camera, microphone, screen
+    tiles = await bob.evaluate(
+        "[...document.querySelectorAll('#tiles figure')].map((f) => [f.dataset.key, "
+        "f.querySelector('video').srcObject ? f.querySelector('video').srcObject.getVideoTracks().length : 0])")
+    assert [t for t in tiles if t[0].endswith(":screen") and t[1] == 1], tiles
+    # stop sharing: the screen tile goes away at Bob's, the camera stays
+    await alice.evaluate("document.getElementById('screen').click()")
+    assert await bob.wait_for(
+        "![...document.querySelectorAll('#tiles figcaption')].some((c) => c.textContent === 'Alice (screen)')", 10)
+    assert dev_sfu.health()["producers"] == 2
