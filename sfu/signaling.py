@@ -115,7 +115,8 @@ class Signaling:
         request_id = message.get("id")
         if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):
             return _error_response(None, ProtocolError("bad_request", "id must be a number or a string"))
-        handler = self._handlers.get(message.get("type"))
+        kind = message.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
         try:
             if handler is None:
                 raise ProtocolError("unknown_type", f"unknown message type {message.get('type')!r}")
@@ -128,6 +129,9 @@ class Signaling:
             return _error_response(request_id, exc)
         except AuthError as exc:
             return _error_response(request_id, ProtocolError("forbidden", exc.reason))
+        except Exception:  # a bug must cost one request, not the connection or the room
+            logger.exception("request failed", extra={"fields": {"type": message.get("type")}})
+            return _error_response(request_id, ProtocolError("internal_error", "internal error"))
         return {"id": request_id, "type": "response", "ok": True, **result}
 
     def _close(self, participant: Participant, code: int, reason: str) -> None:

@@ -315,3 +315,22 @@ async def test_bad_offer_changes_nothing(signaling, engine):
     response = await alice.request("offer", sdp=restart.offer(AV))
     assert response["code"] == "bad_sdp" and "ICE restart" in response["error"]
     assert len(alice.participant.tracks) == 2
+
+
+async def test_garbage_never_escapes_as_an_exception(signaling):
+    """Like h11's fuzzer: any JSON value gets a response (ok or an error code), never an exception."""
+    import random
+
+    rng = random.Random(7)
+    values = [None, True, 0, -1, 1.5, "", "x", "v=0\r\n", [], {}, {"0": "x"}, {"0": {"source": 5}}, [1, "a"]]
+    alice = await joined(signaling, "a", "Alice")
+    await alice.request("offer", sdp=alice.peer.offer(AV))
+    for _ in range(500):
+        message = {k: rng.choice(values) for k in rng.sample(
+            ["id", "type", "sdp", "tracks", "subscriptions", "track_id", "muted", "room"], rng.randint(0, 8))}
+        if rng.random() < 0.8:
+            message["type"] = rng.choice(["join", "offer", "mute", "ping", "end_meeting", "nope"])
+        response = await signaling.handle(alice.participant, message)
+        assert response["type"] == "response" and isinstance(response["ok"], bool)
+        if not response["ok"]:
+            assert response["code"] != "internal_error", (message, response)
