@@ -22,6 +22,13 @@ extensions = [
         extra_compile_args=["-O3"],
         define_macros=[("_GNU_SOURCE", None)],
     ),
+    # the load generator's receiver: many viewer sockets read by one native thread
+    Extension(
+        "bench.sink",
+        ["bench/sink.pyx"],
+        extra_compile_args=["-O3"],
+        define_macros=[("_GNU_SOURCE", None)],
+    ),
 ]
 
 setup(

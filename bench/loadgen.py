@@ -82,6 +82,7 @@ def build_offer(
     audio_ssrc: int | None = None,
     video_ssrc: int | None = None,
     cname: str = "bench",
+    video_sections: int = 1,
 ) -> str:
     """The offer of a publisher (role "publish": sendonly, with a=ssrc lines)
     or a viewer ("subscribe": recvonly). BUNDLE (RFC 8843), rtcp-mux
@@ -95,7 +96,7 @@ def build_offer(
         f"o=- {session_id} 2 IN IP4 127.0.0.1",
         "s=-",
         "t=0 0",
-        "a=group:BUNDLE 0 1",
+        "a=group:BUNDLE " + " ".join(str(i) for i in range(1 + max(1, video_sections))),
         "a=extmap-allow-mixed",
         "a=msid-semantic: WMS bench",
     ]
@@ -116,6 +117,8 @@ def build_offer(
          [f"a=rtpmap:{VIDEO_PT} VP8/90000", f"a=rtcp-fb:{VIDEO_PT} nack",
           f"a=rtcp-fb:{VIDEO_PT} nack pli", f"a=rtcp-fb:{VIDEO_PT} ccm fir"]),
     )
+    if role == "subscribe" and video_sections > 1:  # one more video section per extra track
+        sections += tuple(("video", str(1 + i), VIDEO_PT, None, sections[1][4]) for i in range(1, video_sections))
     for kind, mid, pt, ssrc, codec_lines in sections:
         lines.append(f"m={kind} 9 UDP/TLS/RTP/SAVPF {pt}")
         lines += transport
@@ -394,14 +397,15 @@ class VideoSource:
     FRAME_HEADER = 10
 
     def __init__(self, ssrc: int, *, size: int = 1100, fps: int = 30, rate: float = 100.0,
-                 keyframe_interval: float = 2.0) -> None:
+                 keyframe_interval: float = 2.0, pt: int = VIDEO_PT, clock: int = VIDEO_CLOCK) -> None:
         minimum = self.HEADER + self.DESCRIPTOR + self.FRAME_HEADER + _TRAILER_LEN
         if size < minimum:
             raise ValueError(f"packet size must be at least {minimum}")
         self.ssrc = ssrc
         self.size = size
         self.packets_per_frame = max(1, round(rate / fps))
-        self.ts_step = VIDEO_CLOCK // fps
+        self.ts_step = clock // fps
+        self.pt = pt
         self.frames_per_keyframe = max(1, round(keyframe_interval * fps))
         self.seq = random.getrandbits(16)
         self.timestamp = random.getrandbits(32)
@@ -436,7 +440,7 @@ class VideoSource:
         else:
             buf[12] = 0x80
         last = i == self.packets_per_frame - 1
-        buf[1] = (0x80 if last else 0) | VIDEO_PT
+        buf[1] = (0x80 if last else 0) | self.pt
         seq = self.seq
         struct.pack_into("!HI", buf, 2, seq, self.timestamp)
         struct.pack_into("!BBB", buf, 13, 0x80, 0x80 | (self.picture_id >> 8), self.picture_id & 0xFF)
@@ -543,9 +547,17 @@ class Participant(asyncio.DatagramProtocol):
     """One publisher or viewer with its own UDP socket (connected to the SFU)."""
 
     def __init__(self, role: str, certificate: Certificate, *, rate: float = 100.0,
-                 size: int = 1100, fps: int = 30, keyframe_interval: float = 2.0) -> None:
+                 size: int = 1100, fps: int = 30, keyframe_interval: float = 2.0,
+                 kind: str = "video", video_sections: int = 1) -> None:
+        """``kind="audio"``: a publisher sends Opus-sized packets on its audio SSRC
+        instead of video; ``video_sections``: a viewer's video m-sections (N-by-N)."""
         if role not in ("publish", "subscribe"):
             raise ValueError(role)
+        if kind not in ("audio", "video"):
+            raise ValueError(kind)
+        self.kind = kind
+        self.video_sections = video_sections
+        self._raw: socket.socket | None = None  # the socket, once handed to a bench.sink.Sink
         self.role = role
         self.certificate = certificate
         self.ufrag = secrets.token_hex(4)
@@ -553,8 +565,14 @@ class Participant(asyncio.DatagramProtocol):
         self.video_ssrc = random.getrandbits(32) or 1
         self.audio_ssrc = random.getrandbits(32) or 1
         self.rate = rate
-        self.source = VideoSource(self.video_ssrc, size=size, fps=fps, rate=rate,
-                                  keyframe_interval=keyframe_interval) if role == "publish" else None
+        if role != "publish":
+            self.source = None
+        elif kind == "audio":
+            self.source = VideoSource(self.audio_ssrc, size=size, fps=max(1, int(rate)), rate=rate,
+                                      pt=AUDIO_PT, clock=48000)
+        else:
+            self.source = VideoSource(self.video_ssrc, size=size, fps=fps, rate=rate,
+                                      keyframe_interval=keyframe_interval)
         self.stats = ReceiveStats()
         self.location: str | None = None
         self.answer: Answer | None = None
@@ -583,7 +601,8 @@ class Participant(asyncio.DatagramProtocol):
 
     def offer(self) -> str:
         return build_offer(self.role, self.ufrag, self.pwd, self.certificate.fingerprint(),
-                           audio_ssrc=self.audio_ssrc, video_ssrc=self.video_ssrc)
+                           audio_ssrc=self.audio_ssrc, video_ssrc=self.video_ssrc,
+                           video_sections=self.video_sections)
 
     async def connect(self, http, base_url: str, room: str, timeout: float = 15.0) -> None:
         """WHIP/WHEP offer/answer, then ICE and DTLS; raises on failure."""
@@ -636,6 +655,9 @@ class Participant(asyncio.DatagramProtocol):
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     # -- sending (publisher) --------------------------------------------------
 
@@ -645,6 +667,27 @@ class Participant(asyncio.DatagramProtocol):
         self._send_start = self._loop.time()
         self._send_due = 0
         self._send_tick()
+
+    def set_rate(self, rate: float) -> None:
+        """Change the packet rate while sending (the pacing restarts from now)."""
+        self.rate = rate
+        if self._sender is not None:
+            self._sender.cancel()
+            self._send_start = self._loop.time()
+            self._send_due = 0
+            self._send_tick()
+
+    def detach_socket(self) -> socket.socket:
+        """Stop reading in Python and return the socket (for bench.sink.Sink.add with
+        ``self.srtp.rx``); consent checks keep going out through it."""
+        if self._udp is None:
+            raise RuntimeError("not connected")
+        raw = socket.socket(fileno=os.dup(self._udp.get_extra_info("socket").fileno()))
+        raw.setblocking(False)
+        self._udp.close()  # the dup keeps the socket open
+        self._udp = None
+        self._raw = raw
+        return raw
 
     def stop_sending(self) -> None:
         if self._sender is not None:
@@ -737,10 +780,16 @@ class Participant(asyncio.DatagramProtocol):
 
     def _service(self) -> None:
         hs = self.handshake
-        if hs is None or self._udp is None:
+        if hs is None or (self._udp is None and self._raw is None):
             return
         for datagram in hs.datagrams_to_send():
-            self._udp.sendto(datagram)
+            if self._udp is not None:
+                self._udp.sendto(datagram)
+            else:
+                try:
+                    self._raw.send(datagram)
+                except OSError:
+                    pass
         while (ev := hs.next_event()) is not None:
             if isinstance(ev, Connected):
                 self.srtp = SrtpPair(ev.srtp_profile, ev.local_key, ev.remote_key)
