@@ -15,10 +15,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 
-$(STAMP): $(PY) pyproject.toml setup.py $(wildcard sfu/_fast/*.pyx sfu/_fast/*.pxd)
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard sfu/_fast/*.pyx sfu/_fast/*.pxd sfu/_fast/includes/*.pxd bench/*.pyx)
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) setup.py --quiet build_ext --inplace
-	$(PY) -c "import sfu._fast.packet"
+	$(PY) -c "import sfu._fast.packet, sfu._fast.datapath, bench.floor, bench.sink"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,8 +35,11 @@ serve: install
 test: install system-deps
 	bash scripts/netns-run.sh $(PY) -m pytest $(PYTEST_ARGS)
 
+# microbenchmarks (pytest-benchmark), then the load sweep with its report (bench/results/sweep.md)
 bench: install
+	$(PY) -m pip install --quiet -e ".[test,bench]"
 	bash scripts/netns-run.sh $(PY) -m pytest bench --benchmark-enable $(PYTEST_ARGS)
+	bash scripts/netns-run.sh $(PY) -m bench.sweep $(ARGS)
 
 clean:
-	rm -rf build sfu/_fast/*.so sfu/_fast/*.c *.egg-info
+	rm -rf build sfu/_fast/*.so sfu/_fast/*.c bench/*.so bench/*.c *.egg-info
