@@ -215,11 +215,15 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     sink.take_samples()
     sink.record(True)
     h0 = await _health(http, sfu.url)
-    sent0, got0 = load.sent(), sink.totals()
+    sent0 = load.sent()
     ticks0, ns0 = proc_cpu_ticks(sfu.pid), proc_cpu_ns(sfu.pid)
     own0 = time.process_time()
     t0 = time.monotonic()
     end = t0 + args.seconds
+    # what the viewers receive is counted over the same window shifted by `grace`
+    # (packets in flight), what the publishers send over [t0, t1]
+    await asyncio.sleep(args.grace)
+    got0 = sink.totals()
     while (now := time.monotonic()) < end:
         await asyncio.sleep(min(0.5, end - now))
         sfu.check_alive()

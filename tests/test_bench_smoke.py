@@ -363,3 +363,40 @@ def test_fanout_smoke(netns, tmp_path):
     assert run["rtp_forwarded"] >= run["viewer_packets"]
     assert run["sfu_cpu_us_per_forwarded"] > 0
     assert run["latency_ms_p50"] is not None and run["latency_ms_p50"] < run["latency_ms_max"] + 1e-9
+
+
+# -- the load sweep (bench/sweep.py, bench/report.py) --------------------------------
+
+
+@pytest.mark.timeout(150)
+def test_sweep_smoke_report_and_no_loss(netns, tmp_path):
+    """A tiny sweep on both data paths: the report (markdown, JSON, plots) is written,
+    nothing is lost at this load, and the floor ran in the same run."""
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.sweep", "--scenario", "webinar", "--rooms", "1", "--viewers", "3",
+         "--rates", "50,100", "--seconds", "1.5", "--warmup", "0.5", "--datapath", "c,python",
+         "--quiet", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=140,
+    )
+    logs = "".join(p.read_text() for p in out.glob("sfu-*.log")) if out.exists() else ""
+    assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    result = json.loads((out / "sweep.json").read_text())
+    report = (out / "sweep.md").read_text()
+    assert report.startswith("# Load sweep") and "## Targets" in report
+    for image in ("cpu_per_packet.png", "loss.png", "latency.png"):
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({image})" in report
+    by_path = {s["datapath"]: s for s in result["sweeps"]}
+    assert set(by_path) == {"c", "python"}
+    for sweep in by_path.values():
+        assert len(sweep["steps"]) == 2
+        for step in sweep["steps"]:
+            assert step["loss"] == 0, step
+            assert step["expected"] > 0
+            assert abs(step["received"] - step["expected"]) <= max(3, step["expected"] // 50), step
+            assert step["sfu_cpu_us_per_forwarded"] > 0
+            assert step["latency_ms_p50"] is not None
+    fast = by_path["c"]["steps"]
+    assert all(step["floor_us_per_packet"] > 0 and step["ratio_to_floor"] > 0 for step in fast)
+    assert result["summary"]["python_over_fast_cpu_per_packet"]["at_rates"] == [50.0, 100.0]
