@@ -153,3 +153,25 @@ def run(int fd, destinations, sessions, bytes packet, double rate, double second
         "wall_seconds": wall1 - wall0,
         "us_per_packet": (cpu1 - cpu0) * 1e6 / total if total else None,
     }
+
+
+def protect_loop(session, bytes packet, int iterations):
+    """``iterations`` x (copy ``packet`` into a buffer, srtp_protect it with ``session``), in C:
+    the Cython side of the "protect" microbenchmark (bench/test_bench_datapath.py)."""
+    cdef sfu_srtp_fn protect = <sfu_srtp_fn><uintptr_t>_protect_pointer()
+    cdef void* ctx = <void*><uintptr_t>_pointer(session._srtp[0])
+    cdef uint8_t buf[SLOT]
+    cdef Py_ssize_t size = len(packet)
+    cdef const uint8_t* src = <const uint8_t*><const char*>packet
+    cdef int i, length, errors = 0
+    if size + SRTP_MAX_TRAILER_LEN > SLOT:
+        raise ValueError("packet too long")
+    with nogil:
+        for i in range(iterations):
+            memcpy(buf, src, size)
+            buf[2] = <uint8_t>(i >> 8)
+            buf[3] = <uint8_t>i
+            length = <int>size
+            if protect(ctx, buf, &length) != 0:
+                errors += 1
+    return errors

@@ -512,7 +512,9 @@ async def run(args) -> dict:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
                     await wait_healthy(http, sfu)
                     tag = f"{mode}-{os.getpid()}"
-                    for scenario in args.scenarios:
+                    scenarios = args.scenarios if mode == args.datapaths[0] else \
+                        [s for s in args.scenarios if s in args.compare_scenarios]
+                    for scenario in scenarios:
                         try:
                             if scenario == "joinstorm":
                                 r = await join_storm(http, sfu, cert, args, progress, mode, tag)
@@ -582,8 +584,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     lst = lambda typ: (lambda s: [typ(x) for x in s.split(",") if x.strip()])  # noqa: E731
     p.add_argument("--scenario", dest="scenarios", type=lst(str), default=["webinar", "meeting", "audio", "joinstorm"],
                    help=f"comma-separated, of {', '.join(SCENARIOS)}")
-    p.add_argument("--datapath", dest="datapaths", type=lst(str), default=["c", "python"],
+    p.add_argument("--datapath", dest="datapaths", type=lst(str), default=["c", "python", "pure"],
                    help="SFU data paths to compare in this run (c, python, pure); the first gets the floor")
+    p.add_argument("--compare-scenarios", type=lst(str), default=["webinar"],
+                   help="scenarios also run on the other data paths (the first runs all)")
     p.add_argument("--rates", type=lst(float), default=[100, 200, 400, 700, 1000, 1500, 2000, 2500, 3000, 4000],
                    help="video packets/s per publisher, one step each")
     p.add_argument("--audio-rates", type=lst(float), default=[50, 100, 200, 400, 800, 1600],

@@ -109,7 +109,7 @@ class FakeUdp:
 class Harness:
     """A MediaEngine on a fake clock whose sends are recorded, driven like a socket would."""
 
-    def __init__(self, mode: str, profile: str) -> None:
+    def __init__(self, mode: str, profile: str, capture: bool = True) -> None:
         random.seed(20261128)
         self.mode = mode
         self.profile = profile
@@ -117,12 +117,14 @@ class Harness:
         self.engine = MediaEngine(Config(consent_timeout=1e9, datapath=mode))
         self.engine._loop = SimpleNamespace(time=lambda: self.now)
         if mode == "c":
+            # capture=False and no socket: everything sent is dropped (the microbenchmarks)
             self.engine.datapath = Datapath(self.engine.datagram_received, self.engine._unknown_ssrc,
-                                            capture=True)
+                                            capture=capture)
             self.out = self.engine.datapath.captured
         else:
             self.out = []
-            self.engine._udp = FakeUdp(self.out)
+            self.engine._udp = FakeUdp(self.out) if capture else SimpleNamespace(
+                sendto=lambda data, addr: None, get_write_buffer_size=lambda: 0)
         self.clients: dict[str, SrtpPair] = {}
         self.addrs: dict[str, tuple] = {}
 
