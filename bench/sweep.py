@@ -343,10 +343,15 @@ async def sweep_scenario(http, sfu: SfuProcess, cert, scenario: str, args, progr
             if step["sfu_cpu_percent"] > args.saturation:
                 out["stopped"] = f"SFU CPU {step['sfu_cpu_percent']:.0f}% > {args.saturation:g}%"
                 break
+            if step["latency_ms_p50"] is not None and step["latency_ms_p50"] > args.max_latency:
+                # a queue builds up in the socket buffers: the worker does not keep up
+                out["stopped"] = f"latency p50 {step['latency_ms_p50']:.0f} ms > {args.max_latency:g} ms"
+                break
     finally:
         await load.close(http, sfu.url)
     ok = [s for s in out["steps"] if s["loss"] is not None and s["loss"] <= args.max_loss
-          and s["sfu_cpu_percent"] <= args.saturation]
+          and s["sfu_cpu_percent"] <= args.saturation
+          and (s["latency_ms_p50"] is None or s["latency_ms_p50"] <= args.max_latency)]
     if ok:
         best = max(ok, key=lambda s: s["forwarded_per_second"])
         out["sustained_forwarded_per_second"] = best["forwarded_per_second"]
@@ -374,9 +379,14 @@ async def join_storm(http, sfu: SfuProcess, cert, args, progress: Progress, mode
                                          for p in joiners), return_exceptions=True)
         storm_seconds = time.monotonic() - t0
         await asyncio.sleep(1.0)
-        got1, sent1 = load.sink.totals(), load.sent()
         cpu = (proc_cpu_ticks(sfu.pid) - ticks0) / CLK_TCK
         wall = time.monotonic() - t0
+        # stop sending and let the backlog drain: late is not lost
+        for p in load.publishers:
+            p.stop_sending()
+        sent1 = load.sent()
+        await asyncio.sleep(2.0)
+        got1 = load.sink.totals()
         times = [r for r in results if isinstance(r, float)]
         failures = [repr(r)[:200] for r in results if not isinstance(r, float)]
         expected = (sent1 - sent0) * load.fanout
@@ -609,6 +619,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=16, help="decrypt 1 packet in this many per viewer (latency)")
     p.add_argument("--max-loss", type=float, default=0.01)
     p.add_argument("--saturation", type=float, default=95.0, help="SFU CPU percent that counts as saturated")
+    p.add_argument("--max-latency", type=float, default=50.0,
+                   help="median latency (ms) above which the worker counts as not keeping up")
     p.add_argument("--profile", default="SRTP_AEAD_AES_128_GCM", help="SRTP profile of the floor (the SFU's is negotiated)")
     p.add_argument("--no-floor", dest="floor", action="store_false")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
