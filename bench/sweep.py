@@ -572,6 +572,9 @@ def summarize(result: dict, args) -> dict:
         ratios = [st["ratio_to_floor"] for st in fast["steps"] if st.get("ratio_to_floor")]
         summary["fast_ratio_to_floor"] = {"min": min(ratios), "median": sorted(ratios)[len(ratios) // 2],
                                           "max": max(ratios)} if ratios else None
+        best = [st for st in fast["steps"] if st["forwarded_per_second"] == fast.get("sustained_forwarded_per_second")]
+        if ratios and best and best[0].get("ratio_to_floor"):
+            summary["fast_ratio_to_floor"]["at_sustained"] = best[0]["ratio_to_floor"]
         half = min(fast["steps"], key=lambda st: abs(st["sfu_cpu_percent"] - 50))
         summary["latency_at_half_core"] = {"sfu_cpu_percent": half["sfu_cpu_percent"],
                                            "p50_ms": half["latency_ms_p50"], "p99_ms": half["latency_ms_p99"]}
