@@ -4,6 +4,7 @@ speaking WHIP and WHEP to the SFU over loopback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import fractions
 import time
 
@@ -22,6 +23,19 @@ NO_ICE_SERVERS = RTCConfiguration(iceServers=[])  # never ask a public STUN serv
 def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return ["127.0.0.1"] if use_ipv4 else []
 
+
+class _DecodeFailures(logging.Handler):
+    """Counts aiortc's "failed to decode" warnings, for failure messages."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "failed to decode" in record.getMessage():
+            type(self).count += 1
+
+
+DECODE_FAILURES = _DecodeFailures()
+logging.getLogger("aiortc.rtcrtpreceiver").addHandler(DECODE_FAILURES)
 
 # aioice never gathers 127.0.0.1, and it gathers every other interface: the test
 # clients gather exactly one host candidate, on loopback.
@@ -124,7 +138,17 @@ class Viewer:
         assert status == 201, answer
         if self.answer_filter is not None:
             answer = self.answer_filter(answer)
+        self.answer = answer
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+
+    async def report(self) -> str:
+        """What this viewer saw, for a failing assertion's message."""
+        inbound = [
+            {k: getattr(s, k, None) for k in ("kind", "ssrc", "packetsReceived", "packetsLost", "jitter")}
+            for s in (await self.pc.getStats()).values() if s.type == "inbound-rtp"
+        ]
+        return (f"viewer frames={self.frames} decode_failures={DECODE_FAILURES.count} "
+                f"inbound={inbound}\nanswer:\n{getattr(self, 'answer', None)}")
 
     async def wait_frames(self, kind: str, count: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout

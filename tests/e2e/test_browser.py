@@ -148,7 +148,9 @@ async def test_aiortc_viewer_decodes_browser_publisher(sfu, chromium):
     try:
         await viewer.start()
         frames = await viewer.wait_frames("video", 30, timeout=MEDIA_TIMEOUT)
-        assert frames >= 30, f"{viewer.frames}\n" + await diagnose(publisher, sfu)
+        if frames < 30:
+            detail = f"{await viewer.report()}\nhealth={json.dumps(sfu.health())}\n"
+            pytest.fail(detail + await diagnose(publisher, sfu))
         assert await viewer.wait_frames("audio", 20, timeout=10) >= 20, viewer.frames
     finally:
         await viewer.stop()
