@@ -106,6 +106,8 @@ class Producer:
         self.keyframe_requests_sent = 0
         self.nacks_sent = 0
         self.first_packet_time: float | None = None  # join-time metric (sfu.metrics)
+        # forwarding held (a host muted it): every consumer of it is paused, also later ones
+        self.paused = False
 
     # -- receive ---------------------------------------------------------------
     def on_packet(self, plain: bytes, seq: int, ts: int, now: float) -> None:
@@ -212,6 +214,12 @@ class Producer:
     def set_consumers(self, consumers: Iterable["Consumer"]) -> None:
         self.consumers = tuple(consumers)
 
+    def set_paused(self, paused: bool) -> None:
+        """Hold (or resume) forwarding of this track to all its consumers, present and future."""
+        self.paused = paused
+        for consumer in self.consumers:
+            consumer.update_paused()
+
 
 class Consumer:
     """One subscriber's copy of a track: its own SSRC, numbering, PT and extension ids."""
@@ -248,7 +256,8 @@ class Consumer:
         self.explicit = False
         self.rewriter = impl.Rewriter(self.ssrc, {}, {})
         self.synced = False
-        self.paused = False
+        self.paused = False  # what forwarding obeys: held, or its producer is paused
+        self.held = False  # paused by its subscriber's side (MediaEngine.set_paused)
         self.last_out_seq: int | None = None
         self.last_out_ts: int | None = None
         # where the output numbering starts (random, RFC 3550 §5.1), drawn here so that
@@ -271,6 +280,7 @@ class Consumer:
     def attach(self, producer: Producer | None) -> None:
         self.producer = producer
         self.synced = False
+        self.update_paused()
         if producer is None:
             return
         self.rewriter.set_pt_map({producer.codec.payload_type: self.codec.payload_type})
@@ -278,6 +288,14 @@ class Consumer:
         self.rewriter.set_ext_map(
             {i: by_uri[uri] for i, uri in producer.extensions.items() if uri in by_uri}
         )
+
+    def update_paused(self) -> None:
+        """paused = held by the subscriber or its producer paused; on resume the output
+        numbering continues where it stopped (sync) so the receiver sees no restart."""
+        paused = self.held or (self.producer is not None and self.producer.paused)
+        if self.paused and not paused:
+            self.synced = False
+        self.paused = paused
 
     def sync(self, seq: int, ts: int, now: float) -> None:
         """Set the deltas so that the output continues where it left off (or starts at random)."""
