@@ -12,6 +12,7 @@ later talk to it across a process boundary with the same calls:
 - ``describe_session(session_id) -> dict | None`` (its producers and consumers by mid)
 - ``close_session(session_id) -> bool``
 - ``set_paused(session_id, paused)``
+- ``pause_producer(producer_id, paused)`` (hold one published track for everyone)
 - ``snapshot() -> dict`` (counters and population)
 
 and events (dicts with a ``type``) given to every listener added with
@@ -454,10 +455,23 @@ class MediaEngine:
         if transport is None:
             return False
         for consumer in transport.consumers:
-            consumer.paused = paused
-            if not paused:
-                consumer.synced = False
+            consumer.held = paused
+            consumer.update_paused()
         return True
+
+    def pause_producer(self, producer_id: str, paused: bool) -> bool:
+        """Hold (or resume) forwarding of one published track to every subscriber,
+        present and future (a host mute); False if there is no such producer.
+        Resuming video asks the publisher for a keyframe."""
+        for room in self.rooms.values():
+            for producer in room.producers:
+                if producer.id == producer_id:
+                    was = producer.paused
+                    producer.set_paused(paused)
+                    if was and not paused and producer.consumers:
+                        self.request_keyframe(producer, self.now())
+                    return True
+        return False
 
     def snapshot(self) -> dict:
         self._fold_datapath()
