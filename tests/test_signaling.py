@@ -334,3 +334,60 @@ async def test_garbage_never_escapes_as_an_exception(signaling):
         assert response["type"] == "response" and isinstance(response["ok"], bool)
         if not response["ok"]:
             assert response["code"] != "internal_error", (message, response)
+
+
+# -- host mute: the engine holds a producer's forwarding ------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["c", "python", "pure"])
+def test_paused_producer_forwards_nothing_and_resumes_where_it_stopped(mode):
+    """MediaEngine.pause_producer: every subscriber of the track (also one that
+    subscribes while it is held) gets nothing; on resume, output numbering
+    continues without a jump in sequence numbers (RFC 3550 §5.1)."""
+    from .test_datapath import Harness, rtp
+
+    h = Harness(mode, "SRTP_AEAD_AES_128_GCM")
+    pub = h.join("pub", "room", "publish", 5000, audio_ssrc=1111)
+    h.join("v1", "room", "subscribe", 5001)
+    producer = next(p for p in pub.producers if p.kind == "audio")
+    seq = 100
+
+    def send(n: int) -> None:
+        nonlocal seq
+        for _ in range(n):
+            h.send_rtp("pub", rtp(111, seq, 960 * seq, 1111, size=120))
+            seq += 1
+            h.advance(0.02, tick=False)
+
+    def received(name: str) -> list[int]:
+        """Output sequence numbers of the RTP packets sent to ``name`` so far (RTCP skipped)."""
+        out = []
+        for data, addr in h.out:
+            if addr == h.addrs[name] and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+                out.append(int.from_bytes(data[2:4], "big"))
+        return out
+
+    send(5)
+    assert len(received("v1")) == 5
+    assert h.engine.pause_producer(producer.id, True) is True
+    send(5)
+    assert len(received("v1")) == 5  # held
+    h.join("v2", "room", "subscribe", 5002)  # subscribes while held: starts paused
+    send(3)
+    assert len(received("v1")) == 5 and received("v2") == []
+    assert h.engine.pause_producer(producer.id, False) is True
+    send(4)
+    v1 = received("v1")
+    assert len(v1) == 9 and len(received("v2")) == 4
+    assert [(b - a) & 0xFFFF for a, b in zip(v1, v1[1:])] == [1] * 8  # no gap for the held packets
+    assert h.engine.pause_producer("nope:0", True) is False
+    # the subscriber-side pause (set_paused) and the producer hold combine
+    v2 = h.engine.transports[next(t for t in h.engine.transports if h.engine.transports[t].addr == h.addrs["v2"])]
+    h.engine.set_paused(v2.id, True)
+    h.engine.pause_producer(producer.id, True)
+    h.engine.set_paused(v2.id, False)  # still held by the producer
+    send(2)
+    assert len(received("v2")) == 4
+    h.engine.pause_producer(producer.id, False)
+    send(2)
+    assert len(received("v2")) == 6
