@@ -29,6 +29,7 @@ from aiohttp import WSMsgType, web
 from . import sdp
 from .auth import AuthError, Claims, authorize, token_from_request, verify_token
 from .log import event
+from .meetings import can_end
 from .participant import DEFAULT_SOURCE, SOURCES, Participant, PublishedTrack
 
 logger = logging.getLogger("sfu.signaling")
@@ -55,6 +56,14 @@ MEDIA_CLOSE_REASONS = {
     "dtls closed": "closed by client",
     "server stopped": "server stopped",
 }
+# why the engine closed a WHIP/WHEP session -> participant_left reason
+HTTP_PEER_LEAVE_REASONS = {
+    "ice consent timeout": "timed out",
+    "dtls failed": "timed out",
+    "kicked": "kicked",
+    "server stopped": "server stopped",
+    "internal error": "server stopped",
+}
 
 
 class ProtocolError(Exception):
@@ -77,10 +86,12 @@ class Signaling:
         self._by_media: dict[str, Participant] = {}  # engine transport id -> participant
         self._by_producer: dict[str, tuple[Participant, PublishedTrack]] = {}
         self._by_history: dict[str, Participant] = {}  # history session id -> participant
+        self.recording: dict[str, bool] = {}  # meeting id -> a recorder says it records
         self._handlers: dict[str, Callable[[Participant, dict], Awaitable[dict]]] = {
             "join": self._join,
             "offer": self._offer,
             "mute": self._mute,
+            "mute_participant": self._mute_participant,
             "leave": self._leave,
             "end_meeting": self._end_meeting,
             "ping": self._ping,
@@ -167,12 +178,70 @@ class Signaling:
         """Server stop: tell everyone, close every socket, record "server stopped"."""
         for members in list(self.rooms.values()):
             for participant in list(members.values()):
+                if participant.via != "ws":
+                    continue  # a WHIP/WHEP session: the engine closes it when it stops
                 participant.event("server_stopping")
                 participant.close(CLOSE_SERVER_STOPPED, "server stopped")
                 await self.disconnect(participant, "server stopped")
 
     def participants(self, room: str) -> list[Participant]:
         return list(self.rooms.get(room, {}).values())
+
+    # -- WHIP publishers and WHEP viewers ----------------------------------------------
+    def add_http_peer(self, media_session: str, claims: Claims, role: str, meeting_id: str) -> Participant | None:
+        """A WHIP ("publish") or WHEP ("subscribe") session whose join was recorded in
+        ``meeting_id``: the WebSocket participants see it as a participant (``via``) with
+        its tracks (audio: microphone, video: camera), and its leave when the session
+        closes. Its history session stays with the WHIP/WHEP handler (sfu/api.py)."""
+        desc = self.engine.describe_session(media_session)
+        if desc is None:
+            return None
+        peer = Participant(claims=claims, room=desc["room"], send=lambda message: None,
+                           close=lambda code, reason: self.engine.close_session(media_session, "kicked"),
+                           via="whip" if role == "publish" else "whep")
+        peer.meeting_id = meeting_id
+        peer.media_session = media_session
+        peer.joined = True
+        self._by_media[media_session] = peer
+        self.rooms.setdefault(peer.room, {})[peer.id] = peer
+        self._broadcast(peer, "participant_joined", participant=peer.public())
+        for mid, producer in desc["producers"].items():
+            track = PublishedTrack(id=f"{peer.id}-{mid}", kind=producer["kind"],
+                                   source=DEFAULT_SOURCE[producer["kind"]], mid=mid, producer_id=producer["id"])
+            peer.tracks[track.id] = track
+            self._by_producer[producer["id"]] = (peer, track)
+            self._broadcast(peer, "track_published", participant_id=peer.id, track=track.public())
+        event(logger, "http peer in meeting", room=peer.room, meeting=meeting_id, participant=peer.id,
+              via=peer.via, tracks=len(peer.tracks))
+        return peer
+
+    def _http_peer_closed(self, peer: Participant, engine_reason: str | None) -> None:
+        if peer.gone:
+            return
+        peer.gone = True
+        members = self.rooms.get(peer.room, {})
+        members.pop(peer.id, None)
+        if not members:
+            self.rooms.pop(peer.room, None)
+        reason = HTTP_PEER_LEAVE_REASONS.get(engine_reason or "", "left")
+        self._broadcast(peer, "participant_left", participant_id=peer.id, reason=reason)
+
+    # -- recording notice ----------------------------------------------------------------
+    def set_recording(self, meeting_id: str, active: bool) -> bool:
+        """A recorder started (or stopped) recording ``meeting_id``: every participant is
+        told with ``recording_changed``, later ones in their join response. True if it changed."""
+        if self.recording.get(meeting_id, False) == active:
+            return False
+        if active:
+            self.recording[meeting_id] = True
+        else:
+            self.recording.pop(meeting_id, None)
+        for members in self.rooms.values():
+            for participant in members.values():
+                if participant.meeting_id == meeting_id and participant.joined and not participant.gone:
+                    participant.event("recording_changed", recording=active)
+        event(logger, "recording changed", meeting=meeting_id, recording=active)
+        return True
 
     # -- requests ----------------------------------------------------------------------
     async def _ping(self, participant: Participant, message: dict) -> dict:
@@ -191,6 +260,7 @@ class Signaling:
         participant.meeting_id = meeting.meeting_id
         participant.session_id = session_id
         participant.joined = True
+        participant.host = can_end(meeting, participant.claims)
         self._by_history[session_id] = participant
         members = self.rooms.setdefault(participant.room, {})
         others = [p.public() for p in members.values()]
@@ -207,8 +277,8 @@ class Signaling:
             "meeting": {"id": meeting.meeting_id, "room": meeting.room, "topic": meeting.topic,
                         "started_at": meeting.started_at, "creator_name": meeting.creator_name},
             "permissions": {"publish": grants.publish, "subscribe": grants.subscribe,
-                            "end_meeting": _can_end(meeting, participant.claims)},
-            "recording": False,
+                            "end_meeting": participant.host, "mute_others": participant.host},
+            "recording": self.recording.get(meeting.meeting_id, False),
             "participants": others,
         }
 
@@ -284,11 +354,49 @@ class Signaling:
         track = participant.tracks.get(track_id) if isinstance(track_id, str) else None
         if track is None:
             raise ProtocolError("not_found", "no such track of yours")
+        if not muted and track.muted_by_host:  # its owner lifts a host mute: forwarding resumes
+            track.muted_by_host = False
+            self.engine.pause_producer(track.producer_id, False)
         if track.muted != muted:
             track.muted = muted
             self._broadcast(participant, "mute_changed", participant_id=participant.id, track_id=track.id,
-                            muted=muted)
+                            muted=muted, by_host=False)
         return {"track_id": track.id, "muted": muted}
+
+    async def _mute_participant(self, participant: Participant, message: dict) -> dict:
+        """A host mutes another participant's tracks of one kind (default audio). The SFU
+        holds their media (MediaEngine.pause_producer) until their owner unmutes them
+        with its own ``mute``; a host cannot unmute anyone."""
+        if not participant.host:
+            raise ProtocolError("forbidden", "only a host may mute others")
+        kind = message.get("kind", "audio")
+        if kind not in ("audio", "video"):
+            raise ProtocolError("bad_request", "kind must be audio or video")
+        if message.get("muted", True) is not True:
+            raise ProtocolError("bad_request", "a host can only mute; participants unmute themselves")
+        target_id = message.get("participant_id")
+        members = self.rooms.get(participant.room, {})
+        target = members.get(target_id) if isinstance(target_id, str) else None
+        if target is None or target.meeting_id != participant.meeting_id or target.gone:
+            raise ProtocolError("not_found", "no such participant")
+        muted: list[str] = []
+        for track in target.tracks.values():
+            if track.kind != kind:
+                continue
+            muted.append(track.id)
+            if track.muted_by_host:
+                continue
+            track.muted_by_host = True
+            track.muted = True
+            self.engine.pause_producer(track.producer_id, True)
+            self._broadcast(target, "mute_changed", participant_id=target.id, track_id=track.id, muted=True,
+                            by_host=True)
+        if muted:
+            target.event("muted_by_host", track_ids=muted, kind=kind, by={"id": participant.id,
+                                                                           "name": participant.name})
+        event(logger, "participant muted by host", room=participant.room, participant=target.id,
+              host=participant.id, kind=kind, tracks=len(muted))
+        return {"participant_id": target.id, "kind": kind, "track_ids": muted}
 
     async def _leave(self, participant: Participant, message: dict) -> dict:
         await self.disconnect(participant, "left")
@@ -321,7 +429,9 @@ class Signaling:
             if participant is None or participant.media_session != ev.get("session"):
                 return
             participant.media_session = None
-            if not participant.gone:
+            if participant.via != "ws":
+                self._http_peer_closed(participant, ev.get("reason"))
+            elif not participant.gone:
                 reason = MEDIA_CLOSE_REASONS.get(ev.get("reason"), ev.get("reason") or "closed")
                 participant.event("media_closed", reason=reason)
 
@@ -329,6 +439,7 @@ class Signaling:
         kind = ev.get("type")
         if kind == "meeting_ended":
             meeting_id = ev.get("meeting_id")
+            self.recording.pop(meeting_id, None)
             for members in list(self.rooms.values()):
                 for participant in list(members.values()):
                     if participant.meeting_id == meeting_id:
@@ -365,12 +476,6 @@ class Signaling:
             if other is not source and other.joined and not other.gone \
                     and other.meeting_id == source.meeting_id:
                 other.event(name, **fields)
-
-
-def _can_end(meeting, claims: Claims) -> bool:
-    if claims.grants.admin or claims.identity == meeting.creator_identity:
-        return True
-    return claims.grants.host and claims.room == meeting.room
 
 
 def _object(message: dict, key: str) -> dict:
@@ -473,12 +578,42 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def recording_handler(request: web.Request) -> web.Response:
+    """``POST /api/meetings/{id}/recording`` ``{"active": bool}``: what a recorder calls
+    when it starts or stops recording a running meeting (host of its room, creator or
+    admin), so that every participant is told (``recording_changed``)."""
+    signaling = request.app[SIGNALING_KEY]
+    try:
+        claims = verify_token(request.app[WS_AUTH_SECRET_KEY], token_from_request(request))
+    except AuthError as exc:
+        return web.json_response({"error": exc.reason}, status=exc.status)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
+        return web.json_response({"error": 'body must be {"active": true|false}'}, status=400)
+    meeting_id = request.match_info["meeting_id"]
+    meeting = await signaling.meetings.store.get_meeting(meeting_id)
+    if meeting is None:
+        return web.json_response({"error": "no such meeting"}, status=404)
+    if not can_end(meeting, claims):
+        return web.json_response({"error": "only a host of the meeting may change its recording state"},
+                                 status=403)
+    if meeting.ended_at is not None:
+        return web.json_response({"error": "the meeting has ended"}, status=409)
+    signaling.set_recording(meeting_id, body["active"])
+    return web.json_response({"meeting_id": meeting_id, "recording": body["active"]})
+
+
 def add_routes(app: web.Application, engine, meetings, auth_secret: str) -> Signaling:
-    """Mount ``/ws`` on ``app``; sockets are closed when the app shuts down."""
+    """Mount ``/ws`` and ``POST /api/meetings/{id}/recording`` on ``app``; sockets are
+    closed when the app shuts down."""
     signaling = Signaling(engine, meetings)
     app[SIGNALING_KEY] = signaling
     app[WS_AUTH_SECRET_KEY] = auth_secret
     app.router.add_get("/ws", websocket_handler)
+    app.router.add_post("/api/meetings/{meeting_id}/recording", recording_handler)
 
     async def on_shutdown(_app: web.Application) -> None:
         await signaling.shutdown()
