@@ -129,6 +129,9 @@ def _make_post(role: str, prefix: str):
                 return _error(503, "meeting history unavailable")
             if engine.has_session(info.id):
                 request.app[MEDIA_SESSIONS_KEY][info.id] = session_id
+                ws_signaling = request.app.get(signaling.SIGNALING_KEY)
+                if ws_signaling is not None:  # WebSocket participants see it join, with its tracks
+                    ws_signaling.add_http_peer(info.id, claims, role, _meeting.meeting_id)
             else:  # closed while the join was written
                 await meetings.leave(session_id, "left")
         location = f"/{prefix}/{room}/{info.id}"
