@@ -136,7 +136,8 @@ async def test_join_returns_meeting_and_others_by_display_name_only(signaling, m
     assert response["meeting"] == {"id": "m0", "room": "r", "topic": "standup", "started_at": 100.0,
                                    "creator_name": "Alice"}
     assert response["participant_id"] == bob.participant.id and response["name"] == "Bob"
-    assert response["permissions"] == {"publish": True, "subscribe": True, "end_meeting": False}
+    assert response["permissions"] == {"publish": True, "subscribe": True, "end_meeting": False,
+                                       "mute_others": False}
     [other] = response["participants"]
     assert other == {"id": alice.participant.id, "name": "Alice", "tracks": [
         {"id": f"{alice.participant.id}-0", "kind": "audio", "source": "microphone", "muted": False},
@@ -225,7 +226,7 @@ async def test_mute_is_broadcast(signaling):
     response = await alice.request("mute", track_id=f"{a}-0", muted=False)
     assert response["ok"] and response["muted"] is False
     assert bob.events("mute_changed") == [{"type": "event", "event": "mute_changed", "participant_id": a,
-                                           "track_id": f"{a}-0", "muted": False}]
+                                           "track_id": f"{a}-0", "muted": False, "by_host": False}]
     assert (await alice.request("mute", track_id=f"{a}-0", muted=False))["ok"]
     assert len(bob.events("mute_changed")) == 1  # no change, no event
     assert (await bob.request("mute", track_id=f"{a}-0", muted=True))["code"] == "not_found"
@@ -391,3 +392,184 @@ def test_paused_producer_forwards_nothing_and_resumes_where_it_stopped(mode):
     h.engine.pause_producer(producer.id, False)
     send(2)
     assert len(received("v2")) == 6
+
+
+async def test_host_mutes_a_participant_the_sfu_holds_its_media_until_it_unmutes(signaling, engine):
+    alice = await joined(signaling, "a", "Alice")  # the creator: a host
+    bob = await joined(signaling, "b", "Bob")
+    carol = await joined(signaling, "c", "Carol", grants=Grants(subscribe=True, host=True))
+    await bob.request("offer", sdp=bob.peer.offer(AV), tracks=SOURCES)
+    b = bob.participant.id
+    await carol.request("offer", sdp=carol.peer.offer([("0", "audio", "recvonly"), ("1", "video", "recvonly")]),
+                        subscriptions={"0": f"{b}-0", "1": f"{b}-1"})
+    producers = {p.mid: p for p in engine.transports[bob.participant.media_session].producers}
+    carol_audio = next(c for c in engine.transports[carol.participant.media_session].consumers if c.kind == "audio")
+    assert alice.participant.host and carol.participant.host and not bob.participant.host
+
+    # a participant without the host grant may not mute others
+    denied = await bob.request("mute_participant", participant_id=alice.participant.id)
+    assert (denied["ok"], denied["code"]) == (False, "forbidden")
+
+    response = await alice.request("mute_participant", participant_id=b)  # kind: audio by default
+    assert response["ok"] and response["track_ids"] == [f"{b}-0"] and response["kind"] == "audio"
+    assert producers["0"].paused and carol_audio.paused and not producers["1"].paused
+    expected = {"type": "event", "event": "mute_changed", "participant_id": b, "track_id": f"{b}-0",
+                "muted": True, "by_host": True}
+    assert alice.events("mute_changed") == [expected] and carol.events("mute_changed") == [expected]
+    assert bob.events("mute_changed") == []
+    assert bob.events("muted_by_host") == [{"type": "event", "event": "muted_by_host", "track_ids": [f"{b}-0"],
+                                            "kind": "audio", "by": {"id": alice.participant.id, "name": "Alice"}}]
+    # the track is muted for whoever joins later
+    dave = await joined(signaling, "d", "Dave")
+    joined_bob = next(p for p in dave.sent[0]["participants"] if p["id"] == b)
+    assert joined_bob["tracks"][0]["muted"] is True
+    # muting again changes nothing; a second host can mute the camera
+    assert (await alice.request("mute_participant", participant_id=b))["ok"]
+    assert len(carol.events("mute_changed")) == 1
+    assert (await carol.request("mute_participant", participant_id=b, kind="video"))["track_ids"] == [f"{b}-1"]
+    assert producers["1"].paused
+
+    # Bob muting himself again keeps the hold; unmuting lifts it
+    await bob.request("mute", track_id=f"{b}-0", muted=True)
+    assert producers["0"].paused
+    response = await bob.request("mute", track_id=f"{b}-0", muted=False)
+    assert response["ok"] and not producers["0"].paused and not carol_audio.paused
+    assert carol.events("mute_changed")[-1] == {"type": "event", "event": "mute_changed", "participant_id": b,
+                                                "track_id": f"{b}-0", "muted": False, "by_host": False}
+    assert producers["1"].paused  # the camera stays held until Bob turns it on
+
+    for message, code in [({"participant_id": b, "muted": False}, "bad_request"),
+                          ({"participant_id": b, "kind": "screen"}, "bad_request"),
+                          ({"participant_id": "nobody"}, "not_found"),
+                          ({"participant_id": 7}, "not_found")]:
+        response = await alice.request("mute_participant", **message)
+        assert (response["ok"], response["code"]) == (False, code), message
+
+
+async def test_a_whip_publisher_and_a_whep_viewer_are_participants(signaling, engine, meetings):
+    alice = await joined(signaling, "alice@example.com", "Alice")
+    claims = Claims("cam@example.com", "Lobby camera", "r", Grants(publish=True), 2**40)
+    whip = engine.create_session("r", "publish", OfferPeer().offer(AV))
+    peer = signaling.add_http_peer(whip.id, claims, "publish", "m0")
+    p = peer.id
+    [joined_ev] = alice.events("participant_joined")
+    assert joined_ev["participant"] == {"id": p, "name": "Lobby camera", "tracks": [], "via": "whip"}
+    assert [e["track"] for e in alice.events("track_published")] == [
+        {"id": f"{p}-0", "kind": "audio", "source": "microphone", "muted": False},
+        {"id": f"{p}-1", "kind": "video", "source": "camera", "muted": False}]
+    assert "cam@example.com" not in json.dumps(alice.sent)
+    # Alice receives it like any participant's tracks, and a host can mute it
+    response = await alice.request("offer", sdp=alice.peer.offer([("0", "video", "recvonly")]),
+                                   subscriptions={"0": f"{p}-1"})
+    assert response["subscriptions"] == {"0": f"{p}-1"}
+    assert (await alice.request("mute_participant", participant_id=p, kind="video"))["track_ids"] == [f"{p}-1"]
+    # a WHEP viewer appears without tracks
+    viewer = signaling.add_http_peer(engine.create_session("r", "subscribe", OfferPeer().offer(
+        [("0", "video", "recvonly")])).id, Claims("v", "Viewer", "r", Grants(subscribe=True), 2**40),
+        "subscribe", "m0")
+    assert alice.events("participant_joined")[-1]["participant"] == {"id": viewer.id, "name": "Viewer",
+                                                                     "tracks": [], "via": "whep"}
+    bob = await joined(signaling, "b", "Bob")
+    assert {x["name"]: x.get("via") for x in bob.sent[0]["participants"]} == {
+        "Alice": None, "Lobby camera": "whip", "Viewer": "whep"}
+    # the publisher goes (WHIP DELETE): its tracks, then its leave
+    engine.close_session(whip.id)
+    names = [e["event"] for e in alice.events()][-3:]
+    assert names == ["track_unpublished", "track_unpublished", "participant_left"]
+    assert alice.events("participant_left")[-1] == {"type": "event", "event": "participant_left",
+                                                    "participant_id": p, "reason": "left"}
+    assert alice.events("mute_changed")[-1]["participant_id"] == p
+    assert ("leave",) not in [c[:1] for c in meetings.calls]  # its history is the WHIP handler's
+    # the meeting ends: the viewer's session is closed as kicked
+    meetings.emit({"type": "meeting_ended", "meeting_id": "m0", "room": "r", "reason": "ended by host"})
+    assert not engine.has_session(viewer.media_session or "gone") and viewer.gone
+    assert {"type": "event", "event": "participant_left", "participant_id": viewer.id,
+            "reason": "kicked"} in bob.events("participant_left")
+    assert signaling.add_http_peer("no-such-session", claims, "publish", "m0") is None
+
+
+async def test_recording_state_reaches_everyone_and_later_joiners(signaling, meetings):
+    alice = await joined(signaling, "a", "Alice")
+    assert alice.sent[0]["recording"] is False
+    assert signaling.set_recording("m0", True) is True
+    assert alice.events("recording_changed") == [{"type": "event", "event": "recording_changed", "recording": True}]
+    assert signaling.set_recording("m0", True) is False  # no change, no event
+    bob = await joined(signaling, "b", "Bob")
+    assert bob.sent[0]["recording"] is True
+    signaling.set_recording("m0", False)
+    assert [e["recording"] for e in bob.events("recording_changed")] == [False]
+    signaling.set_recording("m0", True)
+    meetings.emit({"type": "meeting_ended", "meeting_id": "m0", "room": "r", "reason": "empty"})
+    assert signaling.recording == {}
+
+
+# -- through the server: POST /api/meetings/{id}/recording, and WHIP into a meeting ----------
+
+
+async def test_recording_api_and_whip_publisher_over_http(tmp_path):
+    import pathlib
+
+    import aiohttp
+
+    from sfu.auth import mint_token
+    from sfu.server import Server
+
+    secret = "signaling-test-secret"
+    server = Server(Config(http_port=0, rtc_port=0, data_dir=str(tmp_path / "data"), auth_secret=secret,
+                           grace_period=0.05))
+    await server.start()
+
+    def tok(identity, **grants):
+        return mint_token(secret, identity, identity.title(), "r1", Grants(**grants), ttl=600.0)
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(server.url.replace("http", "ws") + "/ws?token=" + tok("alice", subscribe=True))
+
+            async def next_event(name):
+                while True:
+                    message = await asyncio.wait_for(ws.receive_json(), 5.0)
+                    if message.get("event") == name or (name == "response" and message["type"] == "response"):
+                        return message
+
+            await ws.send_json({"id": 1, "type": "join"})
+            joined_response = await next_event("response")
+            assert joined_response["recording"] is False
+            meeting_id = joined_response["meeting"]["id"]
+            url = f"{server.url}/api/meetings/{meeting_id}/recording"
+
+            async def post(token, body):
+                async with http.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as r:
+                    return r.status, await r.json()
+
+            assert (await post(tok("bob", subscribe=True), {"active": True}))[0] == 403
+            assert (await post(tok("alice"), {"active": "yes"}))[0] == 400
+            async with http.post(url, json={"active": True}) as r:
+                assert r.status == 401
+            async with http.post(f"{server.url}/api/meetings/nope-nop-nop/recording", json={"active": True},
+                                 headers={"Authorization": f"Bearer {tok('alice')}"}) as r:
+                assert r.status == 404
+            # the creator (or a host of the room, or an admin) says a recorder started
+            assert await post(tok("alice"), {"active": True}) == (200, {"meeting_id": meeting_id, "recording": True})
+            assert (await next_event("recording_changed"))["recording"] is True
+            assert (await post(tok("rec", host=True), {"active": False}))[0] == 200
+            assert (await next_event("recording_changed"))["recording"] is False
+
+            # a WHIP publisher with a token named "Cam" joins the meeting as a participant with tracks
+            offer = (pathlib.Path(__file__).parent / "fixtures" / "sdp" / "aiortc_publish.sdp").read_text()
+            async with http.post(f"{server.url}/whip/r1", data=offer, headers={
+                    "Content-Type": "application/sdp", "Authorization": f"Bearer {tok('cam', publish=True)}"}) as r:
+                assert r.status == 201
+                location = r.headers["Location"]
+            ev = await next_event("participant_joined")
+            assert ev["participant"]["name"] == "Cam" and ev["participant"]["via"] == "whip"
+            published = [await next_event("track_published") for _ in range(2)]
+            assert sorted(e["track"]["source"] for e in published) == ["camera", "microphone"]
+            async with http.delete(server.url + location, headers={"Authorization": f"Bearer {tok('cam')}"}) as r:
+                assert r.status == 200
+            left = await next_event("participant_left")
+            assert left == {"type": "event", "event": "participant_left",
+                            "participant_id": ev["participant"]["id"], "reason": "left"}
+            await ws.close()
+    finally:
+        await server.stop()
