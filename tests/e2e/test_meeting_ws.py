@@ -13,6 +13,7 @@ import time
 import aiohttp
 import pytest
 
+from .clients import Publisher
 from .ws_client import MeetingClient, MeetingError
 
 pytestmark = [pytest.mark.e2e]
@@ -126,7 +127,7 @@ async def test_late_joiner_and_unpublish_by_renegotiation(sfu):
         assert await wait_until(lambda: "mute_changed" in ben.event_names(), 5)
         ev = [e for e in ben.events if e["event"] == "mute_changed"][-1]
         assert ev == {"type": "event", "event": "mute_changed", "participant_id": ann.participant_id,
-                      "track_id": audio_track, "muted": True}
+                      "track_id": audio_track, "muted": True, "by_host": False}
         assert sfu.health()["transports"] == 2  # renegotiation never made a second transport
     finally:
         await ann.close()
@@ -150,6 +151,90 @@ async def test_host_ends_the_meeting_for_everyone(sfu):
     finally:
         for client in clients:
             await client.close()
+
+
+@pytest.mark.timeout(90)
+async def test_host_mutes_a_participant_the_sfu_stops_its_audio_until_it_unmutes(sfu):
+    clients = await start_meeting(sfu, "hostmute", ["Host", "Ben", "Cat"], video=False)
+    host, ben, cat = clients
+    try:
+        ben_audio = ben.published["0"]
+        others = (host, cat)
+
+        async def counts() -> list[int]:
+            return [await c.packets_received(ben_audio) for c in others]
+
+        assert await wait_until(lambda: everyone_sees_everyone(clients, video=0, audio=20), MEDIA_TIMEOUT), \
+            matrix(clients)
+        with pytest.raises(MeetingError, match="forbidden"):
+            await cat.request("mute_participant", participant_id=host.participant_id)
+        response = await host.request("mute_participant", participant_id=ben.participant_id, kind="audio")
+        assert response["track_ids"] == [ben_audio]
+        for client in others:
+            assert await wait_until(lambda: "mute_changed" in client.event_names(), 5), client.event_names()
+            ev = [e for e in client.events if e["event"] == "mute_changed"][-1]
+            assert ev == {"type": "event", "event": "mute_changed", "participant_id": ben.participant_id,
+                          "track_id": ben_audio, "muted": True, "by_host": True}
+        assert await wait_until(lambda: "muted_by_host" in ben.event_names(), 5), ben.event_names()
+        # the SFU holds Ben's audio: the others' inbound packet counts stop growing
+        await asyncio.sleep(0.5)  # packets already on the way
+        held = await counts()
+        await asyncio.sleep(1.5)
+        assert await counts() == held, held
+        # ...while Ben still receives the others (only his microphone is held)
+        heard = ben.received_kinds(cat.participant_id)["audio"]
+        await asyncio.sleep(0.5)
+        assert ben.received_kinds(cat.participant_id)["audio"] > heard
+        # Ben unmutes himself: audio flows again, everyone sees the change
+        await ben.request("mute", track_id=ben_audio, muted=False)
+        deadline = time.monotonic() + 10
+        while True:
+            resumed = await counts()
+            if all(b > a + 20 for a, b in zip(held, resumed)) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert all(b > a + 20 for a, b in zip(held, resumed)), (held, resumed)
+        ev = [e for e in cat.events if e["event"] == "mute_changed"][-1]
+        assert ev["muted"] is False and ev["by_host"] is False
+    finally:
+        for client in clients:
+            await client.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_whip_publisher_is_a_participant_of_the_meeting(sfu):
+    ann, = await start_meeting(sfu, "whipmeet", ["Ann"], video=False)
+    camera = Publisher(sfu.url, "whipmeet", token=sfu.token("whipmeet", identity="cam-7@example.com",
+                                                          name="Lobby camera", subscribe=False))
+    try:
+        await camera.start()
+        assert await wait_until(lambda: any(p["name"] == "Lobby camera" for p in ann.participants.values()), 5)
+        cam_id = next(i for i, p in ann.participants.items() if p["name"] == "Lobby camera")
+        joined_ev = next(e for e in ann.events if e["event"] == "participant_joined")
+        assert joined_ev["participant"]["via"] == "whip"
+        assert await wait_until(lambda: len(ann.participants[cam_id]["tracks"]) == 2, 5)
+        sources = sorted(t["source"] for t in ann.participants[cam_id]["tracks"].values())
+        assert sources == ["camera", "microphone"]
+        # Ann subscribed by renegotiation and decodes the WHIP publisher's video and audio
+        assert await wait_until(lambda: min(ann.received_kinds(cam_id).values()) >= 15, MEDIA_TIMEOUT), \
+            (ann.received_kinds(cam_id), ann.errors)
+        assert "cam-7@example.com" not in json.dumps(ann.events)
+        # a late WebSocket joiner finds it in the join response
+        ben = MeetingClient(sfu.url, sfu.token("whipmeet", identity="ben", name="Ben"), video=False)
+        try:
+            joined = await ben.join()
+            assert {p["name"]: p.get("via") for p in joined["participants"]} == {"Ann": None,
+                                                                                 "Lobby camera": "whip"}
+        finally:
+            await ben.close()
+        # its WHIP DELETE is a leave
+        await camera.stop()
+        assert await wait_until(lambda: cam_id not in ann.participants, 5), ann.event_names()
+        left = [e for e in ann.events if e["event"] == "participant_left" and e["participant_id"] == cam_id]
+        assert left == [{"type": "event", "event": "participant_left", "participant_id": cam_id, "reason": "left"}]
+    finally:
+        await camera.pc.close()
+        await ann.close()
 
 
 async def test_websocket_refuses_bad_tokens(sfu):

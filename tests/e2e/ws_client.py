@@ -218,6 +218,15 @@ class MeetingClient:
             out[track["kind"]] += self.frames.get(track_id, 0)
         return out
 
+    async def packets_received(self, track_id: str) -> int:
+        """RTP packets received so far in the section carrying ``track_id`` (inbound-rtp
+        packetsReceived of aiortc's receiver stats); 0 if no section carries it."""
+        for receiver in self.receivers:
+            if receiver["track_id"] == track_id:
+                report = await receiver["transceiver"].receiver.getStats()
+                return sum(s.packetsReceived for s in report.values() if s.type == "inbound-rtp")
+        return 0
+
     def event_names(self) -> list[str]:
         return [e["event"] for e in self.events]
 
