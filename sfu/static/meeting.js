@@ -8,8 +8,9 @@
 //
 // For automation: ?room=R&name=N&autojoin=1 joins on load (&camera=0, &mic=0
 // to join without them; &token=T to use a given token). window.meetingState
-// reports {status, joined, participantId, participants, error, ended} and
-// window.meetingStats() resolves to what is received from each participant.
+// reports {status, joined, participantId, meetingId, participants, error, ended,
+// recording, mutedByHost} and window.meetingStats() resolves to what is received from each
+// participant. A host sees a "Mute" button on every other participant's tile.
 "use strict";
 
 (() => {
@@ -29,10 +30,11 @@
     form: $("join-form"), room: $("room"), name: $("name"), tokenField: $("token-field"), token: $("token"),
     join: $("join"), controls: $("controls"), camera: $("camera"), microphone: $("microphone"),
     screen: $("screen"), leave: $("leave"), end: $("end"), notice: $("notice"), tiles: $("tiles"),
-    info: $("meeting-info"),
+    info: $("meeting-info"), recording: $("recording"),
   };
 
-  const state = { status: "idle", joined: false, participantId: null, participants: 0, error: null, ended: null };
+  const state = { status: "idle", joined: false, participantId: null, participants: 0, error: null, ended: null,
+    recording: false, mutedByHost: 0 };
   window.meetingState = state;
 
   let ws = null;
@@ -86,8 +88,39 @@
     // the camera (and audio) go to the person's tile, a screen share gets its own
     const key = source === "screen" ? `${person.id}:screen` : person.id;
     let tile = ui.tiles.querySelector(`figure[data-key="${CSS.escape(key)}"]`);
-    if (!tile) tile = makeTile(key, source === "screen" ? `${person.name} (screen)` : person.name, false);
+    if (!tile) {
+      const label = person.via ? `${person.name} (${person.via.toUpperCase()})` : person.name;
+      tile = makeTile(key, source === "screen" ? `${person.name} (screen)` : label, false);
+      if (source !== "screen" && state.canMuteOthers) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "host-mute";
+        button.addEventListener("click", () => {
+          button.disabled = true;
+          request("mute_participant", { participant_id: person.id, kind: "audio" })
+            .catch((err) => { button.disabled = false; fail(err); });
+        });
+        tile.append(button);
+      }
+    }
+    if (source !== "screen") updateMuteButton(person, tile);
     return tile;
+  }
+
+  function updateMuteButton(person, tile) {
+    // a host's "Mute": only while the person has an unmuted microphone (they unmute themselves)
+    const button = tile.querySelector("button.host-mute");
+    if (!button) return;
+    const audio = [...person.tracks.values()].filter((t) => t.kind === "audio" && t.source !== "screen-audio");
+    const live = audio.some((t) => !t.muted);
+    button.disabled = !live;
+    button.textContent = audio.length && !live ? "Muted" : "Mute";
+    button.title = live ? `Mute ${person.name} for everyone` : "";
+  }
+
+  function showRecording(on) {
+    state.recording = on;
+    ui.recording.hidden = !on;
   }
 
   function removeTiles(personId) {
@@ -180,6 +213,7 @@
       const track = person.tracks.get(ev.track_id);
       person.tracks.delete(ev.track_id);
       releaseReceiver(ev.track_id);
+      personTile(person, "camera");
       if (track && track.source === "screen") {
         const tile = ui.tiles.querySelector(`figure[data-key="${CSS.escape(person.id + ":screen")}"]`);
         if (tile) tile.remove();
@@ -197,6 +231,27 @@
       const tile = personTile(person, track.source);
       if (track.kind === "video") tile.classList.toggle("video-off", ev.muted);
       else tile.querySelector("figcaption").classList.toggle("muted-audio", ev.muted);
+      if (track.source !== "screen") updateMuteButton(person, personTile(person, "camera"));
+    },
+    muted_by_host(ev) {
+      // the server holds these tracks until we unmute them ourselves: show them as off here too
+      for (const [source, entry] of Object.entries(local)) {
+        if (!entry.trackId || !ev.track_ids.includes(entry.trackId) || !entry.track) continue;
+        entry.muted = true;
+        entry.track.enabled = false;
+        const button = source === "camera" ? ui.camera : source === "microphone" ? ui.microphone : null;
+        if (button) {
+          button.textContent = source === "camera" ? "Camera off" : "Microphone off";
+          button.setAttribute("aria-pressed", "false");
+        }
+        if (source === "camera") ui.tiles.querySelector('figure[data-key="local"]').classList.add("video-off");
+      }
+      state.mutedByHost += 1;
+      const what = ev.kind === "video" ? "camera" : "microphone";
+      notice(`${ev.by ? ev.by.name : "A host"} turned off your ${what}. Turn it back on when you want.`);
+    },
+    recording_changed(ev) {
+      showRecording(Boolean(ev.recording));
     },
     meeting_ended(ev) {
       state.ended = ev.reason || "ended";
@@ -213,13 +268,10 @@
       fail(new Error(`media connection closed (${ev.reason})`));
       leave();
     },
-    recording(ev) { // announced by servers that record; this one does not
-      notice(ev.recording ? "This meeting is being recorded." : "Recording stopped.");
-    },
   };
 
   function addPerson(info) {
-    const person = { id: info.id, name: info.name, tracks: new Map() };
+    const person = { id: info.id, name: info.name, via: info.via || null, tracks: new Map() };
     for (const track of info.tracks || []) person.tracks.set(track.id, track);
     people.set(person.id, person);
     personTile(person, "camera");
@@ -329,14 +381,16 @@
     const joined = await request("join");
     state.joined = true;
     state.participantId = joined.participant_id;
+    state.meetingId = joined.meeting.id;
     state.canSubscribe = joined.permissions.subscribe;
+    state.canMuteOthers = Boolean(joined.permissions.mute_others);
     const topic = joined.meeting.topic ? ` — ${joined.meeting.topic}` : "";
     ui.info.textContent = `Room ${joined.meeting.room}, meeting ${joined.meeting.id}${topic}`;
     ui.form.hidden = true;
     ui.controls.hidden = false;
     ui.end.hidden = !joined.permissions.end_meeting;
-    if (joined.recording) notice("This meeting is being recorded.");
-    else notice("");
+    showRecording(Boolean(joined.recording));
+    notice("");
     const me = makeTile("local", `${joined.name} (you)`, true);
     for (const info of joined.participants) addPerson(info);
     pingTimer = setInterval(() => request("ping").catch(() => {}), PING_INTERVAL_MS);
@@ -455,6 +509,7 @@
     ui.camera.textContent = "Camera on";
     ui.microphone.textContent = "Microphone on";
     ui.screen.textContent = "Share screen";
+    showRecording(false);
     setStatus(state.ended ? "ended" : "idle");
   }
 
