@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -160,3 +161,57 @@ async def test_screen_share_reaches_the_other_page(dev_sfu, chromium):
     assert await bob.wait_for(
         "![...document.querySelectorAll('#tiles figcaption')].some((c) => c.textContent === 'Alice (screen)')", 10)
     assert dev_sfu.health()["producers"] == 2
+
+
+async def test_host_mutes_from_the_page_and_the_recording_notice_shows(sfu, chromium):
+    """The host's "Mute" button on a tile: the SFU holds that microphone (the host's page
+    stops receiving its audio), the muted page turns its microphone off and can turn it
+    back on; a recorder's POST /api/meetings/{id}/recording shows the notice on every page."""
+    host = await open_meeting(chromium, sfu, room="mutes", name="Host", autojoin=1,
+                              token=sfu.token("mutes", identity="host@example.com", name="Host", host=True))
+    assert await host.wait_for("window.meetingState.joined || window.meetingState.error", 15)
+    guest = await open_meeting(chromium, sfu, room="mutes", name="Guest", autojoin=1, camera=0,
+                               token=sfu.token("mutes", identity="guest@example.com", name="Guest"))
+    assert await guest.wait_for("window.meetingState.joined || window.meetingState.error", 15)
+    button = "document.querySelector('#tiles figure:not(.local) button.host-mute')"
+
+    async def guest_audio() -> int:
+        stats = await host.evaluate("window.meetingStats()")
+        return sum(p["audio"] for p in stats["participants"].values() if p["name"] == "Guest")
+
+    assert await host.wait_for(f"{button} && !{button}.disabled", 20), await diagnose(host, sfu)
+    deadline = time.monotonic() + MEDIA_TIMEOUT
+    while await guest_audio() < 20 and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    assert await guest_audio() >= 20, await diagnose(host, sfu)
+    assert await guest.evaluate(f"{button} === null")  # no host grant, no Mute buttons
+
+    await host.evaluate(f"{button}.click()")
+    assert await guest.wait_for("window.meetingState.mutedByHost === 1", 10), await diagnose(guest, sfu)
+    assert await guest.evaluate("document.getElementById('microphone').textContent") == "Microphone off"
+    assert await host.wait_for(f"{button}.disabled && {button}.textContent === 'Muted'", 10)
+    await asyncio.sleep(0.5)
+    held = await guest_audio()
+    await asyncio.sleep(1.5)
+    assert await guest_audio() == held  # the SFU forwards nothing of the held microphone
+
+    # the guest turns the microphone back on: the host hears it again, the button is back
+    await guest.evaluate("document.getElementById('microphone').click()")
+    assert await host.wait_for(f"!{button}.disabled && {button}.textContent === 'Mute'", 10)
+    deadline = time.monotonic() + 10
+    while await guest_audio() < held + 20 and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    assert await guest_audio() >= held + 20
+
+    # a recorder says it records: both pages show the notice
+    meeting_id = await host.evaluate("window.meetingState.meetingId")
+    request = urllib.request.Request(
+        f"{sfu.url}/api/meetings/{meeting_id}/recording", data=json.dumps({"active": True}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Bearer " + sfu.token("mutes", identity="recorder", host=True)})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.status == 200
+    for tab in (host, guest):
+        assert await tab.wait_for("window.meetingState.recording === true && "
+                                  "!document.getElementById('recording').hidden", 5)
+    assert not [line for line in host.console + guest.console if line.startswith("exception")]
