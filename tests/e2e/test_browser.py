@@ -26,17 +26,6 @@ DIAGNOSTIC_TYPES = ["candidate-pair", "local-candidate", "remote-candidate", "tr
                     "inbound-rtp", "outbound-rtp"]
 
 
-@pytest.fixture
-async def chromium(tmp_path, netns):
-    browser = Chromium(tmp_path / "chromium")
-    await browser.start()
-    try:
-        yield browser
-    finally:
-        await browser.close()
-        assert browser.processes() == [], "chromium left processes behind"
-
-
 async def wait_stats(tab: Tab, predicate, timeout: float) -> dict:
     """Poll the page's sfuStats() until `predicate(stats)` holds; return the last stats."""
     deadline = time.monotonic() + timeout

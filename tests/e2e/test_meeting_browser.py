@@ -24,17 +24,6 @@ MEDIA_TIMEOUT = 40.0
 
 
 @pytest.fixture
-async def chromium(tmp_path, netns):
-    browser = Chromium(tmp_path / "chromium")
-    await browser.start()
-    try:
-        yield browser
-    finally:
-        await browser.close()
-        assert browser.processes() == [], "chromium left processes behind"
-
-
-@pytest.fixture
 def dev_sfu(tmp_path, netns):
     server = SfuProcess(tmp_path, "--dev").start()
     yield server
