@@ -20,6 +20,23 @@ OpenSSL keeps its retransmission timer on its own clock (the wall clock):
 `get_timer` converts the time it reports left into a deadline on the
 caller's clock, and `handle_timer` retransmits when OpenSSL's timer has also
 run out. The give-up deadline (`handshake_timeout`) is on the caller's clock.
+
+Once connected, the endpoint has done its job (the SRTP keys are out), but
+OpenSSL's SSL object still holds ~70 KiB (certificates, handshake hashes,
+record layer) per transport. With `release_after` set, that many seconds
+after the handshake (0: at once, in the call that completes it) the endpoint
+frees it (`released` becomes True) and keeps only the bytes of our last
+flight: RFC 6347 §4.2.4 asks the sender of the last flight to answer a
+retransmission of the peer's last flight by its own for as long as the peer
+may retransmit, and a byte-identical copy does that (a peer that lost our
+flight has seen none of its records). The trade-off: without the record
+layer's keys, a released endpoint cannot authenticate what the peer sends.
+Its close_notify (and any other alert or application data) is ignored, so a
+peer that goes away is noticed by ICE consent (RFC 7675) or signalling
+instead, and `close()` sends no close_notify (RFC 5246 §7.2.1 lets a side
+close without waiting; consent and signalling end the peer's side too).
+Releasing at once, before the caller allocates its SRTP sessions, also lets
+the next handshake reuse the freed memory instead of fragmenting the heap.
 """
 
 from __future__ import annotations
@@ -87,6 +104,10 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 MTU = 1200  # UDP payload; leaves room for IPv6 + UDP + TURN headers
 HANDSHAKE_TIMEOUT = 30.0
 MAX_RETRANSMISSIONS = 8  # OpenSSL doubles from 1 s: 1+2+4+...: > 30 s anyway
+# RFC 6347 §4.1 / RFC 5246 §6.2.1 content types that a retransmitted last
+# flight of the peer carries (ChangeCipherSpec, Handshake).
+_CHANGE_CIPHER_SPEC = 20
+_HANDSHAKE = 22
 
 DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence, length
@@ -135,6 +156,8 @@ class Certificate:
         if context is None:
             context = SSL.Context(SSL.DTLS_METHOD)
             context.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_QUERY_MTU)
+            # free the record buffers (~2 x 17 KiB) whenever they are empty
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
             # DTLS 1.2 only: RFC 8827 §6.5 forbids 1.0; 1.3 would keep a
             # timer after the handshake, which this endpoint does not run.
             context.set_min_proto_version(DTLS1_2_VERSION)
@@ -237,6 +260,7 @@ class DtlsEndpoint:
         mtu: int = MTU,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_retransmissions: int = MAX_RETRANSMISSIONS,
+        release_after: float | None = None,
     ) -> None:
         if role not in ("client", "server"):
             raise ValueError(f"role must be 'client' or 'server', not {role!r}")
@@ -250,6 +274,8 @@ class DtlsEndpoint:
         self.mtu = mtu
         self.handshake_timeout = handshake_timeout
         self.max_retransmissions = max_retransmissions
+        self.release_after = release_after  # None: keep the OpenSSL objects
+        self.released = False
         self.state = "new"
         self.retransmissions = 0
         self.srtp_profile: str | None = None
@@ -266,6 +292,8 @@ class DtlsEndpoint:
         self._timer_at: float | None = None  # OpenSSL's retransmission timer
         self._give_up_at: float | None = None
         self._fingerprint_failed = False
+        self._release_at: float | None = None
+        self._last_flight: list[bytes] = []  # what answers the peer's retransmission once released
 
     # -- input ------------------------------------------------------------
 
@@ -284,6 +312,9 @@ class DtlsEndpoint:
             self.start(now)
         if self.state not in ("connecting", "connected"):
             return
+        if self.released:
+            self._answer_retransmission(data)
+            return
         try:
             self._ssl.bio_write(data)
         except Exception:
@@ -294,7 +325,12 @@ class DtlsEndpoint:
             self._read()
 
     def handle_timer(self, now: float) -> None:
-        """Retransmit the last flight if due; give up after the timeout."""
+        """Retransmit the last flight if due; give up after the timeout;
+        once connected, release the OpenSSL objects when due."""
+        if self.state == "connected":
+            if self._release_at is not None and now >= self._release_at:
+                self._release()
+            return
         if self.state != "connecting":
             return
         if self._give_up_at is not None and now >= self._give_up_at:
@@ -316,8 +352,8 @@ class DtlsEndpoint:
         self._update_timer(now)
 
     def close(self) -> None:
-        """Send close_notify (RFC 5246 §7.2.1); no event on this side."""
-        if self.state == "connected":
+        """Send close_notify (RFC 5246 §7.2.1), unless released; no event on this side."""
+        if self.state == "connected" and not self.released:
             try:
                 self._ssl.shutdown()
             except SSL.Error:
@@ -326,6 +362,7 @@ class DtlsEndpoint:
         if self.state not in ("failed",):
             self.state = "closed"
         self._timer_at = None
+        self._release_at = None
 
     # -- output -----------------------------------------------------------
 
@@ -335,6 +372,8 @@ class DtlsEndpoint:
 
     def get_timer(self) -> float | None:
         """The caller's time at which `handle_timer` is due, or None."""
+        if self.state == "connected":
+            return self._release_at
         if self.state != "connecting":
             return None
         if self._timer_at is None:
@@ -362,12 +401,16 @@ class DtlsEndpoint:
             else:
                 self._fail(f"handshake failed: {_describe(exc)}")
             return
+        queued = len(self._outgoing)
         self._flush()
-        self._complete()
+        self._complete(now)
         if self.state == "connected":
+            self._last_flight = self._outgoing[queued:]  # empty for a client (the server's is last)
             self._read()  # records that came in the same datagram
+            if self.state == "connected" and self._release_at is not None and now >= self._release_at:
+                self._release()
 
-    def _complete(self) -> None:
+    def _complete(self, now: float) -> None:
         # The verify callback already pinned the certificate; check that
         # there was one to pin (a client must present one, too).
         cert = self._ssl.get_peer_certificate(as_cryptography=True)
@@ -395,6 +438,8 @@ class DtlsEndpoint:
         self.srtp_profile = profile
         self.state = "connected"
         self._timer_at = None
+        if self.release_after is not None:
+            self._release_at = now + self.release_after
         self._events.append(HandshakeComplete(profile, local_key, remote_key))
 
     def _read(self) -> None:
@@ -413,6 +458,22 @@ class DtlsEndpoint:
                 self._closed_by_peer()
                 break
         self._flush()
+
+    def _release(self) -> None:
+        # Break the endpoint <-> connection cycle so that SSL_free runs now.
+        self._ssl.set_app_data(None)
+        self._ssl = None
+        self.released = True
+        self._release_at = None
+
+    def _answer_retransmission(self, data: bytes) -> None:
+        # RFC 6347 §4.2.4: the peer resends its last flight (ChangeCipherSpec,
+        # Finished) while it has not seen ours; answer with ours again.
+        if self._last_flight and any(
+            len(record) >= _RECORD_HEADER and record[0] in (_CHANGE_CIPHER_SPEC, _HANDSHAKE)
+            for record in split_records(data)
+        ):
+            self._outgoing.extend(self._last_flight)
 
     def _closed_by_peer(self) -> None:
         self.state = "closed"

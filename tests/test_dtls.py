@@ -342,6 +342,81 @@ def test_server_final_flight_dropped_is_answered_again():
     assert events(server) == []  # completed once
 
 
+# -- Release of the OpenSSL objects after the handshake (RFC 6347 §4.2.4) ----------
+
+
+def test_release_after_the_handshake_frees_the_ssl_object():
+    client, server = pair(server_kwargs={"release_after": 2.0})
+    handshake(client, server, now=10.0)
+    assert server.get_timer() == 12.0 and not server.released
+    server.handle_timer(11.9)
+    assert not server.released and server._ssl is not None
+    server.handle_timer(12.0)
+    assert server.released and server._ssl is None
+    assert server.state == "connected" and server.get_timer() is None
+    assert events(server) == [] and server.datagrams_to_send() == []
+    # what the peer sends now cannot be authenticated: ignored, no output
+    client._ssl.send(b"sctp would go here")
+    client.close()  # close_notify, flushed with the data record
+    for datagram in client.datagrams_to_send():
+        server.receive(datagram, 13.0)
+    server.receive(os.urandom(60), 13.0)
+    assert events(server) == [] and server.datagrams_to_send() == []
+    assert server.state == "connected"
+    # and our close is silent (no close_notify without the keys)
+    server.close()
+    assert server.state == "closed" and server.datagrams_to_send() == []
+
+
+def test_no_release_by_default():
+    client, server = pair()
+    handshake(client, server)
+    assert server.get_timer() is None
+    server.handle_timer(1e9)
+    assert not server.released and server.state == "connected"
+
+
+def test_released_server_answers_a_retransmitted_final_flight():
+    # The server's last flight is lost and the server has already released
+    # its SSL object: the stored copy of that flight still answers the
+    # client's retransmission (RFC 6347 §4.2.4), and the client completes.
+    client, server = pair(server_kwargs={"release_after": 0.0})
+    client.start(0.0)
+    server.start(0.0)
+    exchange(client, server, drop=lambda sender, _: sender is server and server.state == "connected")
+    assert isinstance(events(server)[0], HandshakeComplete)
+    assert server.released and client.state == "connecting"  # released at once
+    now = client.get_timer()
+    wall_deadline = time.monotonic() + 5.0
+    retransmitted = []
+    while not retransmitted and time.monotonic() < wall_deadline:
+        client.handle_timer(now)
+        retransmitted = client.datagrams_to_send()
+        if not retransmitted:
+            time.sleep(0.05)
+            now = max(now, client.get_timer())
+    assert retransmitted
+    for datagram in retransmitted:
+        server.receive(datagram, now)
+    answer = server.datagrams_to_send()
+    assert answer
+    for datagram in answer:
+        client.receive(datagram, now)
+    assert client.state == "connected"
+    [c] = events(client)
+    assert isinstance(c, HandshakeComplete)
+    assert events(server) == []
+
+
+def test_released_client_has_no_last_flight_to_answer():
+    # In a full handshake the server sends the last flight (RFC 6347 §4.2.4).
+    client, server = pair(client_kwargs={"release_after": 0.0})
+    handshake(client, server)
+    assert client.released and client._last_flight == []
+    client.receive(bytes([22, 0xFE, 0xFD]) + bytes(8) + b"\x00\x01" + b"x", 1.0)
+    assert client.datagrams_to_send() == []
+
+
 def test_handshake_gives_up_after_timeout():
     client, server = pair()
     client.start(0.0)
