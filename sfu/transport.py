@@ -27,6 +27,11 @@ from .srtp import SrtpPair
 logger = logging.getLogger("sfu.transport")
 
 SDES_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+# The DTLS endpoint frees its OpenSSL objects (~70 KiB) as soon as the handshake
+# completes and answers a retransmitted final flight from a stored copy; the
+# peer's close_notify is then not seen: ICE consent or signalling ends the
+# session instead (sfu.dtls, module docstring).
+DTLS_RELEASE_AFTER = 0.0
 
 
 class Transport:
@@ -61,7 +66,8 @@ class Transport:
             consent_timeout=engine.config.consent_timeout,
             created=now,
         )
-        self.dtls = DtlsEndpoint(engine.certificate, dtls_role, remote_fingerprints)
+        self.dtls = DtlsEndpoint(engine.certificate, dtls_role, remote_fingerprints,
+                                 release_after=DTLS_RELEASE_AFTER)
         self.dtls_role = dtls_role
         self.srtp: SrtpPair | None = None
         self.addr: tuple | None = None
