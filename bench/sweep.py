@@ -419,6 +419,7 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
     """RSS per published video stream and per subscription (``--subscriptions`` viewers)."""
     from bench.loadgen import Participant
     from bench.sink import Sink
+    from sfu.transport import DTLS_RELEASE_AFTER
 
     rooms = max(1, args.subscriptions // args.viewers)
     rss0 = proc_rss_kib(sfu.pid)
@@ -450,7 +451,10 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
         for v in viewers:
             sink.add(v.detach_socket().fileno(), v.srtp.rx)
         sink.start()
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(1.0)
+        rss_joined = proc_rss_kib(sfu.pid)  # the last joiners still hold their DTLS state
+        # steady state: every DTLS endpoint has released its OpenSSL objects (sfu.dtls)
+        await asyncio.sleep(DTLS_RELEASE_AFTER + 2.0)
         rss2 = proc_rss_kib(sfu.pid)
         health = await _health(http, sfu.url)
     finally:
@@ -466,6 +470,8 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
         "rss_kib_start": rss0, "rss_kib_publishers": rss1, "rss_kib_subscriptions": rss2,
         "kib_per_published_stream": round((rss1 - rss0) / rooms, 1),
         "kib_per_subscription": round((rss2 - rss1) / max(1, len(viewers)), 1),
+        "rss_kib_just_joined": rss_joined,
+        "kib_per_subscription_just_joined": round((rss_joined - rss1) / max(1, len(viewers)), 1),
         "note": "a subscription is one WHEP viewer (transport, DTLS, SRTP, an audio and a video consumer)",
     }
 
