@@ -379,6 +379,7 @@ cdef class Stream:
     cdef size_t _ev_head
     cdef size_t _ev_len
     cdef bint _ev_overflow
+    cdef bint _dirty             # in Datapath._dirty since the last drain_events
     # packet cache: an arena of bytes written as a log + an index by seq
     cdef uint8_t* _arena
     cdef size_t _arena_size
@@ -427,6 +428,10 @@ cdef class Stream:
 
     cdef inline void _event(self, uint8_t kind, int64_t a, int64_t b, double t) noexcept:
         cdef size_t i
+        if not self._dirty and self.peer is not None:
+            # first event since the last drain: tell the engine's timers (take_dirty)
+            self._dirty = True
+            self.peer.dp._dirty.append(self)
         if self._ev_len == EVENT_RING:
             self._ev_overflow = True
             return
@@ -559,6 +564,7 @@ cdef class Stream:
             self._ev_head = (i + 1) % EVENT_RING
             self._ev_len -= 1
         self._ev_overflow = False
+        self._dirty = False
         return out
 
     def close(self):
@@ -703,6 +709,7 @@ cdef class Datapath:
     cdef size_t _cap
     cdef size_t _count
     cdef set _registered
+    cdef list _dirty             # streams that logged NACK events since take_dirty()
     # receive batch
     cdef mmsghdr* _rx_msgs
     cdef iovec* _rx_iov
@@ -752,6 +759,7 @@ cdef class Datapath:
             self._tx_msgs[i].msg_hdr.msg_iovlen = 1
             self._tx_msgs[i].msg_hdr.msg_name = &self._tx_addr[i]
         self._registered = set()
+        self._dirty = []
         self.captured = []
 
     def __init__(self, slow_path, unknown_ssrc=None, *, capture=False):
@@ -894,6 +902,12 @@ cdef class Datapath:
     @property
     def queued(self):
         return self._q_len - self._q_start
+
+    def take_dirty(self):
+        """The streams that logged NACK log events (see Stream.drain_events) since the
+        last call, each once per drain: the engine ticks only their transports."""
+        out, self._dirty = self._dirty, []
+        return out
 
     def take_counters(self):
         """(stats, drops): what each counter gained since the last call (non-zero only)."""
