@@ -22,7 +22,10 @@ and events (dicts with a ``type``) given to every listener added with
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
 import socket
 import time
 from collections import Counter, deque
@@ -41,7 +44,7 @@ from .transport import Transport, build_rtx
 
 logger = logging.getLogger("sfu.engine")
 
-TICK_INTERVAL = 0.02  # seconds: DTLS timers, NACK generation, reports, consent
+TICK_INTERVAL = 0.02  # seconds: DTLS timers, NACK generation, reports, consent (of the transports due)
 SEND_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes queued in user space (socket full) before sends are dropped
 LATENCY_SAMPLE_MASK = 63  # 1 RTP packet in 64 is timed from receive to send (sfu.metrics)
 
@@ -105,6 +108,11 @@ class MediaEngine:
         self._udp: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task | None = None
+        # transport timers: a heap of (due, push number, transport); an entry whose due is
+        # not its transport's timer_at any more is stale and skipped (see schedule)
+        self._timers: list[tuple[float, int, Transport]] = []
+        self._pushes = itertools.count()
+        self._transport_order = itertools.count()
         self._buf = bytearray(2048)
         self.port: int | None = None
         # forwarding latency samples (seconds), drained once a second by sfu.metrics
@@ -159,14 +167,43 @@ class MediaEngine:
             self.tick(loop.time())
 
     def tick(self, now: float) -> None:
-        """Timers of every transport (DTLS, NACK, reports, consent); tests call it with a fake clock."""
+        """Timers of the transports that are due (DTLS, NACK, reports, consent); tests call
+        it with a fake clock. A transport is due at its ``Transport.next_timer`` or when
+        something it must answer happens (``schedule``): its NACK log gained events, a
+        keyframe request was throttled, DTLS moved, it connected. Ticking a transport
+        that has nothing to do is harmless, so early is fine, late is not; the ones due
+        tick in creation order, as when every transport ticked every time."""
         self._fold_datapath()
-        for transport in list(self.transports.values()):
+        if self.datapath is not None:
+            for stream in self.datapath.take_dirty():  # C streams that logged NACK events
+                owner = stream.owner
+                if owner is not None:
+                    self.schedule(owner.transport, now)
+        timers = self._timers
+        due: list[Transport] = []
+        while timers and timers[0][0] <= now:
+            when, _, transport = heapq.heappop(timers)
+            if when == transport.timer_at:
+                transport.timer_at = math.inf
+                due.append(transport)
+        if len(due) > 1:
+            due.sort(key=_creation_order)
+        for transport in due:
+            if transport.state == "closed":
+                continue
             try:
                 transport.tick(now)
+                if transport.state != "closed":
+                    self.schedule(transport, transport.next_timer(now))
             except Exception:  # a bug in one transport must not stop the others
                 logger.exception("transport tick failed", extra={"fields": {"transport": transport.id}})
                 transport.close("internal error")
+
+    def schedule(self, transport: Transport, when: float) -> None:
+        """Tick ``transport`` at the first engine tick at or after ``when`` (the earliest request wins)."""
+        if when < transport.timer_at:
+            transport.timer_at = when
+            heapq.heappush(self._timers, (when, next(self._pushes), transport))
 
     def now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
@@ -209,6 +246,8 @@ class MediaEngine:
         self.transports[transport.id] = transport
         self.by_ufrag[transport.local_ufrag] = transport
         transport.on_close = self._transport_closed
+        transport.order = next(self._transport_order)
+        self.schedule(transport, now)
         self._add_tracks(transport, room, producers, consumers, binds)
         event(logger, "session created", session=transport.id, room=room_name, role=role,
               tracks=len(producers) + len(consumers))
@@ -368,6 +407,7 @@ class MediaEngine:
                 if room.bind(consumer, target):
                     self._consumer_attached(consumer)
         self._add_tracks(transport, room, new_producers, new_consumers, binds)
+        self.schedule(transport, self.now())  # new producers: their timers start
         event(logger, "session updated", session=transport.id, room=room.name,
               producers=len(transport.producers), consumers=len(transport.consumers))
         self._emit({"type": "session_updated", "room": room.name, "session": transport.id})
@@ -531,6 +571,7 @@ class MediaEngine:
         for consumer in transport.consumers:
             if consumer.producer is not None:
                 self.request_keyframe(consumer.producer, now)
+        self.schedule(transport, now)  # reports, NACKs from now on
         self._emit({"type": "session_connected", "room": transport.room_name, "session": transport.id})
 
     def _consumer_attached(self, consumer: Consumer) -> None:
@@ -542,6 +583,8 @@ class MediaEngine:
         if packet is not None:
             self.stats["keyframe_requests_sent"] += 1
             producer.transport.send_rtcp([packet])
+        elif producer._keyframe_pending:  # throttled: Transport.tick sends it when due
+            self.schedule(producer.transport, now)
 
     def add_listener(self, callback: Callable[[dict], None]) -> None:
         """Call ``callback(event_dict)`` for every engine event (on the engine's loop)."""
@@ -684,6 +727,10 @@ class MediaEngine:
             self.send(out, transport.addr)
             consumer.retransmissions += 1
             self.stats["retransmissions"] += 1
+
+
+def _creation_order(transport: Transport) -> int:
+    return transport.order
 
 
 def _validate(offer: sdp.SessionDescription, role: str, creating: bool) -> None:

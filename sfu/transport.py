@@ -10,6 +10,7 @@ the engine and never touches a socket itself.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import struct
@@ -80,6 +81,9 @@ class Transport:
         self.consumers_by_ssrc: dict[int, Consumer] = {}
         self.on_close: Callable[[Transport, str], None] | None = None
         self._next_report = now + 1.0
+        # the engine's timer heap (MediaEngine.schedule): when this transport ticks next
+        self.timer_at = math.inf
+        self.order = 0  # creation order, set by the engine
         self._dtls_started = False
         self.rtcp_errors = 0
 
@@ -121,11 +125,14 @@ class Transport:
                 self._dtls_started = True
                 self.dtls.start(now)
                 self._flush_dtls()
+                self.engine.schedule(self, now)  # the handshake's timers
 
     def receive_dtls(self, data: bytes, now: float) -> None:
         self.dtls.receive(data, now)
         self._flush_dtls()
         self._drain_dtls_events(now)
+        if self.state != "closed":
+            self.engine.schedule(self, now)  # the handshake's timers may have moved
 
     def _drain_dtls_events(self, now: float) -> None:
         while True:
@@ -171,6 +178,8 @@ class Transport:
             self.engine.drop("unknown_payload_type")
             return
         producer.on_packet(plain, seq, ts, now)
+        if producer.missing:  # NACKs to send (the C path tells the engine through take_dirty)
+            self.engine.schedule(self, now)
         self.engine.forward(producer, plain, seq, ts, now)
 
     def _learn_ssrc(self, plain: bytes, ssrc: int) -> Producer | None:
@@ -297,6 +306,31 @@ class Transport:
             self.engine.stats["nacks_sent"] += sum(isinstance(p, rtcp.Nack) for p in feedback)
             self.send_rtcp(feedback)
 
+    def next_timer(self, now: float) -> float:
+        """When ``tick`` has something to do next; ``now`` means the next engine tick.
+
+        Early is harmless (tick checks every condition itself), so deadlines that
+        tick compares by subtraction are taken a little early against rounding."""
+        ice = self.ice
+        consent = ice.last_consent if ice.last_consent is not None else ice.created
+        when = (consent if consent is not None else now) + ice.consent_timeout - _EARLY
+        timer = self.dtls.get_timer()
+        if timer is not None and timer < when:
+            when = timer
+        if self.srtp is None:
+            return when
+        if self._next_report < when:
+            when = self._next_report
+        throttle = self.engine.config.keyframe_interval_min
+        for producer in self.producers:
+            if producer.missing:  # NACK retries are polled on every tick
+                return now
+            if producer._keyframe_pending:
+                due = producer._last_keyframe_request + throttle - _EARLY
+                if due < when:
+                    when = due
+        return when
+
     def _reports(self, now: float) -> list:
         blocks = [b for b in (p.report_block(now) for p in self.producers) if b is not None]
         out: list = [rtcp.ReceiverReport(ssrc=self.rtcp_ssrc, reports=blocks[:31])]
@@ -332,6 +366,8 @@ def build_rtx(packet: bytes | bytearray | memoryview, header_length: int, rtx_pt
     struct.pack_into("!I", header, 8, rtx_ssrc)
     return bytes(header) + osn + bytes(packet[header_length:payload_end])
 
+
+_EARLY = 1e-6  # seconds (see Transport.next_timer)
 
 _RTCP_SENT_STATS = {  # engine.stats keys of the feedback we send (sfu.metrics)
     rtcp.Nack: "rtcp_nack_sent",
