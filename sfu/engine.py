@@ -27,6 +27,7 @@ import itertools
 import logging
 import math
 import socket
+import struct
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -669,6 +670,7 @@ class MediaEngine:
             return
         buf = self._buf
         sent = 0
+        hold_ts = self._padding_only(plain)
         for consumer in consumers:
             transport = consumer.transport
             srtp = transport.srtp
@@ -679,6 +681,9 @@ class MediaEngine:
             n = consumer.rewriter.rewrite(plain, buf)
             if n < 0:
                 continue
+            held = hold_ts and consumer.last_out_ts is not None
+            if held:
+                struct.pack_into("!I", buf, 4, consumer.last_out_ts)
             try:
                 out = srtp.protect(bytes(buf[:n]))
             except SrtpError:
@@ -686,7 +691,8 @@ class MediaEngine:
                 continue
             self.send(out, transport.addr)
             consumer.last_out_seq = (seq + consumer.rewriter.seq_delta) & 0xFFFF
-            consumer.last_out_ts = (ts + consumer.rewriter.ts_delta) & 0xFFFFFFFF
+            if not held:
+                consumer.last_out_ts = (ts + consumer.rewriter.ts_delta) & 0xFFFFFFFF
             consumer.last_out_time = now
             consumer.packets_sent += 1
             consumer.octets_sent += n
@@ -695,6 +701,17 @@ class MediaEngine:
         if self._latency_t0:
             self.latency_samples.append(time.perf_counter() - self._latency_t0)
             self._latency_t0 = 0.0
+
+    def _padding_only(self, plain) -> bool:
+        """A packet that carries only RTP padding (a sender's bandwidth probe, RFC 3550 §5.1).
+
+        Forwarded with the subscriber's last timestamp instead of its own: libwebrtc gives
+        padding-only packets a timestamp of their own when it has no RTX stream, and a
+        receiver that assembles frames by timestamp (aiortc) would otherwise decode an
+        empty frame, which flushes its decoder for good."""
+        if not plain[0] & 0x20:
+            return False
+        return self.impl.parse_rtp_header(plain)[5] + plain[-1] == len(plain)
 
     def retransmit(self, consumer: Consumer, lost_seqs: list[int]) -> None:
         """Answer a subscriber's NACK from the producer's packet cache (RTX when negotiated)."""
@@ -712,6 +729,8 @@ class MediaEngine:
             n = consumer.rewriter.rewrite(plain, buf)
             if n < 0:
                 continue
+            if consumer.last_out_ts is not None and self._padding_only(plain):
+                struct.pack_into("!I", buf, 4, consumer.last_out_ts)  # as forward() did
             packet = memoryview(buf)[:n]
             if consumer.rtx_ssrc is not None and consumer.codec.rtx_payload_type is not None:
                 hlen = self.impl.parse_rtp_header(packet)[5]

@@ -204,6 +204,11 @@ def script(h: Harness) -> dict:
                                   extensions=[(9, b"0"), (1, b"\x85")]))
             audio_seq += 1
         h.advance(0.01, tick=n % 2 == 1)
+    # a padding-only packet (a bandwidth probe) with a timestamp of its own, as libwebrtc
+    # sends without RTX: forwarded with the viewer's last timestamp
+    probe = bytearray(rtp(96, 40, ts0 + 3000 * 40, 2222, size=12))
+    probe[0] |= 0x20
+    h.send_rtp("pub", bytes(probe + bytes(99) + bytes([100])))
     h.advance(0.1)  # NACKs for the lost packets go to the publisher
     # the publisher resends two of them (as it sent them: same SRTP packet)
     for seq in (65510, 65531):
@@ -320,6 +325,10 @@ def test_fast_path_output_is_byte_identical_to_python_paths(profile):
     assert {struct.unpack_from("!I", p, 8)[0] for p in video} == {results["c"][1]["v1_video_ssrc"]}
     v2 = decrypt_all(fast, "v2")
     assert {p[1] & 0x7F for p in v2} == {100, 111}  # VP8 mapped to the viewer's PT 100
+    # the probe went out with the timestamp of the video packet before it
+    i = next(i for i, p in enumerate(video) if p[0] & 0x20)
+    assert video[i][4:8] == video[i - 1][4:8]
+    assert len(video[i]) == 12 + 100
 
 
 # -- the C path on its own -------------------------------------------------------------

@@ -57,7 +57,7 @@ from sfu._fast.includes.srtp cimport (
     SFU_SRTP_FN_CTYPE, SRTP_ERR_STATUS_REPLAY_FAIL, SRTP_ERR_STATUS_REPLAY_OLD, SRTP_MAX_TRAILER_LEN,
     sfu_srtp_fn,
 )
-from sfu._fast.packet cimport Rewriter, _header_length, _rd16, _rd32
+from sfu._fast.packet cimport Rewriter, _header_length, _rd16, _rd32, _wr32
 
 import logging
 
@@ -1157,9 +1157,14 @@ cdef class Datapath:
         cdef uint64_t sent = 0
         cdef uint16_t seq = _rd16(buf + 2)
         cdef uint32_t ts = _rd32(buf + 4)
+        cdef bint hold_ts = False, held
         if count == 0:
             self._counters[D_NO_SUBSCRIBER] += 1
             return
+        if buf[0] & 0x20:
+            # padding only (a bandwidth probe): sent with the subscriber's last timestamp,
+            # see MediaEngine._padding_only
+            hold_ts = _header_length(buf, n) + buf[n - 1] == n
         for obj in subs:
             sub = <Subscription>obj
             dest = sub.peer
@@ -1178,6 +1183,9 @@ cdef class Datapath:
                 self._counters[D_INTERNAL_ERROR] += 1  # the Python path raises here
                 return
             length = <int>m
+            held = hold_ts and sub._has_last
+            if held:
+                _wr32(slot + 4, sub._last_ts)
             rc = _srtp_protect(dest._tx, slot, &length)
             if rc != 0:
                 self._counters[D_SRTP_PROTECT] += 1
@@ -1185,7 +1193,8 @@ cdef class Datapath:
             self._commit(length, &dest._sa, dest._salen)
             sub._has_last = True
             sub._last_seq = <uint16_t>(seq + sub.rewriter._seq_delta)
-            sub._last_ts = ts + sub.rewriter._ts_delta
+            if not held:
+                sub._last_ts = ts + sub.rewriter._ts_delta
             sub.last_out_time = now
             sub.packets_sent += 1
             sub.octets_sent += m
