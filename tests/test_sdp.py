@@ -623,7 +623,7 @@ def test_browser_accepts_answers(browser):
     import sys
 
     if shutil.which("chromium" if browser == "chromium" else "firefox-esr") is None:
-        pytest.skip(f"{browser} is not installed")  # environment, not a missing feature
+        pytest.fail(f"{browser} is not installed: run `bash scripts/install-system-deps.sh` (make test does)")
     out = run_in_loopback_namespace(sys.executable, str(CAPTURE / "browser_offers.py"), browser, "--answer")
     assert out.split("\n")[:3] == ["publish ok", "view ok", "datachannel ok"], out
 
