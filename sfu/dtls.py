@@ -128,10 +128,13 @@ class Certificate:
     @classmethod
     def generate(cls) -> Certificate:
         """ECDSA P-256, valid from yesterday for 30 days, random CN."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, binascii.hexlify(os.urandom(16)).decode())]
-        )
+        return cls.self_signed(ec.generate_private_key(ec.SECP256R1()))
+
+    @classmethod
+    def self_signed(cls, key, common_name: str | None = None) -> Certificate:
+        """A self-signed certificate for ``key`` (any type), valid from yesterday for 30 days."""
+        cn = common_name or binascii.hexlify(os.urandom(16)).decode()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         now = datetime.datetime.now(tz=datetime.timezone.utc)
         cert = (
             x509.CertificateBuilder()

@@ -7,10 +7,7 @@ import random
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
 from sfu.dtls import (
@@ -31,20 +28,7 @@ CERT_B = Certificate.generate()
 
 def rsa_certificate() -> Certificate:
     """A self-signed RSA certificate, as GStreamer's webrtcbin uses."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gstreamer")])
-    now = datetime.datetime.now(tz=datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return Certificate(key, cert)
+    return Certificate.self_signed(rsa.generate_private_key(public_exponent=65537, key_size=2048), "gstreamer")
 
 
 def pair(client_cert=CERT_A, server_cert=CERT_B, client_kwargs=None, server_kwargs=None):
