@@ -497,15 +497,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def reexec_in_loopback_namespace(module: str, argv: list[str]) -> int | None:
+    """Participants stay confined to loopback: outside a loopback-only network namespace,
+    run ``python -m module argv`` again inside one and return its exit code; None when
+    already inside."""
+    if loopback_only():
+        return None
+    if os.environ.get("SFU_IN_NETNS") == "1":
+        print(f"{module}: network namespace has interfaces besides lo; refusing", file=sys.stderr)
+        return 2
+    cmd = ["bash", str(ROOT / "scripts" / "netns-run.sh"), sys.executable, "-m", module, *argv]
+    return subprocess.call(cmd, cwd=ROOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not loopback_only():
-        if os.environ.get("SFU_IN_NETNS") == "1":
-            print("fanout: network namespace has interfaces besides lo; refusing", file=sys.stderr)
-            return 2
-        # WebRTC participants stay confined to loopback: re-run in a private namespace
-        cmd = ["bash", str(ROOT / "scripts" / "netns-run.sh"), sys.executable, "-m", "bench.fanout", *argv]
-        return subprocess.call(cmd, cwd=ROOT)
+    code = reexec_in_loopback_namespace("bench.fanout", argv)
+    if code is not None:
+        return code
     args = parse_args(argv)
     print(_HEADER, flush=True)
     try:

@@ -45,16 +45,13 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from array import array
 from pathlib import Path
 
 from bench.fanout import (
-    BENCH_AUTH_SECRET, CLK_TCK, ROOT, SfuProcess, _git_commit, _health, loopback_only, percentile, proc_cpu_ns,
+    BENCH_AUTH_SECRET, CLK_TCK, ROOT, SfuProcess, _git_commit, _health, percentile, reexec_in_loopback_namespace, proc_cpu_ns,
     proc_cpu_ticks, proc_rss_kib, wait_healthy,
 )
 
@@ -646,12 +643,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not loopback_only():
-        if os.environ.get("SFU_IN_NETNS") == "1":
-            print("sweep: network namespace has interfaces besides lo; refusing", file=sys.stderr)
-            return 2
-        cmd = ["bash", str(ROOT / "scripts" / "netns-run.sh"), sys.executable, "-m", "bench.sweep", *argv]
-        return subprocess.call(cmd, cwd=ROOT)
+    code = reexec_in_loopback_namespace("bench.sweep", argv)
+    if code is not None:
+        return code
     args = parse_args(argv)
     try:
         import uvloop
