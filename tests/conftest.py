@@ -4,7 +4,6 @@ tests only run inside a loopback-only network namespace (see scripts/netns-run.s
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess

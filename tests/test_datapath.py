@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 import random
 import socket
 import struct
-import time
 import tracemalloc
 from types import SimpleNamespace
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import fractions
 import time
 
 import aiohttp
