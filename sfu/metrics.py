@@ -305,8 +305,9 @@ class Metrics:
                                   ["worker"], buckets=LAG_BUCKETS, registry=r)
         self.forwarding_latency = Histogram(
             "sfu_forwarding_latency_seconds",
-            "Time from a packet reaching the SFU's receive handler to its last copy handed to the kernel "
-            "(1 packet in 64)", ["worker"], buckets=LATENCY_BUCKETS, registry=r)
+            "Time a forwarded packet spent in the SFU: from its arrival (the kernel's receive timestamp on "
+            "the C data path, every packet; the receive handler on the Python paths, 1 packet in 64) to its "
+            "copies handed to the kernel", ["worker"], buckets=LATENCY_BUCKETS, registry=r)
         self.join_time = Histogram("sfu_join_time_seconds",
                                    "Time from a WHIP/WHEP request to the session's first media packet",
                                    ["worker", "role"], buckets=JOIN_BUCKETS, registry=r)

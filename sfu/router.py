@@ -19,7 +19,7 @@ from .sdp import Codec
 if TYPE_CHECKING:  # pragma: no cover
     from .transport import Transport
 
-CACHE_SIZE = 1024  # packets kept per published stream for NACK (power of two)
+CACHE_SIZE = 1024  # packets kept per published stream for NACK (power of two; <= sfu.srtp.TX_WINDOW)
 NACK_MAX_TRIES = 8
 NACK_RETRY_INTERVAL = 0.03  # seconds between two NACKs of the same packet
 NACK_MAX_AGE = 1.0  # give up on a packet lost this long ago

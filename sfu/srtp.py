@@ -34,9 +34,12 @@ KEY_LENGTHS: dict[str, int] = {
 # allows up to 32768). Receive: a retransmission without RTX comes back with
 # its original sequence number an RTT later, 128 packets (libsrtp's default)
 # is 0.1 s of HD video. Send: a packet resent for a NACK must still be
-# inside the window, or libsrtp calls it too old even with allow_repeat_tx.
+# inside the window, or libsrtp calls it too old even with allow_repeat_tx;
+# the packet cache holds 1024 packets per stream (sfu.router.CACHE_SIZE), so
+# 1024 covers every packet that can be resent. No larger: libsrtp shifts the
+# whole window's bitmap for every packet sent (4096 cost ~0.8 µs a packet).
 RX_WINDOW = 1024
-TX_WINDOW = 4096
+TX_WINDOW = 1024
 
 # libsrtp's "no appropriate context found": no stream for that SSRC.
 _NO_STREAM = "no appropriate context found"

@@ -8,6 +8,7 @@ import pytest
 from pylibsrtp import Policy, Session
 
 from sfu.dtls import Certificate, DtlsEndpoint, HandshakeComplete
+from sfu.router import CACHE_SIZE
 from sfu.srtp import KEY_LENGTHS, PROFILES, SrtpPair
 
 PROFILE_NAMES = list(PROFILES)
@@ -89,12 +90,14 @@ def test_reordering_within_window_accepted(profile):
 def test_repeat_protect_allowed_on_send(profile):
     # DESIGN "known pitfalls": libsrtp refuses to protect the same SSRC and
     # sequence number twice unless allow_repeat_tx; a NACK answered by
-    # resending the original packet needs it, also well after the original.
+    # resending the original packet needs it, also well after the original:
+    # up to the oldest packet the packet cache still holds (the send window
+    # must cover the cache, sfu.router.CACHE_SIZE).
     local_key, remote_key = keys(profile)
     pair = SrtpPair(profile, local_key, remote_key)
     _, peer_rx = peer_sessions(profile, local_key, remote_key)
     first = pair.protect(rtp(7))
-    for seq in range(8, 1000):
+    for seq in range(8, 7 + CACHE_SIZE):
         pair.protect(rtp(seq))
     again = pair.protect(rtp(7))
     assert again == first  # same keystream, same packet

@@ -23,8 +23,9 @@ the tables through a small API: ``Datapath.new_peer(owner)`` -> ``Peer``
 ``Stream`` (``set_subscriptions``, ``cached``, ``stats``, ``drain_events``,
 ``close``) and ``Subscription`` (the per-subscriber state, shared with a
 ``packet.Rewriter``). Counters are C integers read with ``take_counters()``;
-the receive-to-send latency of each batch that forwarded something goes into
-a histogram (``latency()``).
+the latency of each forwarded packet -- from the kernel's receive timestamp
+(SO_TIMESTAMPNS, so time queued in the socket counts) to the return of the
+sendmmsg that sent its copies -- goes into a histogram (``latency()``).
 
 It mirrors the Python path of ``sfu.engine.MediaEngine.forward`` and
 ``sfu.router.Producer.on_packet`` step by step, with the same drop reasons;
@@ -46,12 +47,13 @@ from libc.math cimport fabs
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.uio cimport iovec
 
 from sfu._fast.includes.mmsg cimport (
-    AF_INET, AF_INET6, INET6_ADDRSTRLEN, MSG_DONTWAIT, MSG_TRUNC, htons, inet_ntop, inet_pton,
-    mmsghdr, ntohs, recvmmsg, sendmmsg, sendto, sockaddr, sockaddr_in, sockaddr_in6, socklen_t,
+    AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, INET6_ADDRSTRLEN, MSG_DONTWAIT, MSG_TRUNC,
+    SCM_TIMESTAMPNS, SO_TIMESTAMPNS, SOL_SOCKET, cmsghdr, htons, inet_ntop, inet_pton, mmsghdr, msghdr,
+    ntohs, recvmmsg, sendmmsg, sendto, setsockopt, sockaddr, sockaddr_in, sockaddr_in6, socklen_t,
 )
 from sfu._fast.includes.srtp cimport (
     SFU_SRTP_FN_CTYPE, SRTP_ERR_STATUS_REPLAY_FAIL, SRTP_ERR_STATUS_REPLAY_OLD, SRTP_MAX_TRAILER_LEN,
@@ -73,7 +75,8 @@ cdef enum:
     TX_QUEUE = 1024        # packets queued for one sendmmsg (UIO_MAXIOV)
     TX_SLOT = 2048         # bytes per send slot (packet + SRTP trailer)
     EVENT_RING = 4096      # NACK log events kept between two drains
-    LATENCY_RING = 4096    # raw latency samples kept between two drains
+    LATENCY_RING = 16384   # raw latency samples kept between two drains (one a second)
+    RX_CTL = 64            # ancillary data bytes per received datagram (SCM_TIMESTAMPNS)
 
 cdef enum:  # kinds of NACK log events
     EV_GAP = 0
@@ -260,6 +263,24 @@ cdef inline double _monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double _realtime() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double _kernel_rx_time(msghdr* hdr) noexcept nogil:
+    """The SCM_TIMESTAMPNS of a received datagram (CLOCK_REALTIME seconds), 0 if none."""
+    cdef cmsghdr* c = CMSG_FIRSTHDR(hdr)
+    cdef timespec ts
+    while c != NULL:
+        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+            memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
+            return ts.tv_sec + ts.tv_nsec * 1e-9
+        c = CMSG_NXTHDR(hdr, c)
+    return 0.0
 
 # -- routing objects ---------------------------------------------------------------
 
@@ -715,6 +736,8 @@ cdef class Datapath:
     cdef iovec* _rx_iov
     cdef sockaddr_in6* _rx_addr
     cdef uint8_t* _rx_buf
+    cdef uint8_t* _rx_ctl        # ancillary data (receive timestamps), RX_CTL bytes per slot
+    cdef double _rx_fwd[RX_BATCH]  # receive time of each datagram of the batch that was forwarded
     # send queue: entries [_q_start, _q_len) wait for sendmmsg
     cdef mmsghdr* _tx_msgs
     cdef iovec* _tx_iov
@@ -738,12 +761,13 @@ cdef class Datapath:
         self._rx_iov = <iovec*>calloc(RX_BATCH, sizeof(iovec))
         self._rx_addr = <sockaddr_in6*>calloc(RX_BATCH, sizeof(sockaddr_in6))
         self._rx_buf = <uint8_t*>malloc(RX_BATCH * RX_SLOT)
+        self._rx_ctl = <uint8_t*>calloc(RX_BATCH, RX_CTL)
         self._tx_msgs = <mmsghdr*>calloc(TX_QUEUE, sizeof(mmsghdr))
         self._tx_iov = <iovec*>calloc(TX_QUEUE, sizeof(iovec))
         self._tx_addr = <sockaddr_in6*>calloc(TX_QUEUE, sizeof(sockaddr_in6))
         self._tx_buf = <uint8_t*>malloc(TX_QUEUE * TX_SLOT)
         if (self._keys == NULL or self._vals == NULL or self._rx_msgs == NULL or self._rx_iov == NULL
-                or self._rx_addr == NULL or self._rx_buf == NULL or self._tx_msgs == NULL
+                or self._rx_addr == NULL or self._rx_buf == NULL or self._rx_ctl == NULL or self._tx_msgs == NULL
                 or self._tx_iov == NULL or self._tx_addr == NULL or self._tx_buf == NULL):
             raise MemoryError()
         cdef size_t i
@@ -779,6 +803,7 @@ cdef class Datapath:
         free(self._rx_iov)
         free(self._rx_addr)
         free(self._rx_buf)
+        free(self._rx_ctl)
         free(self._tx_msgs)
         free(self._tx_iov)
         free(self._tx_addr)
@@ -882,8 +907,11 @@ cdef class Datapath:
     def open(self, int fd, loop=None):
         """Use the non-blocking UDP socket ``fd``; ``loop`` gets add_writer when the
         kernel's send buffer is full. The caller registers ``on_readable`` with
-        ``loop.add_reader(fd, datapath.on_readable)``."""
+        ``loop.add_reader(fd, datapath.on_readable)``. Turns on the socket's
+        receive timestamps (SO_TIMESTAMPNS) for the latency histogram."""
+        cdef int one = 1
         self.fd = fd
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one))  # best effort
         self._loop = loop
 
     def close(self):
@@ -999,8 +1027,8 @@ cdef class Datapath:
 
     def on_readable(self):
         """Read and process datagrams until the socket is empty (or RX_ROUNDS batches)."""
-        cdef int n, i, rounds = 0
-        cdef double t_rx, lat
+        cdef int n, i, j, n_fwd, rounds = 0
+        cdef double t_rx, t_kernel, t_sent, t_mono
         cdef uint64_t forwarded
         cdef mmsghdr* m
         if self.fd < 0:
@@ -1009,6 +1037,8 @@ cdef class Datapath:
             for i in range(RX_BATCH):
                 self._rx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in6)
                 self._rx_msgs[i].msg_hdr.msg_flags = 0
+                self._rx_msgs[i].msg_hdr.msg_control = self._rx_ctl + i * RX_CTL
+                self._rx_msgs[i].msg_hdr.msg_controllen = RX_CTL
             n = recvmmsg(self.fd, self._rx_msgs, RX_BATCH, MSG_DONTWAIT, NULL)
             if n < 0:
                 if errno == EINTR:
@@ -1018,17 +1048,28 @@ cdef class Datapath:
                 break
             self._counters[C_RECV_CALLS] += 1
             t_rx = _monotonic()
-            forwarded = self._counters[C_RTP_FORWARDED]
+            n_fwd = 0
             for i in range(n):
                 m = &self._rx_msgs[i]
                 if m.msg_hdr.msg_flags & MSG_TRUNC:
                     self._counters[C_RX_PACKETS] += 1
                     self._counters[D_TOO_LONG] += 1
                     continue
+                forwarded = self._counters[C_RTP_FORWARDED]
                 self._datagram(self._rx_buf + i * RX_SLOT, m.msg_len, &self._rx_addr[i], t_rx)
+                if self._counters[C_RTP_FORWARDED] != forwarded:
+                    self._rx_fwd[n_fwd] = _kernel_rx_time(&m.msg_hdr)
+                    n_fwd += 1
             self._flush()
-            if self._counters[C_RTP_FORWARDED] != forwarded:
-                self._record_latency(_monotonic() - t_rx)
+            if n_fwd:
+                # one sample per forwarded packet: kernel receive time -> sendmmsg returned
+                # (without a kernel timestamp: from this batch's recvmmsg return)
+                t_sent = _realtime()
+                t_mono = _monotonic()
+                for j in range(n_fwd):
+                    t_kernel = self._rx_fwd[j]
+                    self._record_latency(max(0.0, t_sent - t_kernel) if t_kernel > 0 else t_mono - t_rx)
+                self._counters[C_BATCHES_FORWARDING] += 1
             if n < RX_BATCH:
                 break
             rounds += 1
@@ -1055,7 +1096,6 @@ cdef class Datapath:
         if self._lat_len < LATENCY_RING:
             self._lat_ring[self._lat_len] = seconds
             self._lat_len += 1
-        self._counters[C_BATCHES_FORWARDING] += 1
 
     cdef void _datagram(self, uint8_t* buf, Py_ssize_t n, const sockaddr_in6* sa, double now):
         """RFC 7983 §7 demux, then the RTP path or the slow path."""

@@ -31,11 +31,26 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t sendto(int sockfd, const void* buf, size_t len, int flags,
                    const sockaddr* dest_addr, socklen_t addrlen)
 
+    int setsockopt(int sockfd, int level, int optname, const void* optval, socklen_t optlen)
+
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+
+    cmsghdr* CMSG_FIRSTHDR(msghdr* msgh)
+    cmsghdr* CMSG_NXTHDR(msghdr* msgh, cmsghdr* cmsg)
+    unsigned char* CMSG_DATA(cmsghdr* cmsg)
+    size_t CMSG_SPACE(size_t length)
+
     enum:
         AF_INET
         AF_INET6
         MSG_DONTWAIT
         MSG_TRUNC
+        SOL_SOCKET
+        SO_TIMESTAMPNS    # receive timestamps (CLOCK_REALTIME) as SCM_TIMESTAMPNS ancillary data
+        SCM_TIMESTAMPNS
 
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:
