@@ -1,10 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The floor: what forwarding one packet to N subscribers cannot avoid.
 
-Per tick (``rate`` ticks per second, like a publisher's packets): for each of
-the N destinations, copy the packet into its send slot, set a sequence number,
-``srtp_protect`` it with that destination's own libsrtp session, then one
-``sendmmsg`` for all N -- exactly the unavoidable part of the SFU's fan-out
+Per tick (``rate`` ticks per second, like the publishers' packets): for each of
+``fanout`` destinations, copy the packet into its send slot, set a sequence
+number, ``srtp_protect`` it with that destination's own libsrtp session, then
+one ``sendmmsg`` for all of them -- exactly the unavoidable part of the SFU's
+fan-out. With more destinations than ``fanout`` (two webinar rooms of 50, an
+N-by-N meeting), successive ticks take successive windows of ``fanout``
+destinations, so every destination (socket and libsrtp session) is served as
+often as the SFU serves its subscribers
 (sfu/_fast/datapath.pyx), without receiving, parsing, routing or Python.
 It runs without the GIL (in a thread of the benchmark, so the destinations'
 sockets can be read by the same process's event loop) and measures its own
@@ -57,23 +61,26 @@ def _protect_pointer():
     return _pointer(fn)
 
 
-def run(int fd, destinations, sessions, bytes packet, double rate, double seconds):
-    """Send ``packet`` (plaintext RTP) to every destination ``rate`` times a second
-    for ``seconds`` (rate 0: back to back, ``seconds`` of ticks). Returns
+def run(int fd, destinations, sessions, bytes packet, double rate, double seconds, int fanout=0):
+    """Send ``packet`` (plaintext RTP) to ``fanout`` destinations (0: all) ``rate``
+    times a second for ``seconds`` (rate 0: back to back, ``seconds`` of ticks),
+    rotating over the destinations. Returns
     {"packets", "sent", "errors", "ticks", "cpu_seconds", "wall_seconds", "us_per_packet"}.
     """
     cdef Py_ssize_t n = len(destinations)
     cdef Py_ssize_t size = len(packet)
     if n == 0 or n != len(sessions):
         raise ValueError("one session per destination")
+    cdef Py_ssize_t f = n if fanout <= 0 or fanout > n else fanout
+    cdef Py_ssize_t start = 0, d
     if size < 12 or size + SRTP_MAX_TRAILER_LEN > SLOT:
         raise ValueError("bad packet size")
     cdef sfu_srtp_fn protect = <sfu_srtp_fn><uintptr_t>_protect_pointer()
-    cdef mmsghdr* msgs = <mmsghdr*>calloc(n, sizeof(mmsghdr))
-    cdef iovec* iov = <iovec*>calloc(n, sizeof(iovec))
+    cdef mmsghdr* msgs = <mmsghdr*>calloc(f, sizeof(mmsghdr))
+    cdef iovec* iov = <iovec*>calloc(f, sizeof(iovec))
     cdef sockaddr_in* addrs = <sockaddr_in*>calloc(n, sizeof(sockaddr_in))
     cdef void** ctx = <void**>calloc(n, sizeof(void*))
-    cdef uint8_t* bufs = <uint8_t*>malloc(n * SLOT)
+    cdef uint8_t* bufs = <uint8_t*>malloc(f * SLOT)
     cdef const uint8_t* src = <const uint8_t*><const char*>packet
     cdef Py_ssize_t i
     cdef int length, rc, k
@@ -92,10 +99,10 @@ def run(int fd, destinations, sessions, bytes packet, double rate, double second
             if inet_pton(AF_INET, host.encode(), &addrs[i].sin_addr) != 1:
                 raise ValueError(f"IPv4 only: {host!r}")
             ctx[i] = <void*><uintptr_t>_pointer(sessions[i]._srtp[0])
+        for i in range(f):
             iov[i].iov_base = bufs + i * SLOT
             msgs[i].msg_hdr.msg_iov = &iov[i]
             msgs[i].msg_hdr.msg_iovlen = 1
-            msgs[i].msg_hdr.msg_name = &addrs[i]
             msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         with nogil:
             wall0 = _now(CLOCK_MONOTONIC)
@@ -113,18 +120,25 @@ def run(int fd, destinations, sessions, bytes packet, double rate, double second
                         pass
                 elif _now(CLOCK_MONOTONIC) > t_end:
                     break
-                for i in range(n):
+                for i in range(f):
+                    d = start + i
+                    if d >= n:
+                        d -= n
                     memcpy(bufs + i * SLOT, src, size)
                     bufs[i * SLOT + 2] = <uint8_t>(seq >> 8)
                     bufs[i * SLOT + 3] = <uint8_t>seq
                     length = <int>size
-                    if protect(ctx[i], bufs + i * SLOT, &length) != 0:
+                    if protect(ctx[d], bufs + i * SLOT, &length) != 0:
                         errors += 1
                         length = 0
                     iov[i].iov_len = length
+                    msgs[i].msg_hdr.msg_name = &addrs[d]
+                start += f
+                if start >= n:
+                    start -= n
                 k = 0
-                while k < n:
-                    rc = sendmmsg(fd, msgs + k, <unsigned int>(n - k), 0)
+                while k < f:
+                    rc = sendmmsg(fd, msgs + k, <unsigned int>(f - k), 0)
                     if rc > 0:
                         k += rc
                         sent += rc
@@ -133,7 +147,7 @@ def run(int fd, destinations, sessions, bytes packet, double rate, double second
                     else:
                         errors += 1
                         k += 1  # EAGAIN or an error: this packet is lost, go on
-                total += n
+                total += f
                 ticks += 1
                 seq = <uint16_t>(seq + 1)
             cpu1 = _now(CLOCK_THREAD_CPUTIME_ID)

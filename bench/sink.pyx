@@ -11,7 +11,8 @@ marks the extended sequence number in a per-viewer window, so that distinct
 packets, duplicates and loss are counted without decrypting. One packet in
 ``sample_every`` is unprotected with the viewer's libsrtp session to read the
 publisher's send time from the payload trailer (bench.loadgen.TRAILER):
-the latency samples.
+the latency samples, up to the kernel's receive timestamp of the datagram
+(SO_TIMESTAMPNS), so the sink thread's own scheduling delays are not in them.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -19,10 +20,13 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.uio cimport iovec
 
-from sfu._fast.includes.mmsg cimport MSG_DONTWAIT, mmsghdr, recvmmsg
+from sfu._fast.includes.mmsg cimport (
+    CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, MSG_DONTWAIT, SCM_TIMESTAMPNS, SO_TIMESTAMPNS, SOL_SOCKET, cmsghdr,
+    mmsghdr, msghdr, recvmmsg, setsockopt,
+)
 from sfu._fast.includes.srtp cimport SFU_SRTP_FN_CTYPE, sfu_srtp_fn
 
 import threading
@@ -56,6 +60,7 @@ cdef enum:
     MAX_VIEWERS = 8192
     MAX_SAMPLES = 1 << 20
     TRAILER = 16           # "SFUB", counter (4), send time ns (8)
+    CTL = 64               # ancillary data bytes per datagram (SCM_TIMESTAMPNS)
 
 
 cdef struct Track:          # one SSRC received by a viewer
@@ -86,6 +91,25 @@ cdef inline int64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int64_t _realtime_minus_monotonic_ns() noexcept nogil:
+    cdef timespec a, b
+    clock_gettime(CLOCK_REALTIME, &a)
+    clock_gettime(CLOCK_MONOTONIC, &b)
+    return (<int64_t>a.tv_sec - b.tv_sec) * 1000000000 + (a.tv_nsec - b.tv_nsec)
+
+
+cdef inline int64_t _arrival_ns(msghdr* hdr, int64_t offset) noexcept nogil:
+    """The datagram's kernel receive time on CLOCK_MONOTONIC (ns), or now without a timestamp."""
+    cdef cmsghdr* c = CMSG_FIRSTHDR(hdr)
+    cdef timespec ts
+    while c != NULL:
+        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+            memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
+            return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - offset
+        c = CMSG_NXTHDR(hdr, c)
+    return _now_ns()
 
 
 cdef class Sink:
@@ -145,6 +169,9 @@ cdef class Sink:
         memset(v, 0, sizeof(Viewer))
         v.fd = fd
         v.rx = <void*><uintptr_t>int(ffi.cast("uintptr_t", session._srtp[0]))
+        cdef int one = 1
+        if setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0:
+            raise OSError(errno, "setsockopt SO_TIMESTAMPNS")
         self.keepalive.append(session)
         cdef epoll_event ev
         ev.events = EPOLLIN
@@ -202,16 +229,18 @@ cdef class Sink:
         cdef mmsghdr* msgs = <mmsghdr*>calloc(BATCH, sizeof(mmsghdr))
         cdef iovec* iov = <iovec*>calloc(BATCH, sizeof(iovec))
         cdef uint8_t* bufs = <uint8_t*>malloc(BATCH * SLOT)
+        cdef uint8_t* ctl = <uint8_t*>calloc(BATCH, CTL)
         cdef epoll_event events[64]
         cdef int i, j, n, k
-        if msgs == NULL or iov == NULL or bufs == NULL:
-            free(msgs); free(iov); free(bufs)
+        if msgs == NULL or iov == NULL or bufs == NULL or ctl == NULL:
+            free(msgs); free(iov); free(bufs); free(ctl)
             raise MemoryError()
         for i in range(BATCH):
             iov[i].iov_base = bufs + i * SLOT
             iov[i].iov_len = SLOT
             msgs[i].msg_hdr.msg_iov = &iov[i]
             msgs[i].msg_hdr.msg_iovlen = 1
+            msgs[i].msg_hdr.msg_control = ctl + i * CTL
         try:
             with nogil:
                 while self.running:
@@ -223,17 +252,22 @@ cdef class Sink:
             free(msgs)
             free(iov)
             free(bufs)
+            free(ctl)
 
     cdef void _drain(self, Viewer* v, mmsghdr* msgs, uint8_t* bufs) noexcept nogil:
         cdef int n, i
+        cdef int64_t offset
         while True:
+            for i in range(BATCH):
+                msgs[i].msg_hdr.msg_controllen = CTL
             n = recvmmsg(v.fd, msgs, BATCH, MSG_DONTWAIT, NULL)
             if n <= 0:
                 if n < 0 and errno == EINTR:
                     continue
                 return
+            offset = _realtime_minus_monotonic_ns() if self.recording else 0
             for i in range(n):
-                self._packet(v, bufs + i * SLOT, msgs[i].msg_len)
+                self._packet(v, bufs + i * SLOT, msgs[i].msg_len, &msgs[i].msg_hdr, offset)
             if n < BATCH:
                 return
 
@@ -253,7 +287,7 @@ cdef class Sink:
         v.ntracks += 1
         return t
 
-    cdef void _packet(self, Viewer* v, uint8_t* p, unsigned int n) noexcept nogil:
+    cdef void _packet(self, Viewer* v, uint8_t* p, unsigned int n, msghdr* hdr, int64_t offset) noexcept nogil:
         cdef uint16_t seq, delta
         cdef int64_t ext, age
         cdef size_t bit
@@ -313,5 +347,5 @@ cdef class Sink:
             sent_ns = 0
             for t in range(8):
                 sent_ns = (sent_ns << 8) | p[8 + t]
-            self.samples[self.nsamples] = (_now_ns() - sent_ns) / 1000.0
+            self.samples[self.nsamples] = (_arrival_ns(hdr, offset) - sent_ns) / 1000.0
             self.nsamples += 1

@@ -204,6 +204,41 @@ async def build_load(http, url: str, cert, scenario: str, args, tag: str, progre
 # -- one step -----------------------------------------------------------------------------
 
 
+async def forwarding_latency_buckets(http, url: str) -> dict[float, float]:
+    """The SFU's ``sfu_forwarding_latency_seconds`` histogram: {upper bound: cumulative count}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with http.get(url + "/metrics") as resp:
+        resp.raise_for_status()
+        text = await resp.text()
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "sfu_forwarding_latency_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    out[le] = out.get(le, 0.0) + sample.value
+    return out
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Prometheus' histogram_quantile over {upper bound: cumulative count} (q in 0..1):
+    linear interpolation inside the bucket that holds the rank; None without samples."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = le, count
+    return lower
+
+
 async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, progress: Progress,
                        label: str) -> dict:
     load.set_rate(rate)
@@ -211,6 +246,7 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     sink = load.sink
     sink.take_samples()
     sink.record(True)
+    lat0 = await forwarding_latency_buckets(http, sfu.url)  # outside the counting windows
     h0 = await _health(http, sfu.url)
     sent0 = load.sent()
     ticks0, ns0 = proc_cpu_ticks(sfu.pid), proc_cpu_ns(sfu.pid)
@@ -234,6 +270,7 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     h1 = await _health(http, sfu.url)
     await asyncio.sleep(args.grace)  # packets in flight at the end of the window
     got1 = sink.totals()
+    lat1 = await forwarding_latency_buckets(http, sfu.url)
     sink.record(False)
     samples = sink.take_samples()
     wall = t1 - t0
@@ -248,6 +285,17 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     def ms(q):
         v = percentile(samples, q)
         return None if v is None else round(v / 1000.0, 3)
+
+    # the latency the SFU adds (kernel receive timestamp -> sendmmsg returned, C path; see
+    # sfu_forwarding_latency_seconds), from the histogram's growth over the step (it is fed
+    # once a second, so the window is shifted by up to 1 s)
+    added = {le: lat1.get(le, 0.0) - lat0.get(le, 0.0) for le in lat1}
+
+    def added_ms(q):
+        v = histogram_quantile(added, q)
+        return None if v is None else round(v * 1000.0, 3)
+
+    total_added = added.get(float("inf"), 0.0)
 
     return {
         "rate_per_publisher": rate,
@@ -268,14 +316,21 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
         "latency_ms_p99": ms(99),
         "latency_ms_max": round(max(samples) / 1000.0, 3) if samples else None,
         "latency_samples": len(samples),
+        "sfu_latency_ms_p50": added_ms(0.5),
+        "sfu_latency_ms_p99": added_ms(0.99),
+        "sfu_latency_within_2ms": round(added.get(0.002, 0.0) / total_added, 5) if total_added else None,
+        "sfu_latency_samples": int(total_added),
         "loadgen_cpu_percent": round(100 * (own1 - own0) / wall, 2),
         "sfu_rss_kib": proc_rss_kib(sfu.pid),
         "sfu_drops": drops,
     }
 
 
-def run_floor_step(fanout: int, ticks_per_second: float, seconds: float, size: int, profile: str) -> dict:
-    """bench.floor at the same shape: ``fanout`` destinations per tick, ``ticks_per_second``."""
+def run_floor_step(fanout: int, ticks_per_second: float, seconds: float, size: int, profile: str,
+                   destinations: int = 0) -> dict:
+    """bench.floor at the same shape: ``fanout`` of ``destinations`` (as many as the
+    scenario has viewers) per tick, ``ticks_per_second`` (the publishers' packets/s).
+    The destinations are connected UDP sockets read by a Sink, like the viewers'."""
     from bench.floor import run as floor_run
     from bench.loadgen import VideoSource
     from bench.sink import Sink
@@ -284,7 +339,8 @@ def run_floor_step(fanout: int, ticks_per_second: float, seconds: float, size: i
     socks = []
     sink = Sink(sample_every=1 << 30)
     try:
-        for _ in range(fanout):
+        destinations = max(destinations, fanout)
+        for _ in range(destinations):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             s.bind(("127.0.0.1", 0))
@@ -294,14 +350,16 @@ def run_floor_step(fanout: int, ticks_per_second: float, seconds: float, size: i
         out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         out.bind(("127.0.0.1", 0))
         socks.append(out)
+        for s in socks[:destinations]:
+            s.connect(out.getsockname())
         n = KEY_LENGTHS[profile]
-        pairs = [SrtpPair(profile, os.urandom(n), os.urandom(n)) for _ in range(fanout)]
+        pairs = [SrtpPair(profile, os.urandom(n), os.urandom(n)) for _ in range(destinations)]
         for s, pair in zip(socks, pairs):
             sink.add(s.fileno(), pair.rx)
         sink.start()
         packet = VideoSource(0x5EED, size=size).next_packet(time.monotonic_ns())[2]
-        result = floor_run(out.fileno(), [s.getsockname() for s in socks[:fanout]], [p.tx for p in pairs],
-                           packet, ticks_per_second, seconds)
+        result = floor_run(out.fileno(), [s.getsockname() for s in socks[:destinations]], [p.tx for p in pairs],
+                           packet, ticks_per_second, seconds, fanout)
         time.sleep(0.1)
         result["received"] = sink.totals()["packets"]
         return result
@@ -326,7 +384,7 @@ async def sweep_scenario(http, sfu: SfuProcess, cert, scenario: str, args, progr
                 ticks = step["published_per_second"]
                 size = 100 if scenario == "audio" else args.size
                 floor = await loop.run_in_executor(None, run_floor_step, fan, ticks, min(args.seconds, 3.0),
-                                                   size, args.profile)
+                                                   size, args.profile, len(load.viewers))
                 step["floor_us_per_packet"] = round(floor["us_per_packet"], 3) if floor["us_per_packet"] else None
                 step["floor_packets"] = floor["packets"]
                 if step["floor_us_per_packet"] and step["sfu_cpu_us_per_forwarded"]:
@@ -580,7 +638,10 @@ def summarize(result: dict, args) -> dict:
             summary["fast_ratio_to_floor"]["at_sustained"] = best[0]["ratio_to_floor"]
         half = min(fast["steps"], key=lambda st: abs(st["sfu_cpu_percent"] - 50))
         summary["latency_at_half_core"] = {"sfu_cpu_percent": half["sfu_cpu_percent"],
-                                           "p50_ms": half["latency_ms_p50"], "p99_ms": half["latency_ms_p99"]}
+                                           "p50_ms": half["latency_ms_p50"], "p99_ms": half["latency_ms_p99"],
+                                           "sfu_p50_ms": half.get("sfu_latency_ms_p50"),
+                                           "sfu_p99_ms": half.get("sfu_latency_ms_p99"),
+                                           "sfu_within_2ms": half.get("sfu_latency_within_2ms")}
     for other in ("python", "pure"):
         slow = by.get((other, "webinar"))
         if fast and slow:

@@ -399,4 +399,31 @@ def test_sweep_smoke_report_and_no_loss(netns, tmp_path):
             assert step["latency_ms_p50"] is not None
     fast = by_path["c"]["steps"]
     assert all(step["floor_us_per_packet"] > 0 and step["ratio_to_floor"] > 0 for step in fast)
+    # the SFU's own added latency, from its histogram (one sample per forwarded packet on the C path)
+    assert all(step["sfu_latency_samples"] > 0 and step["sfu_latency_ms_p99"] is not None for step in fast)
+    assert "SFU p99 ms" in report
     assert result["summary"]["python_over_fast_cpu_per_packet"]["at_rates"] == [50.0, 100.0]
+
+
+def test_histogram_quantile_interpolates_like_promql():
+    from bench.sweep import histogram_quantile
+
+    inf = float("inf")
+    buckets = {0.001: 50.0, 0.002: 90.0, 0.005: 100.0, inf: 100.0}
+    assert histogram_quantile(buckets, 0.5) == pytest.approx(0.001)
+    assert histogram_quantile(buckets, 0.7) == pytest.approx(0.0015)
+    assert histogram_quantile(buckets, 0.99) == pytest.approx(0.0047)
+    assert histogram_quantile({0.001: 0.0, inf: 0.0}, 0.5) is None
+    assert histogram_quantile({0.001: 1.0, inf: 2.0}, 0.99) == 0.001  # in +Inf: the highest bound
+
+
+@pytest.mark.timeout(30)
+def test_floor_rotates_over_connected_destinations():
+    """The floor serves as many destinations as the scenario has viewers, ``fanout``
+    per tick: every destination gets its share, over connected sockets."""
+    from bench.sweep import run_floor_step
+
+    r = run_floor_step(2, 200, 0.5, 1100, "SRTP_AEAD_AES_128_GCM", destinations=4)
+    assert r["errors"] == 0 and r["ticks"] > 50
+    assert r["packets"] == 2 * r["ticks"] == r["sent"] == r["received"]
+    assert r["us_per_packet"] > 0
