@@ -614,13 +614,13 @@ class MediaEngine:
         self.drops[reason] += 1
 
     def _fold_datapath(self) -> None:
-        """Add what the C path counted since the last call to stats/drops and its latency samples."""
+        """Add what the C path counted since the last call to stats/drops (its latency
+        histogram is read as it is by sfu.metrics)."""
         if self.datapath is None:
             return
         stats, drops = self.datapath.take_counters()
         self.stats.update(stats)
         self.drops.update(drops)
-        self.latency_samples.extend(self.datapath.drain_latency())
 
     def _unknown_ssrc(self, transport: Transport, plain: bytes, ssrc: int) -> bool:
         """The C path met an SSRC it has no stream for: bind it by MID (Transport._learn_ssrc)."""

@@ -21,6 +21,7 @@ every series and how the headroom estimate is computed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import platform
@@ -33,7 +34,8 @@ from typing import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -110,6 +112,7 @@ class EngineSample:
     tracks: dict[str, int] = field(default_factory=dict)  # kind -> published tracks
     subscriptions: dict[str, int] = field(default_factory=dict)  # kind -> attached consumers
     latency: list[float] = field(default_factory=list)  # sampled forwarding latencies since last read
+    latency_hist: dict | None = None  # the C data path's own histogram (Datapath.latency()), cumulative
     reports: dict[str, tuple[object, Report]] = field(default_factory=dict)  # consumer id -> (block, report)
     first_media: dict[str, tuple[str, float]] = field(default_factory=dict)  # session -> (role, seconds)
     socket: socket.socket | None = None
@@ -184,6 +187,9 @@ def sample_engine(engine) -> EngineSample:
     if samples:
         while samples:
             s.latency.append(samples.popleft())
+    datapath = getattr(engine, "datapath", None)
+    if datapath is not None:
+        s.latency_hist = datapath.latency()
     udp = getattr(engine, "_udp", None)  # the asyncio datagram transport (Python data path)
     sock = getattr(engine, "_sock", None)  # the socket the C data path reads itself
     if udp is not None:
@@ -200,6 +206,24 @@ def sample_engine(engine) -> EngineSample:
 
 
 # -- reading the kernel ------------------------------------------------------------
+
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux >= 4.6, include/uapi/asm-generic/socket.h
+_MEMINFO_RMEM_ALLOC, _MEMINFO_DROPS, _MEMINFO_VARS = 0, 8, 9  # SK_MEMINFO_* (include/uapi/linux/sock_diag.h)
+
+
+def socket_meminfo(sock) -> tuple[int, int] | None:
+    """(receive queue bytes, drops) of our own socket with one getsockopt(SO_MEMINFO), the
+    figures /proc/net/udp shows without reading every socket of the host; None where the
+    kernel has no SO_MEMINFO. ``drops`` is sk_drops (receive buffer overflows)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _MEMINFO_VARS)
+    except (OSError, ValueError):
+        return None
+    if len(raw) < 4 * _MEMINFO_VARS:
+        return None
+    values = memoryview(raw).cast("I")
+    return int(values[_MEMINFO_RMEM_ALLOC]), int(values[_MEMINFO_DROPS])
+
 
 class ProcReader:
     """Kernel figures from /proc (Linux); every reader returns None when unavailable."""
@@ -303,11 +327,10 @@ class Metrics:
         self.loop_lag = Histogram("sfu_event_loop_lag_seconds",
                                   "How late the worker's event loop ran a timer (sampled every 0.1 s)",
                                   ["worker"], buckets=LAG_BUCKETS, registry=r)
-        self.forwarding_latency = Histogram(
-            "sfu_forwarding_latency_seconds",
-            "Time a forwarded packet spent in the SFU: from its arrival (the kernel's receive timestamp on "
-            "the C data path, every packet; the receive handler on the Python paths, 1 packet in 64) to its "
-            "copies handed to the kernel", ["worker"], buckets=LATENCY_BUCKETS, registry=r)
+        # sfu_forwarding_latency_seconds: the C data path keeps its own histogram (same buckets,
+        # every forwarded packet), exposed as it is; the Python paths' samples are counted here
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
+        self.latency_sum = 0.0
         self.join_time = Histogram("sfu_join_time_seconds",
                                    "Time from a WHIP/WHEP request to the session's first media packet",
                                    ["worker", "role"], buckets=JOIN_BUCKETS, registry=r)
@@ -327,7 +350,6 @@ class Metrics:
                              ["worker", "kind"], buckets=RTT_BUCKETS, registry=r)
         # every labelled series exists from the start (0), so rules and panels always find it
         self.loop_lag.labels(w)
-        self.forwarding_latency.labels(w)
         for role in ROLES:
             self.join_time.labels(w, role)
             self.session_duration.labels(w, role)
@@ -391,13 +413,30 @@ class Metrics:
         service.add_listener(self.on_meeting_event)
 
     # -- the 1 s update -----------------------------------------------------------
+    def forwarding_latency_family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "sfu_forwarding_latency_seconds",
+            "Time a forwarded packet spent in the SFU: from its arrival (the kernel's receive timestamp on "
+            "the C data path, every packet; the receive handler on the Python paths, 1 packet in 64) to "
+            "its copies handed to the kernel", labels=["worker"])
+        c_path = self.sample.latency_hist
+        c_buckets = c_path["buckets"] if c_path else None
+        buckets, total = [], 0
+        for i, bound in enumerate((*LATENCY_BUCKETS, float("inf"))):
+            total += self.latency_counts[i]
+            buckets.append((floatToGoString(bound), total + (c_buckets[i][1] if c_buckets else 0)))
+        family.add_metric([self.worker], buckets, self.latency_sum + (c_path["sum"] if c_path else 0.0))
+        return family
+
     def update(self) -> None:
         now = self.clock()
         cpu = self.thread_cpu()
         s = sample_engine(self.engine)
         w = self.worker
+        counts = self.latency_counts
         for value in s.latency:
-            self.forwarding_latency.labels(w).observe(value)
+            counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+            self.latency_sum += value
         for sid, (role, seconds) in s.first_media.items():
             if sid not in self._joined and sid in self._sessions:
                 self._joined.add(sid)
@@ -418,11 +457,13 @@ class Metrics:
 
     def _update_kernel(self, s: EngineSample) -> None:
         if s.socket is not None:
-            try:
-                inode = os.fstat(s.socket.fileno()).st_ino
-            except (OSError, ValueError):
-                inode = None
-            udp = self.proc.udp_socket(inode) if inode is not None else None
+            udp = socket_meminfo(s.socket)
+            if udp is None:  # no SO_MEMINFO: look the socket up in /proc/net/udp (slower)
+                try:
+                    inode = os.fstat(s.socket.fileno()).st_ino
+                except (OSError, ValueError):
+                    inode = None
+                udp = self.proc.udp_socket(inode) if inode is not None else None
             if udp is not None:
                 self.rx_queue_bytes, drops = udp
                 self.kernel_drops = max(self.kernel_drops, drops)  # sk_drops of a new socket starts at 0
@@ -615,6 +656,7 @@ class _EngineCollector:
         yield gauge("sfu_udp_queue_bytes",
                     "Bytes waiting: in the kernel receive queue, and in the user-space send queue", ["direction"],
                     [(["receive"], m.rx_queue_bytes), (["send"], s.send_queue_bytes)])
+        yield m.forwarding_latency_family()
         info = InfoMetricFamily("sfu_build", "Version of the SFU and of what it runs on")
         info.add_metric([], m.build)
         yield info

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfu import metrics, rtcp
-from sfu.metrics import Metrics, ProcReader, headroom, sample_engine
+from sfu.metrics import SO_MEMINFO, Metrics, ProcReader, headroom, sample_engine, socket_meminfo
 from sfu.transport import Transport
 
 pytestmark = pytest.mark.timeout(30)
@@ -386,19 +386,52 @@ def test_latency_samples_and_loop_lag_histograms():
     assert got[("sfu_event_loop_lag_seconds_bucket", (("le", "0.005"), W))] == 1
 
 
+def test_c_data_path_latency_histogram_is_exposed_as_it_is():
+    from sfu._fast.datapath import LATENCY_BUCKETS_US, Datapath
+
+    from sfu.metrics import LATENCY_BUCKETS
+
+    # one set of buckets: the metric is the C histogram, bucket for bucket
+    assert LATENCY_BUCKETS_US == tuple(round(b * 1e6) for b in LATENCY_BUCKETS)
+    e = FakeEngine()
+    e.datapath = SimpleNamespace(latency=Datapath(lambda data, addr: None).latency)  # a real, empty one
+    m, *_ = make(e)
+    e.latency_samples.extend([30e-6])  # a Python-path sample adds to the same series
+    m.update()
+    got = scrape(m)
+    assert got[("sfu_forwarding_latency_seconds_count", (W,))] == 1
+    e.datapath.latency = lambda: {  # as Datapath.latency() reports after 3 packets
+        "buckets": [(b * 1e-6, 0 if b < 500 else (1 if b < 3000 else 3)) for b in LATENCY_BUCKETS_US]
+        + [(float("inf"), 3)], "count": 3, "sum": 0.008}
+    m.update()
+    got = scrape(m)
+    assert got[("sfu_forwarding_latency_seconds_count", (W,))] == 4
+    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "5e-05"), W))] == 1
+    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "0.002"), W))] == 2
+    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "0.003"), W))] == 4
+    assert got[("sfu_forwarding_latency_seconds_sum", (W,))] == pytest.approx(0.00803)
+
+
 # -- kernel figures ----------------------------------------------------------------------------
 
 def test_socket_buffers_queue_and_receive_overflow_of_our_socket():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    # a real overflow: a small receive buffer nobody reads, more datagrams than fit
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.bind(("127.0.0.1", 0))
+        for _ in range(50):
+            sender.sendto(b"x" * 1000, sock.getsockname())
+        queued, dropped = socket_meminfo(sock)
+        assert queued > 0 and dropped > 0
         m, e, clock, cpu, proc = make(FakeEngine(FakeUdp(sock, queued=1234)))
-        proc.udp = (4096, 17)
+        proc.udp = (1, 1)  # /proc is only the fallback: SO_MEMINFO answers
         proc.snmp = {"RcvbufErrors": 20, "SndbufErrors": 3, "InErrors": 21}
         m.update()
         got = scrape(m)
         assert got[("sfu_worker_up", (W,))] == 1
-        assert got[("sfu_packets_dropped_total", (("reason", "receive_buffer_overflow"), W))] == 17
-        assert got[("sfu_udp_queue_bytes", (("direction", "receive"), W))] == 4096
+        assert got[("sfu_packets_dropped_total", (("reason", "receive_buffer_overflow"), W))] == dropped
+        assert got[("sfu_udp_queue_bytes", (("direction", "receive"), W))] == queued
         assert got[("sfu_udp_queue_bytes", (("direction", "send"), W))] == 1234
         assert got[("sfu_udp_socket_buffer_bytes", (("direction", "receive"), W))] == \
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -449,12 +482,37 @@ def test_proc_reader_without_proc_or_with_truncated_files(tmp_path):
     assert reader.udp_snmp() is None
 
 
-def test_proc_reader_finds_a_real_socket():
+def test_proc_reader_finds_a_real_socket_and_agrees_with_so_meminfo():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.sendto(b"x" * 100, sock.getsockname())
         rx_queue, drops = ProcReader().udp_socket(os.fstat(sock.fileno()).st_ino)
         assert rx_queue > 0 and drops == 0
+        assert socket_meminfo(sock) == (rx_queue, drops)
+
+
+def test_kernel_figures_fall_back_to_proc_without_so_meminfo():
+    class NoMeminfo:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def getsockopt(self, level, name, *args):
+            if name == SO_MEMINFO:
+                raise OSError(92, "Protocol not available")
+            return self.sock.getsockopt(level, name, *args)
+
+        def fileno(self):
+            return self.sock.fileno()
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert socket_meminfo(NoMeminfo(sock)) is None
+        m, e, clock, cpu, proc = make(FakeEngine(FakeUdp(NoMeminfo(sock))))
+        proc.udp = (4096, 17)
+        m.update()
+        got = scrape(m)
+        assert got[("sfu_packets_dropped_total", (("reason", "receive_buffer_overflow"), W))] == 17
+        assert got[("sfu_udp_queue_bytes", (("direction", "receive"), W))] == 4096
 
 
 # -- the task ------------------------------------------------------------------------------

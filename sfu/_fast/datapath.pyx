@@ -75,7 +75,7 @@ cdef enum:
     TX_QUEUE = 1024        # packets queued for one sendmmsg (UIO_MAXIOV)
     TX_SLOT = 2048         # bytes per send slot (packet + SRTP trailer)
     EVENT_RING = 4096      # NACK log events kept between two drains
-    LATENCY_RING = 16384   # raw latency samples kept between two drains (one a second)
+    LATENCY_RING = 4096    # raw latency samples kept between two drains (tests, diagnostics)
     RX_CTL = 64            # ancillary data bytes per received datagram (SCM_TIMESTAMPNS)
 
 cdef enum:  # kinds of NACK log events
@@ -125,11 +125,12 @@ DROP_NAMES = (
 )
 assert len(STAT_NAMES) + len(DROP_NAMES) == N_COUNTERS
 
-# receive->send latency histogram: upper bounds in microseconds (last: +Inf)
-LATENCY_BUCKETS_US = (25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 50000)
+# receive->send latency histogram: upper bounds in microseconds (last: +Inf), the
+# same as sfu.metrics.LATENCY_BUCKETS, so the metric is this histogram as it is
+LATENCY_BUCKETS_US = (20, 50, 100, 200, 500, 1000, 1500, 2000, 3000, 5000, 10000, 50000)
 cdef enum:
-    N_BUCKETS = 11
-cdef double _BOUNDS[10]
+    N_BUCKETS = 13
+cdef double _BOUNDS[12]
 
 
 cdef void _init_bounds():
@@ -970,7 +971,8 @@ cdef class Datapath:
         return {"buckets": out, "count": self._hist_count, "sum": self._hist_sum}
 
     def drain_latency(self):
-        """The latency samples (seconds, one per forwarding batch) since the last call."""
+        """The latency samples (seconds, one per forwarded packet) since the last call: the
+        first LATENCY_RING of them (for tests and diagnostics; the histogram has them all)."""
         out = [self._lat_ring[i] for i in range(self._lat_len)]
         self._lat_len = 0
         return out
