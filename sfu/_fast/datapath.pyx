@@ -15,7 +15,7 @@
                     ─► for each Subscription of the stream (a tuple snapshot):
                           copy + rewrite (packet.Rewriter._rewrite) into a send slot
                           ─► srtp_protect with the subscriber's session ─► queue
-       ──sendmmsg──► the queue, at the end of each receive batch
+       ──sendmmsg──► the queue, at the end of each receive batch (sooner once FLUSH_AT copies wait)
 
 The Python side (``sfu.engine``, ``sfu.router``) owns the objects and changes
 the tables through a small API: ``Datapath.new_peer(owner)`` -> ``Peer``
@@ -77,6 +77,7 @@ cdef enum:
     EVENT_RING = 4096      # NACK log events kept between two drains
     LATENCY_RING = 4096    # raw latency samples kept between two drains (tests, diagnostics)
     RX_CTL = 64            # ancillary data bytes per received datagram (SCM_TIMESTAMPNS)
+    FLUSH_AT = 32          # queued copies that make the receive loop send before the next datagram
 
 cdef enum:  # kinds of NACK log events
     EV_GAP = 0
@@ -1029,8 +1030,8 @@ cdef class Datapath:
 
     def on_readable(self):
         """Read and process datagrams until the socket is empty (or RX_ROUNDS batches)."""
-        cdef int n, i, j, n_fwd, rounds = 0
-        cdef double t_rx, t_kernel, t_sent, t_mono
+        cdef int n, i, n_fwd, rounds = 0
+        cdef double t_rx
         cdef uint64_t forwarded
         cdef mmsghdr* m
         if self.fd < 0:
@@ -1062,16 +1063,15 @@ cdef class Datapath:
                 if self._counters[C_RTP_FORWARDED] != forwarded:
                     self._rx_fwd[n_fwd] = _kernel_rx_time(&m.msg_hdr)
                     n_fwd += 1
+                    if self._q_len - self._q_start >= FLUSH_AT:
+                        # a burst of video packets with a large fan-out: send these copies
+                        # now rather than after the whole batch (latency of the first ones)
+                        self._flush()
+                        self._sent(n_fwd, t_rx)
+                        n_fwd = 0
             self._flush()
             if n_fwd:
-                # one sample per forwarded packet: kernel receive time -> sendmmsg returned
-                # (without a kernel timestamp: from this batch's recvmmsg return)
-                t_sent = _realtime()
-                t_mono = _monotonic()
-                for j in range(n_fwd):
-                    t_kernel = self._rx_fwd[j]
-                    self._record_latency(max(0.0, t_sent - t_kernel) if t_kernel > 0 else t_mono - t_rx)
-                self._counters[C_BATCHES_FORWARDING] += 1
+                self._sent(n_fwd, t_rx)
             if n < RX_BATCH:
                 break
             rounds += 1
@@ -1084,6 +1084,18 @@ cdef class Datapath:
                 self._loop.remove_writer(self.fd)
 
     # -- per datagram (C) ------------------------------------------------------------
+
+    cdef void _sent(self, int n_fwd, double t_rx) noexcept:
+        """The copies of the last ``n_fwd`` forwarded datagrams went to the kernel: one latency
+        sample each, from its kernel receive time (else from the recvmmsg return, ``t_rx``)."""
+        cdef double t_sent = _realtime()
+        cdef double t_mono = _monotonic()
+        cdef double t_kernel
+        cdef int j
+        for j in range(n_fwd):
+            t_kernel = self._rx_fwd[j]
+            self._record_latency(max(0.0, t_sent - t_kernel) if t_kernel > 0 else t_mono - t_rx)
+        self._counters[C_BATCHES_FORWARDING] += 1
 
     cdef inline void _record_latency(self, double seconds) noexcept:
         cdef int i
