@@ -189,3 +189,35 @@ def protect_loop(session, bytes packet, int iterations):
             if protect(ctx, buf, &length) != 0:
                 errors += 1
     return errors
+
+
+def wakeup_lateness(double seconds, double period=0.001):
+    """How late this machine wakes a sleeping thread: sleep ``period`` (absolute
+    deadlines on CLOCK_MONOTONIC) for ``seconds``, without the GIL; returns the
+    lateness of each wake-up in seconds. Run beside a load step, it shows the
+    scheduling noise every latency figure of that step includes (on a shared VM:
+    the hypervisor's, the other processes')."""
+    cdef Py_ssize_t cap = <Py_ssize_t>(seconds / period) + 16
+    cdef double* late = <double*>malloc(cap * sizeof(double))
+    cdef Py_ssize_t n = 0
+    cdef double t_end, t_next
+    cdef timespec due
+    if late == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            t_next = _now(CLOCK_MONOTONIC)
+            t_end = t_next + seconds
+            while n < cap:
+                t_next += period
+                if t_next > t_end:
+                    break
+                due.tv_sec = <long>t_next
+                due.tv_nsec = <long>((t_next - due.tv_sec) * 1e9)
+                while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, NULL) == EINTR:
+                    pass
+                late[n] = _now(CLOCK_MONOTONIC) - t_next
+                n += 1
+        return [late[i] for i in range(n)]
+    finally:
+        free(late)

@@ -153,7 +153,9 @@ def markdown(result: dict, images: list[str]) -> str:
         lines.append(f"| added latency p99 < 2 ms at half a core | added by the SFU: p99 {_f(added, '.2f')} ms "
                      f"(p50 {_f(half.get('sfu_p50_ms'), '.2f')}; {_f(None if within is None else 100 * within, '.2f')}% "
                      f"within 2 ms) at {half['sfu_cpu_percent']:.0f}% CPU; publisher to viewer: p99 "
-                     f"{_f(half['p99_ms'], '.2f')} ms (p50 {_f(half['p50_ms'], '.2f')}) | "
+                     f"{_f(half['p99_ms'], '.2f')} ms (p50 {_f(half['p50_ms'], '.2f')}); this machine woke a "
+                     f"sleeping thread > 2 ms late {_f(None if half.get('wakeup_late_over_2ms') is None else 100 * half['wakeup_late_over_2ms'], '.2f')}% "
+                     f"of the time (p99 {_f(half.get('wakeup_late_ms_p99'), '.2f')} ms) | "
                      f"{_met(None if within is None else within >= 0.99)} |")
     for m in result.get("memory", []):
         lines.append(f"| memory < 32 KiB per subscription ({m['datapath']}) | {m['kib_per_subscription']} KiB "
@@ -174,8 +176,8 @@ def markdown(result: dict, images: list[str]) -> str:
             f"Sustained: {_f(s.get('sustained_forwarded_per_second'), ',.0f')} forwarded packets/s "
             f"({_f(s.get('forwarded_per_second_per_core'), ',.0f')}/s per core); stopped by: {s.get('stopped') or 'last step'}.",
             "",
-            "| rate/pub | published/s | forwarded/s | SFU CPU % | **µs/fwd** | floor µs | ratio | loss % | e2e p50 ms | e2e p99 ms | e2e max ms | SFU p50 ms | SFU p99 ms | loadgen CPU % | RSS MiB | drops |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| rate/pub | published/s | forwarded/s | SFU CPU % | **µs/fwd** | floor µs | ratio | loss % | e2e p50 ms | e2e p99 ms | e2e max ms | SFU p50 ms | SFU p99 ms | wake-up late p99 ms | loadgen CPU % | RSS MiB | drops |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for st in s["steps"]:
             lines.append(
@@ -185,6 +187,7 @@ def markdown(result: dict, images: list[str]) -> str:
                 f"| {_f(None if st['loss'] is None else 100 * st['loss'], '.3f')} | {_f(st['latency_ms_p50'], '.2f')} "
                 f"| {_f(st['latency_ms_p99'], '.2f')} | {_f(st['latency_ms_max'], '.2f')} "
                 f"| {_f(st.get('sfu_latency_ms_p50'), '.3f')} | {_f(st.get('sfu_latency_ms_p99'), '.3f')} "
+                f"| {_f(st.get('wakeup_late_ms_p99'), '.3f')} "
                 f"| {st['loadgen_cpu_percent']:.1f} | {st['sfu_rss_kib'] / 1024:.0f} "
                 f"| {', '.join(f'{k} {v}' for k, v in sorted(st['sfu_drops'].items())) or '-'} |")
         lines.append("")
@@ -223,7 +226,9 @@ def markdown(result: dict, images: list[str]) -> str:
         "adds, from its `sfu_forwarding_latency_seconds` histogram over the step (C path: kernel "
         "receive timestamp of each forwarded packet to the return of the sendmmsg that sent its "
         "copies; Python paths: receive handler to send, 1 packet in 64), interpolated in the "
-        "histogram's buckets like PromQL's histogram_quantile.",
+        "histogram's buckets like PromQL's histogram_quantile. Wake-up late: a native thread of the "
+        "load generator sleeps 1 ms at a time through the step; how late it wakes is the scheduling "
+        "noise of this machine under this load, which every latency figure includes.",
         "",
     ]
     return "\n".join(lines)

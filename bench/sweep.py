@@ -241,6 +241,8 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
 
 async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, progress: Progress,
                        label: str) -> dict:
+    from bench.floor import wakeup_lateness
+
     load.set_rate(rate)
     await asyncio.sleep(args.warmup)
     sink = load.sink
@@ -253,6 +255,8 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     own0 = time.process_time()
     t0 = time.monotonic()
     end = t0 + args.seconds
+    # the machine's own scheduling noise over the step: how late a sleeping thread wakes
+    lateness = asyncio.get_running_loop().run_in_executor(None, wakeup_lateness, args.seconds)
     # what the viewers receive is counted over the same window shifted by `grace`
     # (packets in flight), what the publishers send over [t0, t1]
     await asyncio.sleep(args.grace)
@@ -271,6 +275,7 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     await asyncio.sleep(args.grace)  # packets in flight at the end of the window
     got1 = sink.totals()
     lat1 = await forwarding_latency_buckets(http, sfu.url)
+    late = await lateness
     sink.record(False)
     samples = sink.take_samples()
     wall = t1 - t0
@@ -320,6 +325,8 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
         "sfu_latency_ms_p99": added_ms(0.99),
         "sfu_latency_within_2ms": round(added.get(0.002, 0.0) / total_added, 5) if total_added else None,
         "sfu_latency_samples": int(total_added),
+        "wakeup_late_ms_p99": None if not late else round(percentile(late, 99) * 1000.0, 3),
+        "wakeup_late_over_2ms": None if not late else round(sum(x > 0.002 for x in late) / len(late), 5),
         "loadgen_cpu_percent": round(100 * (own1 - own0) / wall, 2),
         "sfu_rss_kib": proc_rss_kib(sfu.pid),
         "sfu_drops": drops,
@@ -641,7 +648,9 @@ def summarize(result: dict, args) -> dict:
                                            "p50_ms": half["latency_ms_p50"], "p99_ms": half["latency_ms_p99"],
                                            "sfu_p50_ms": half.get("sfu_latency_ms_p50"),
                                            "sfu_p99_ms": half.get("sfu_latency_ms_p99"),
-                                           "sfu_within_2ms": half.get("sfu_latency_within_2ms")}
+                                           "sfu_within_2ms": half.get("sfu_latency_within_2ms"),
+                                           "wakeup_late_ms_p99": half.get("wakeup_late_ms_p99"),
+                                           "wakeup_late_over_2ms": half.get("wakeup_late_over_2ms")}
     for other in ("python", "pure"):
         slow = by.get((other, "webinar"))
         if fast and slow:

@@ -402,6 +402,7 @@ def test_sweep_smoke_report_and_no_loss(netns, tmp_path):
     # the SFU's own added latency, from its histogram (one sample per forwarded packet on the C path)
     assert all(step["sfu_latency_samples"] > 0 and step["sfu_latency_ms_p99"] is not None for step in fast)
     assert "SFU p99 ms" in report
+    assert all(step["wakeup_late_ms_p99"] is not None for step in fast)
     assert result["summary"]["python_over_fast_cpu_per_packet"]["at_rates"] == [50.0, 100.0]
 
 
