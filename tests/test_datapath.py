@@ -17,6 +17,7 @@ cache, the NACK log, counters and the latency histogram.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import random
@@ -429,6 +430,53 @@ def test_latency_counts_the_time_a_packet_waited_in_the_socket(sockets):
     assert len(samples) == 3
     assert all(0.05 <= s < 5.0 for s in samples), samples
     assert sockets.dp.latency()["buckets"][6][1] == 0  # nothing at or below 2 ms
+
+
+async def test_full_send_buffer_keeps_the_queue_until_writable(sockets):
+    # EAGAIN from sendmmsg (loopback never says it; fail_sends stands in for the kernel):
+    # the copies wait in the queue, the loop's writer callback sends them, in order
+    loop = asyncio.get_running_loop()
+    sockets.dp.open(sockets.sfu.fileno(), loop)
+    sockets.dp.fail_sends(1)
+    for seq in range(100, 110):
+        sockets.publish(seq)
+    sockets.dp.on_readable()
+    assert sockets.dp.queued == 30 and sockets.dp.counters()["send_buffer_full"] == 1
+    assert all(drain(sock) == [] for sock, _, _ in sockets.viewers)
+    for _ in range(100):  # the writer callback runs once the socket is writable (at once)
+        if sockets.dp.queued == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert sockets.dp.queued == 0
+    # more packets while nothing waits go straight out again
+    for seq in range(110, 115):
+        sockets.publish(seq)
+    sockets.dp.on_readable()
+    for i, (sock, client, _) in enumerate(sockets.viewers):
+        got = [client.unprotect(d) for d in drain(sock)]
+        assert [struct.unpack_from("!H", p, 2)[0] for p in got] == [1000 * i + k for k in range(15)]
+    counters = sockets.dp.counters()
+    assert counters["tx_packets"] == counters["rtp_forwarded"] == 45
+    sockets.dp.close()  # removes the writer if one is left
+
+
+def test_full_queue_drops_and_counts_instead_of_growing(sockets):
+    # the kernel refuses every send: the queue (1024 copies) fills, then copies are dropped
+    # and counted; once the kernel takes packets again, what waited goes out in order
+    sockets.dp.fail_sends(10**6)
+    for rnd in range(7):
+        for seq in range(60):
+            sockets.publish(1000 + rnd * 60 + seq)
+        sockets.dp.on_readable()
+    counters = sockets.dp.counters()
+    assert sockets.dp.queued == 1024
+    assert counters["rtp_forwarded"] + counters["send_buffer_full"] >= 420 * 3
+    assert counters["tx_packets"] == 0
+    sockets.dp.fail_sends(0)
+    sockets.dp.flush()
+    assert sockets.dp.queued == 0
+    received = sum(len(drain(sock)) for sock, _, _ in sockets.viewers)
+    assert received == 1024
 
 
 def test_stun_goes_to_the_slow_path_with_the_source_address(sockets):

@@ -747,6 +747,8 @@ cdef class Datapath:
     cdef uint8_t* _tx_buf
     cdef size_t _q_start
     cdef size_t _q_len
+    cdef int _fail_sends         # tests: the next sendmmsg calls fail with _fail_errno
+    cdef int _fail_errno
     # latency histogram (seconds)
     cdef uint64_t _hist[N_BUCKETS]
     cdef double _hist_sum
@@ -1028,6 +1030,12 @@ cdef class Datapath:
     def flush(self):
         self._flush()
 
+    def fail_sends(self, int count, int err=EAGAIN):
+        """Tests: make the next ``count`` sendmmsg calls fail with ``err`` (EAGAIN: the
+        kernel's send buffer is full, which loopback never reports) without calling the kernel."""
+        self._fail_sends = count
+        self._fail_errno = err
+
     def on_readable(self):
         """Read and process datagrams until the socket is empty (or RX_ROUNDS batches)."""
         cdef int n, i, n_fwd, rounds = 0
@@ -1305,8 +1313,14 @@ cdef class Datapath:
         if self.fd < 0:
             self._q_start = self._q_len = 0
             return
+        cdef int err
         while self._q_start < self._q_len:
-            rc = sendmmsg(self.fd, self._tx_msgs + self._q_start, <unsigned int>(self._q_len - self._q_start), 0)
+            if self._fail_sends > 0:  # tests: a full send buffer, which loopback never has
+                self._fail_sends -= 1
+                rc, err = -1, self._fail_errno
+            else:
+                rc = sendmmsg(self.fd, self._tx_msgs + self._q_start, <unsigned int>(self._q_len - self._q_start), 0)
+                err = errno if rc < 0 else 0
             self._counters[C_SEND_CALLS] += 1
             if rc > 0:
                 for i in range(self._q_start, self._q_start + rc):
@@ -1314,9 +1328,9 @@ cdef class Datapath:
                 self._counters[C_TX_PACKETS] += rc
                 self._q_start += rc
                 continue
-            if rc < 0 and errno == EINTR:
+            if rc < 0 and err == EINTR:
                 continue
-            if rc < 0 and errno == EAGAIN:
+            if rc < 0 and err == EAGAIN:
                 self._counters[D_SEND_BUFFER_FULL] += 1
                 self._wait_writable()
                 return
