@@ -9,6 +9,10 @@ gathers no loopback candidates) and keeps consent alive from them
 
 STUN encoding is aioice's codec (``aioice.stun``); this module adds the
 checks of a Binding server with short-term credentials (RFC 8489 §9.1).
+The common case -- a valid check laid out as browsers and aioice send it,
+every few seconds per peer for consent -- is verified and answered by a
+direct byte-level path (``IceLite._answer_fast``, ~5x cheaper) that gives
+byte-identical answers; anything else goes through aioice's parser.
 
 Use::
 
@@ -20,6 +24,9 @@ Use::
 
 from __future__ import annotations
 
+import binascii
+import hmac
+import ipaddress
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -41,6 +48,25 @@ _FIXED_LENGTHS = {0x0008: 20, 0x8028: 4}  # MESSAGE-INTEGRITY, FINGERPRINT
 
 # RFC 7675 §5.1: consent expires when no check succeeded for 30 s.
 CONSENT_TIMEOUT = 30.0
+
+# The fast path (IceLite._answer_fast): the attributes of a usual check and the
+# lengths they must have (None: any). Attributes aioice does not know are
+# skipped as aioice skips them; any other attribute aioice knows -> slow path.
+_MESSAGE_INTEGRITY, _FINGERPRINT, _USE_CANDIDATE = 0x0008, 0x8028, 0x0025
+_XOR_MAPPED_ADDRESS = 0x0020
+_CHECK_ATTRIBUTES = {
+    _USERNAME: None,
+    0x0024: 4,  # PRIORITY
+    _USE_CANDIDATE: 0,
+    0x8029: 8,  # ICE-CONTROLLED
+    0x802A: 8,  # ICE-CONTROLLING
+    _MESSAGE_INTEGRITY: 20,
+    _FINGERPRINT: 4,
+}
+_AIOICE_KNOWN = frozenset(stun.ATTRIBUTES_BY_TYPE)
+_FINGERPRINT_XOR = 0x5354554E
+_SUCCESS_HEADER = struct.Struct("!HHI12s")
+_BINDING_SUCCESS = 0x0101
 
 
 def peek_local_ufrag(data: bytes) -> str | None:
@@ -131,6 +157,7 @@ class IceLite:
         self.selected_address: tuple | None = None
         self.last_consent: float | None = None
         self._key = local_pwd.encode("utf8")
+        self._mapped: tuple[tuple, bytes] | None = None  # (addr, XOR-MAPPED-ADDRESS attribute), IPv4
         # Bounded: a caller that only reads selected_address never drains it.
         self._events: deque[AddressSelected] = deque(maxlen=16)
 
@@ -138,6 +165,9 @@ class IceLite:
 
     def receive(self, data: bytes, addr: tuple, now: float) -> bytes | None:
         """Handle one STUN datagram from `addr`; return the answer, if any."""
+        answer = self._answer_fast(data, addr, now)
+        if answer is not None:
+            return answer
         try:
             message = stun.parse_message(data)
         except Exception:
@@ -184,6 +214,93 @@ class IceLite:
         )
         response.add_message_integrity(self._key)  # also adds FINGERPRINT
         return bytes(response)
+
+    def _answer_fast(self, data: bytes, addr: tuple, now: float) -> bytes | None:
+        """A valid Binding request in the usual layout (known attributes, then
+        MESSAGE-INTEGRITY, then FINGERPRINT last): checked and answered here,
+        byte for byte what the slow path answers. None: anything else, and any
+        failure (the slow path then decides: 400, 401, or no answer)."""
+        size = len(data)
+        if size < 20 or size & 3:
+            return None
+        message_type, length, cookie = _HEADER.unpack_from(data, 0)
+        if message_type != _BINDING_REQUEST or cookie != stun.COOKIE or 20 + length != size:
+            return None
+        username = None
+        use_candidate = False
+        integrity_at = fingerprint_at = -1
+        pos = 20
+        while pos < size:
+            if fingerprint_at >= 0 or pos + 4 > size:
+                return None  # something after FINGERPRINT, or a torn attribute header
+            attr_type, attr_len = _ATTR_HEADER.unpack_from(data, pos)
+            end = pos + 4 + attr_len
+            if end + (-attr_len & 3) > size:
+                return None
+            if attr_type in _CHECK_ATTRIBUTES:
+                expected = _CHECK_ATTRIBUTES[attr_type]
+                if expected is not None and attr_len != expected:
+                    return None
+                if attr_type == _FINGERPRINT:
+                    if integrity_at < 0:
+                        return None
+                    fingerprint_at = pos
+                elif integrity_at >= 0:
+                    return None  # only FINGERPRINT may follow MESSAGE-INTEGRITY here
+                elif attr_type == _MESSAGE_INTEGRITY:
+                    integrity_at = pos
+                elif attr_type == _USERNAME:
+                    if username is not None:
+                        return None
+                    username = data[pos + 4 : end]
+                elif attr_type == _USE_CANDIDATE:
+                    use_candidate = True
+            elif attr_type in _AIOICE_KNOWN:
+                return None
+            pos = end + (-attr_len & 3)
+        if fingerprint_at < 0 or username is None:
+            return None
+        # FINGERPRINT (RFC 8489 §14.7): CRC-32 of everything before it, length as sent
+        (fingerprint,) = struct.unpack_from("!I", data, fingerprint_at + 4)
+        if binascii.crc32(data[:fingerprint_at]) ^ _FINGERPRINT_XOR != fingerprint:
+            return None
+        try:
+            if not self._username_ok(username.decode("utf8")):
+                return None
+        except UnicodeDecodeError:
+            return None
+        # MESSAGE-INTEGRITY (§14.5): HMAC-SHA1 with the length ending after it
+        signed = data[:2] + struct.pack("!H", integrity_at - 20 + 24) + data[4:integrity_at]
+        mac = hmac.digest(self._key, signed, "sha1")
+        if not hmac.compare_digest(mac, data[integrity_at + 4 : integrity_at + 24]):
+            return None
+
+        self.last_consent = now
+        if use_candidate or self.selected_address is None:
+            self._select(addr)
+        transaction_id = data[8:20]
+        mapped = self._xor_mapped_address(addr, transaction_id)
+        header = _SUCCESS_HEADER.pack(_BINDING_SUCCESS, len(mapped) + 24, stun.COOKIE, transaction_id)
+        mac = hmac.digest(self._key, header + mapped, "sha1")
+        message = (_SUCCESS_HEADER.pack(_BINDING_SUCCESS, len(mapped) + 32, stun.COOKIE, transaction_id)
+                   + mapped + _ATTR_HEADER.pack(_MESSAGE_INTEGRITY, 20) + mac)
+        return message + struct.pack("!HHI", _FINGERPRINT, 4, binascii.crc32(message) ^ _FINGERPRINT_XOR)
+
+    def _xor_mapped_address(self, addr: tuple, transaction_id: bytes) -> bytes:
+        """The XOR-MAPPED-ADDRESS attribute (RFC 8489 §14.2) for ``addr``; for IPv4 it
+        does not depend on the transaction, so the last one is kept."""
+        cached = self._mapped
+        if cached is not None and cached[0] == addr:
+            return cached[1]
+        ip = ipaddress.ip_address(addr[0])
+        value = struct.pack("!H", addr[1]) + ip.packed
+        pad = struct.pack("!HI", stun.COOKIE >> 16, stun.COOKIE) + transaction_id
+        xored = bytes(a ^ b for a, b in zip(value, pad))
+        family = 0x01 if ip.version == 4 else 0x02
+        attr = _ATTR_HEADER.pack(_XOR_MAPPED_ADDRESS, 4 + len(value) - 2) + bytes((0, family)) + xored
+        if ip.version == 4:
+            self._mapped = (addr, attr)
+        return attr
 
     # -- output -----------------------------------------------------------
 

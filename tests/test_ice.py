@@ -364,3 +364,95 @@ def test_garbage_never_raises():
         reply = ice.receive(data, ADDR, 101.0)
         assert reply is None or isinstance(reply, bytes)
         peek_local_ufrag(data)
+
+
+# -- the fast path gives what the slow path gives ------------------------------------------
+
+def _raw_request(attrs: list[tuple[int, bytes]], password: str | None = "sfu-password-1234567890",
+                 fingerprint: bool = True, transaction_id: bytes | None = None) -> bytes:
+    """A Binding request from raw attributes (type, value), then MESSAGE-INTEGRITY and
+    FINGERPRINT computed by hand (RFC 8489 §14.5, §14.7) -- independent of both paths."""
+    import binascii
+    import hmac
+    import struct
+
+    tid = transaction_id or os.urandom(12)
+    body = b"".join(struct.pack("!HH", t, len(v)) + v + bytes(-len(v) & 3) for t, v in attrs)
+
+    def header(length):
+        return struct.pack("!HHI12s", 0x0001, length, stun.COOKIE, tid)
+
+    msg = header(len(body)) + body
+    if password is not None:
+        mac = hmac.new(password.encode(), header(len(body) + 24) + body, "sha1").digest()
+        body += struct.pack("!HH", 0x0008, 20) + mac
+        msg = header(len(body)) + body
+    if fingerprint:
+        crc = binascii.crc32(header(len(body) + 8) + body) ^ 0x5354554E
+        body += struct.pack("!HHI", 0x8028, 4, crc)
+        msg = header(len(body)) + body
+    return msg
+
+
+def _both_paths(data: bytes, addr, now=101.0):
+    fast, slow = make_ice(), make_ice()
+    slow._answer_fast = lambda *a: None  # aioice's parser only
+    got = (fast.receive(data, addr, now), slow.receive(data, addr, now))
+    assert (fast.last_consent, fast.selected_address, drain(fast)) == \
+        (slow.last_consent, slow.selected_address, drain(slow))
+    return got, fast
+
+
+USER = (0x0006, b"sfu1:peer")
+PRIO = (0x0024, (1853824767).to_bytes(4, "big"))
+CONTROLLING = (0x802A, os.urandom(8))
+USE_CAND = (0x0025, b"")
+NETWORK_INFO = (0xC057, b"\x00\x01\x00\x0a")  # GOOG-NETWORK-INFO (Chromium): unknown to aioice
+
+
+@pytest.mark.parametrize("attrs", [
+    [USER, PRIO, CONTROLLING],
+    [USER, PRIO, CONTROLLING, USE_CAND],
+    [USER, NETWORK_INFO, CONTROLLING, USE_CAND, PRIO],  # Chromium's order
+    [PRIO, USER],
+    [USER, (0x8029, os.urandom(8)), PRIO],  # ICE-CONTROLLED
+    [CONTROLLING, USE_CAND, USER],  # USERNAME last, 9 bytes (padded)
+])
+@pytest.mark.parametrize("addr", [("127.0.0.1", 50000), ("::1", 50001, 0, 0), ("10.1.2.3", 9)])
+def test_fast_path_answers_byte_identical_to_the_slow_path(attrs, addr):
+    data = _raw_request(attrs)
+    (fast, slow), ice = _both_paths(data, addr)
+    assert fast is not None and fast == slow
+    assert ice._answer_fast(data, addr, 102.0) == fast  # and the fast path did answer it
+    # a second check from the same address (cached XOR-MAPPED-ADDRESS) still matches
+    data = _raw_request(attrs)
+    (fast, slow), _ = _both_paths(data, addr)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("data", [
+    _raw_request([USER, PRIO], password="wrong"),  # 401
+    _raw_request([(0x0006, b"nobody:peer"), PRIO]),  # 401
+    _raw_request([PRIO]),  # no USERNAME: 400
+    _raw_request([USER, PRIO], password=None),  # no MESSAGE-INTEGRITY: 400
+    _raw_request([USER, PRIO], fingerprint=False),  # no FINGERPRINT: no answer
+    _raw_request([USER, (0x0024, b"\x00\x00\x01")]),  # PRIORITY of a wrong length
+    _raw_request([USER, (0x8022, b"test")]),  # SOFTWARE: another known attribute
+    _raw_request([USER, USER]),  # USERNAME twice
+    _raw_request([(0x0006, b"\xff\xfe:peer")]),  # USERNAME not UTF-8
+    flip(_raw_request([USER, PRIO]), 30),  # a bit flipped: FINGERPRINT fails
+    _raw_request([USER, PRIO])[:-1],  # truncated
+    b"\x00\x01\x00\x00" + os.urandom(16),  # no magic cookie
+])
+def test_fast_path_leaves_everything_else_to_the_slow_path(data):
+    addr = ("127.0.0.1", 50000)
+    (fast, slow), ice = _both_paths(data, addr)
+    assert fast == slow
+    assert ice._answer_fast(data, addr, 101.0) is None
+
+
+def test_fast_path_answers_a_real_aioice_check():
+    data = make_request(use_candidate=True)
+    ice = make_ice()
+    assert ice._answer_fast(data, ADDR, 101.0) is not None
+    assert ice.selected_address == ADDR and ice.last_consent == 101.0
