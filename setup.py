@@ -29,6 +29,13 @@ extensions = [
         extra_compile_args=["-O3"],
         define_macros=[("_GNU_SOURCE", None)],
     ),
+    # the load generator's sender: many publishers paced, protected and sent by one native thread
+    Extension(
+        "bench.publisher",
+        ["bench/publisher.pyx"],
+        extra_compile_args=["-O3"],
+        define_macros=[("_GNU_SOURCE", None)],
+    ),
 ]
 
 setup(
