@@ -17,7 +17,10 @@ Layers, as elsewhere in the project (see /work/shared/STYLE.md):
 - ``VideoSource`` builds the plaintext RTP packets in one bytearray.
 - ``ReceiveStats`` counts what a viewer got: loss by the payload counter,
   latency from the payload's send time.
-- ``Participant`` is the asyncio glue: one connected UDP socket each.
+- ``Participant`` is the asyncio glue: one connected UDP socket each. A
+  publisher sends from the loop's timer, or, once handed to a
+  ``bench.publisher.Publisher`` (``attach_publisher``), from that native
+  thread, while RTCP feedback is still received here.
 
 Clocks: send times are ``time.monotonic_ns()``, CLOCK_MONOTONIC, which is the
 same for every process of the machine, so publisher and viewers may live in
@@ -586,8 +589,11 @@ class Participant(asyncio.DatagramProtocol):
         self.plis = 0
         self.firs = 0
         self.nacks = 0
-        self.retransmitted = 0
-        self.sent = 0
+        self._retransmitted = 0  # by the Python path; see the retransmitted property
+        self._sent = 0  # original packets sent by the Python path; see the sent property
+        self._native = None  # a bench.publisher.Publisher, once attached
+        self._native_index = -1
+        self._native_sending = False
         self._history: dict[int, bytes] = {}  # seq -> protected packet, for NACKs
         self._history_order: deque[int] = deque()
         self._udp: asyncio.DatagramTransport | None = None
@@ -649,6 +655,8 @@ class Participant(asyncio.DatagramProtocol):
     def close(self) -> None:
         self.closed = True
         self.stop_sending()
+        if self._native is not None:
+            self._native.remove(self._native_index)  # closes its duplicate of the socket
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -661,9 +669,62 @@ class Participant(asyncio.DatagramProtocol):
 
     # -- sending (publisher) --------------------------------------------------
 
+    @property
+    def sent(self) -> int:
+        """Original packets sent (retransmissions not counted)."""
+        if self._native is not None:
+            return self._sent + self._native.sent(self._native_index)
+        return self._sent
+
+    @property
+    def retransmitted(self) -> int:
+        """Packets resent for a NACK."""
+        if self._native is not None:
+            return self._retransmitted + self._native.stats(self._native_index)["resends"]
+        return self._retransmitted
+
+    @property
+    def keyframes(self) -> int:
+        if self.source is None:
+            return 0
+        if self._native is not None:  # the native publisher continued the source
+            return self.source.keyframes + self._native.stats(self._native_index)["keyframes"]
+        return self.source.keyframes
+
+    @property
+    def sending(self) -> bool:
+        return self._native_sending if self._native is not None else self._sender is not None
+
+    def attach_publisher(self, publisher) -> int:
+        """Hand the sending to ``publisher`` (a bench.publisher.Publisher): it takes a duplicate
+        of the socket, the outbound SRTP session and the source's state, and sends from its
+        own thread from now on; this side keeps receiving (RTCP: PLI, FIR and NACK are passed
+        on). Sending continues there if it was going on here. Returns the publisher's index."""
+        if self.role != "publish" or self.source is None:
+            raise RuntimeError("only a publisher can attach a native publisher")
+        if self._udp is None or self.srtp is None:
+            raise RuntimeError("not connected")
+        if self._native is not None:
+            raise RuntimeError("already attached")
+        was_sending = self._sender is not None
+        self.stop_sending()
+        fd = self._udp.get_extra_info("socket").fileno()
+        self._native_index = publisher.add(fd, self.srtp.tx, self.source)
+        self._native = publisher
+        if self.rate > 0:
+            publisher.set_rate(self._native_index, self.rate)
+        if was_sending:
+            self.start_sending()
+        return self._native_index
+
     def start_sending(self) -> None:
-        """Send at `rate` packets/s until stop_sending (paced by the loop's timer)."""
+        """Send at `rate` packets/s until stop_sending (paced by the loop's timer, or by the
+        attached native publisher's thread)."""
         assert self.source is not None and self.srtp is not None
+        if self._native is not None:
+            self._native.start_sending(self._native_index, self.rate)
+            self._native_sending = True
+            return
         self._send_start = self._loop.time()
         self._send_due = 0
         self._send_tick()
@@ -671,7 +732,9 @@ class Participant(asyncio.DatagramProtocol):
     def set_rate(self, rate: float) -> None:
         """Change the packet rate while sending (the pacing restarts from now)."""
         self.rate = rate
-        if self._sender is not None:
+        if self._native is not None:
+            self._native.set_rate(self._native_index, rate)
+        elif self._sender is not None:
             self._sender.cancel()
             self._send_start = self._loop.time()
             self._send_due = 0
@@ -690,6 +753,9 @@ class Participant(asyncio.DatagramProtocol):
         return raw
 
     def stop_sending(self) -> None:
+        if self._native is not None and self._native_sending:
+            self._native.stop_sending(self._native_index)
+            self._native_sending = False
         if self._sender is not None:
             self._sender.cancel()
             self._sender = None
@@ -719,7 +785,7 @@ class Participant(asyncio.DatagramProtocol):
             if len(order) > 512:
                 history.pop(order.popleft(), None)
             self._send_due += 1
-            self.sent += 1
+            self._sent += 1
         self._sender = loop.call_at(self._send_start + self._send_due / self.rate, self._send_tick)
 
     # -- asyncio.DatagramProtocol ---------------------------------------------
@@ -768,13 +834,18 @@ class Participant(asyncio.DatagramProtocol):
             if self.source is None:
                 continue
             if kind in ("pli", "fir"):
-                self.source.request_keyframe()
+                if self._native is not None:
+                    self._native.request_keyframe(self._native_index)
+                else:
+                    self.source.request_keyframe()
+            elif self._native is not None:
+                self._native.resend(self._native_index, lost)  # from its ring, in its thread
             elif self._udp is not None:
                 for seq in lost:  # resend the protected packet as it was
                     packet = self._history.get(seq)
                     if packet is not None:
                         self._udp.sendto(packet)
-                        self.retransmitted += 1
+                        self._retransmitted += 1
 
     # -- handshake servicing ----------------------------------------------------
 

@@ -6,8 +6,9 @@
 For each data path (``sfu serve --datapath c|python|pure``, one SFU process
 each, in the same run) and each scenario, synthetic participants
 (bench/loadgen.py: real WHIP/WHEP, ICE, DTLS, SRTP) connect once; the
-viewers' sockets are then read by one native thread (bench/sink.pyx), so that
-the load generator stays cheap. Then the publishers' packet rate goes up step
+viewers' sockets are then read by one native thread (bench/sink.pyx) and the
+publishers' packets built, protected and sent by another (bench/publisher.pyx),
+so that the load generator stays cheap. Then the publishers' packet rate goes up step
 by step; each step measures, over ``--seconds``:
 
 - the SFU's CPU time (utime+stime and schedstat) per forwarded packet,
@@ -117,28 +118,35 @@ async def connect_all(http, url: str, participants, room_of, batch: int, timeout
 
 
 class Load:
-    """Publishers and viewers of one scenario, with their viewers read by a Sink."""
+    """Publishers and viewers of one scenario, with their viewers read by a Sink and
+    their publishers sent by a native Publisher (bench/publisher.pyx)."""
 
-    def __init__(self, publishers, viewers, fanout: float, sink) -> None:
+    def __init__(self, publishers, viewers, fanout: float, sink, sender=None) -> None:
         self.publishers = publishers
         self.viewers = viewers
         self.fanout = fanout  # forwarded copies expected per published packet
         self.sink = sink
+        self.sender = sender  # bench.publisher.Publisher, or None: the Python path
 
     def sent(self) -> int:
-        return sum(p.source.counter for p in self.publishers)
+        return sum(p.sent for p in self.publishers)
 
     def set_rate(self, rate: float) -> None:
         for p in self.publishers:
-            if p._sender is None:
+            if not p.sending:
                 p.rate = rate
                 p.start_sending()
             else:
                 p.set_rate(rate)
 
+    def sender_totals(self) -> dict | None:
+        return None if self.sender is None else self.sender.totals()
+
     async def close(self, http, url: str) -> None:
         for p in self.publishers:
             p.stop_sending()
+        if self.sender is not None:
+            self.sender.stop()
         if self.sink is not None:
             self.sink.stop()
         await asyncio.gather(*(p.leave(http, url) for p in self.publishers + self.viewers),
@@ -198,7 +206,18 @@ async def build_load(http, url: str, cert, scenario: str, args, tag: str, progre
         raw = v.detach_socket()
         sink.add(raw.fileno(), v.srtp.rx)
     sink.start()
-    return Load(publishers, viewers, fanout, sink)
+    return Load(publishers, viewers, fanout, sink, attach_sender(publishers))
+
+
+def attach_sender(publishers):
+    """One native thread sends for all ``publishers`` (connected); they keep receiving RTCP."""
+    from bench.publisher import Publisher
+
+    sender = Publisher()
+    for p in publishers:
+        p.attach_publisher(sender)
+    sender.start()
+    return sender
 
 
 # -- one step -----------------------------------------------------------------------------
@@ -253,6 +272,7 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     sent0 = load.sent()
     ticks0, ns0 = proc_cpu_ticks(sfu.pid), proc_cpu_ns(sfu.pid)
     own0 = time.process_time()
+    sender0 = load.sender_totals()
     t0 = time.monotonic()
     end = t0 + args.seconds
     # the machine's own scheduling noise over the step: how late a sleeping thread wakes
@@ -270,6 +290,7 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     t1 = time.monotonic()
     ticks1, ns1 = proc_cpu_ticks(sfu.pid), proc_cpu_ns(sfu.pid)
     own1 = time.process_time()
+    sender1 = load.sender_totals()
     sent1 = load.sent()
     h1 = await _health(http, sfu.url)
     await asyncio.sleep(args.grace)  # packets in flight at the end of the window
@@ -328,6 +349,10 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
         "wakeup_late_ms_p99": None if not late else round(percentile(late, 99) * 1000.0, 3),
         "wakeup_late_over_2ms": None if not late else round(sum(x > 0.002 for x in late) / len(late), 5),
         "loadgen_cpu_percent": round(100 * (own1 - own0) / wall, 2),
+        # the native publishers' thread (included in loadgen_cpu_percent)
+        "publisher_cpu_percent": None if sender0 is None else
+        round(100 * (sender1["cpu_seconds"] - sender0["cpu_seconds"]) / wall, 2),
+        "publisher_send_errors": None if sender0 is None else sender1["errors"] - sender0["errors"],
         "sfu_rss_kib": proc_rss_kib(sfu.pid),
         "sfu_drops": drops,
     }
@@ -488,6 +513,7 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
     publishers = [Participant("publish", cert, rate=100, size=args.size) for _ in range(rooms)]
     room_of = {p: f"{tag}-mem-{i}" for i, p in enumerate(publishers)}
     await connect_all(http, sfu.url, publishers, room_of.__getitem__, args.batch, args.connect_timeout)
+    sender = attach_sender(publishers)
     for p in publishers:
         p.start_sending()
     # fill the packet caches: 512 KiB of 1100-byte packets at 100/s takes ~5 s
@@ -522,6 +548,7 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
     finally:
         for p in publishers:
             p.stop_sending()
+        sender.stop()
         sink.stop()
         await asyncio.gather(*(p.leave(http, sfu.url) for p in publishers + viewers), return_exceptions=True)
     progress.done()
