@@ -428,3 +428,253 @@ def test_floor_rotates_over_connected_destinations():
     assert r["errors"] == 0 and r["ticks"] > 50
     assert r["packets"] == 2 * r["ticks"] == r["sent"] == r["received"]
     assert r["us_per_packet"] > 0
+
+
+# -- the native publisher (bench/publisher.pyx) ------------------------------------------
+# Real UDP sockets on 127.0.0.1 only: each publisher's socket is connected to a receiving
+# socket of the test, and the receiver holds the matching SRTP session.
+
+
+class NativeLink:
+    """A publisher's connected UDP socket, its outbound SRTP session, and the peer that
+    receives (socket + the matching inbound session)."""
+
+    PROFILE = "SRTP_AEAD_AES_128_GCM"
+
+    def __init__(self):
+        import socket
+
+        from sfu.srtp import KEY_LENGTHS
+
+        n = KEY_LENGTHS[self.PROFILE]
+        ours, theirs = os.urandom(n), os.urandom(n)
+        self.srtp = SrtpPair(self.PROFILE, ours, theirs)
+        self.peer_srtp = SrtpPair(self.PROFILE, theirs, ours)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        self.sock.bind(("127.0.0.1", 0))
+        self.peer.bind(("127.0.0.1", 0))
+        self.sock.connect(self.peer.getsockname())
+        self.peer.connect(self.sock.getsockname())
+        self.sock.setblocking(False)
+
+    def receive(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        """``count`` datagrams (fails after ``timeout``)."""
+        import time
+
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < count:
+            left = deadline - time.monotonic()
+            assert left > 0, f"received {len(out)} of {count} datagrams"
+            self.peer.settimeout(left)
+            out.append(self.peer.recv(4096))
+        return out
+
+    def drain(self, quiet: float = 0.1) -> list[bytes]:
+        """Whatever arrives until nothing has come for ``quiet`` seconds."""
+        import socket
+
+        out = []
+        self.peer.settimeout(quiet)
+        while True:
+            try:
+                out.append(self.peer.recv(4096))
+            except socket.timeout:
+                return out
+
+    def close(self):
+        self.sock.close()
+        self.peer.close()
+
+
+@pytest.fixture
+def native():
+    from bench.publisher import Publisher
+
+    publisher = Publisher()
+    links: list[NativeLink] = []
+
+    def link():
+        links.append(NativeLink())
+        return links[-1]
+
+    yield publisher, link
+    publisher.stop()
+    for ln in links:
+        ln.close()
+
+
+@pytest.mark.timeout(30)
+def test_native_publisher_packets_are_those_of_video_source(native):
+    """Decrypted with the matching session, every packet is VideoSource's (same header,
+    VP8 descriptor, frame header, marker, trailer counter) but for the send time, which
+    is CLOCK_MONOTONIC at sending; a key frame request makes the next frame a key frame."""
+    import copy
+    import time
+
+    publisher, link = native
+    ln = link()
+    src = VideoSource(0xBEEF, size=300, fps=25, rate=100.0, keyframe_interval=100.0)
+    reference = copy.deepcopy(src)
+    index = publisher.add(ln.sock.fileno(), ln.srtp.tx, src)
+    t_start = time.monotonic_ns()
+    publisher.start()
+    publisher.start_sending(index, 500.0)
+    first = ln.receive(30)
+    publisher.stop_sending(index)
+    first += ln.drain()
+    k = len(first)
+    assert publisher.sent(index) == k and publisher.stats(index)["sending"] is False
+    publisher.request_keyframe(index)
+    publisher.start_sending(index)
+    second = ln.receive(30)
+    publisher.stop_sending(index)
+    second += ln.drain()
+    t_end = time.monotonic_ns()
+    received = first + second
+    stats = publisher.stats(index)
+    assert stats["sent"] == stats["built"] == len(received)
+    assert stats["errors"] == stats["protect_errors"] == stats["resends"] == 0
+
+    expected = []
+    for i in range(len(received)):
+        if i == k:
+            reference.request_keyframe()
+        expected.append(reference.next_packet(0))
+    plains = [ln.peer_srtp.unprotect(d) for d in received]
+    sent_times = []
+    for i, (plain, (seq, counter, ref)) in enumerate(zip(plains, expected)):
+        assert len(plain) == 300
+        assert plain[:-8] == ref[:-8], f"packet {i} differs"
+        assert plain[0] == 0x80 and plain[1] & 0x7F == 96
+        assert struct.unpack_from("!H", plain, 2)[0] == seq
+        assert struct.unpack_from("!I", plain, 8)[0] == 0xBEEF
+        magic, got_counter, sent_ns = TRAILER.unpack_from(plain, 300 - TRAILER.size)
+        assert (magic, got_counter) == (MAGIC, counter) and counter == i
+        assert t_start <= sent_ns <= t_end
+        sent_times.append(sent_ns)
+        assert bool(plain[1] & 0x80) == (i % 4 == 3)  # marker on the last packet of a frame
+        assert plain[12] == (0x90 if i % 4 == 0 else 0x80)
+        assert plain[13] == 0x80 and plain[14] & 0x80
+    assert sent_times == sorted(sent_times)
+    # key frames (RFC 6386 §9.1: P=0): the first frame, and the first frame begun after the request
+    keys = [i for i, p in enumerate(plains) if i % 4 == 0 and p[16] & 1 == 0]
+    assert keys == [0, (k + 3) // 4 * 4]
+    assert plains[keys[1]][19:22] == b"\x9d\x01\x2a"
+    assert stats["keyframes"] == 2 == reference.keyframes
+
+
+@pytest.mark.timeout(30)
+def test_native_publisher_paces_each_publisher_at_its_rate(native):
+    import time
+
+    publisher, link = native
+    links = [link(), link()]
+    rates = [200.0, 800.0]
+    indexes = [publisher.add(ln.sock.fileno(), ln.srtp.tx, VideoSource(1 + i, size=1100, rate=r))
+                for i, (ln, r) in enumerate(zip(links, rates))]
+    publisher.start()
+    for i, r in zip(indexes, rates):
+        publisher.start_sending(i, r)
+
+    def measure(seconds):
+        time.sleep(0.1)
+        s0, t0 = [publisher.sent(i) for i in indexes], time.monotonic()
+        time.sleep(seconds)
+        s1, t1 = [publisher.sent(i) for i in indexes], time.monotonic()
+        return [(b - a) / (t1 - t0) for a, b in zip(s0, s1)]
+
+    for got, want in zip(measure(1.0), rates):
+        assert got == pytest.approx(want, rel=0.1)
+    publisher.set_rate(indexes[0], 500.0)  # pacing restarts at the new rate
+    got = measure(0.6)
+    assert got[0] == pytest.approx(500.0, rel=0.1) and got[1] == pytest.approx(800.0, rel=0.1)
+    for i in indexes:
+        publisher.stop_sending(i)
+    time.sleep(0.05)
+    for i, ln in zip(indexes, links):
+        assert len(ln.drain()) == publisher.sent(i)  # every packet counted was delivered
+        assert publisher.stats(i)["errors"] == 0
+    totals = publisher.totals()
+    assert totals["sent"] == sum(publisher.sent(i) for i in indexes)
+    assert totals["ticks"] > 1000 and totals["cpu_seconds"] > 0
+
+
+@pytest.mark.timeout(30)
+def test_native_publisher_resends_stored_packets(native):
+    """A resend is the stored protected packet, byte for byte; the ring holds the last 512."""
+    publisher, link = native
+    ln = link()
+    index = publisher.add(ln.sock.fileno(), ln.srtp.tx, VideoSource(7, size=200, rate=2000.0))
+    publisher.start()
+    publisher.start_sending(index, 2000.0)
+    sent = ln.receive(600)
+    publisher.stop_sending(index)
+    sent += ln.drain()
+    by_seq = {struct.unpack_from("!H", d, 2)[0]: d for d in sent}
+    seqs = [struct.unpack_from("!H", d, 2)[0] for d in sent]
+    assert len(by_seq) == len(sent) >= 600
+    recent = [seqs[-1], seqs[-100], seqs[-512]]
+    evicted = [seqs[0], seqs[-513]]  # older than the last 512
+    never = (seqs[-1] + 1000) & 0xFFFF
+    publisher.resend(index, recent + evicted)
+    publisher.resend(index, never)
+    again = ln.receive(3)
+    assert again == [by_seq[s] for s in recent]  # in the requested order, as sent
+    assert ln.drain() == []
+    stats = publisher.stats(index)
+    assert (stats["resends"], stats["resend_misses"], stats["errors"]) == (3, 3, 0)
+    assert stats["sent"] == len(sent)  # resends are not original packets
+
+
+@pytest.mark.timeout(30)
+async def test_participant_hands_sending_to_the_native_publisher(native, certs):
+    """Participant.attach_publisher: the native thread sends, the asyncio side still
+    receives RTCP and passes PLI and NACK on; ``sent`` counts original packets only."""
+    import asyncio
+
+    from bench.loadgen import Participant
+
+    publisher, link = native
+    ln = link()
+    p = Participant("publish", certs[0], rate=300.0, size=400, fps=30)
+    loop = asyncio.get_running_loop()
+    p._loop = loop
+    await loop.create_datagram_endpoint(lambda: p, sock=ln.sock)
+    p.srtp = ln.srtp
+    try:
+        p.attach_publisher(publisher)
+        publisher.start()
+        p.start_sending()
+        assert p.sending
+        first = await loop.run_in_executor(None, ln.receive, 40)
+        p.stop_sending()
+        assert not p.sending
+        first += await loop.run_in_executor(None, ln.drain)
+        assert p.sent == len(first) and p.retransmitted == 0 and p.keyframes == 1
+        seqs = [struct.unpack_from("!H", d, 2)[0] for d in first]
+        ssrc = struct.unpack_from("!I", first[0], 8)[0]
+        assert ssrc == p.video_ssrc
+        # RFC 4585 §6.2.1: NACK of seqs[5] and, by the bitmask, seqs[7]; §6.3.1 PLI
+        nack = struct.pack("!BBHII", 0x81, 205, 3, 1, ssrc) + struct.pack("!HH", seqs[5], 0b10)
+        pli = struct.pack("!BBHII", 0x81, 206, 2, 1, ssrc)
+        ln.peer.send(ln.peer_srtp.protect_rtcp(RR + nack + pli))
+        resent = await loop.run_in_executor(None, ln.receive, 2)
+        assert resent == [first[5], first[7]]
+        assert (p.nacks, p.plis, p.retransmitted) == (1, 1, 2)
+        p.start_sending()
+        more = await loop.run_in_executor(None, ln.receive, 20)
+        p.stop_sending()
+        more += await loop.run_in_executor(None, ln.drain)
+        plains = [ln.peer_srtp.unprotect(d) for d in first + more]
+        key_starts = [i for i, d in enumerate(plains) if d[12] == 0x90 and d[16] & 1 == 0]
+        assert key_starts[0] == 0 and len(key_starts) == 2 and key_starts[1] >= len(first)
+        assert p.keyframes == 2
+        assert p.sent == len(first) + len(more)
+    finally:
+        p.close()
+    await asyncio.sleep(0.05)  # the thread closes its socket at its next tick
+    publisher.stop()
+    assert publisher.stats(0)["sending"] is False
