@@ -48,6 +48,15 @@ cdef double _now(int clock) noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
+cdef void _sleep_until(double t) noexcept nogil:
+    """Sleep until ``t`` seconds of CLOCK_MONOTONIC (an absolute deadline: no drift)."""
+    cdef timespec due
+    due.tv_sec = <long>t
+    due.tv_nsec = <long>((t - due.tv_sec) * 1e9)
+    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, NULL) == EINTR:
+        pass
+
+
 def _pointer(obj):
     from pylibsrtp._binding import ffi
     return int(ffi.cast("uintptr_t", obj))
@@ -88,7 +97,6 @@ def run(int fd, destinations, sessions, bytes packet, double rate, double second
     cdef uint16_t seq = 1
     cdef double period = 1.0 / rate if rate > 0 else 0.0
     cdef double t0, t_end, cpu0, cpu1, wall0, wall1, t_next
-    cdef timespec due
     try:
         if msgs == NULL or iov == NULL or addrs == NULL or ctx == NULL or bufs == NULL:
             raise MemoryError()
@@ -114,10 +122,7 @@ def run(int fd, destinations, sessions, bytes packet, double rate, double second
                     t_next += period
                     if t_next > t_end:
                         break
-                    due.tv_sec = <long>t_next
-                    due.tv_nsec = <long>((t_next - due.tv_sec) * 1e9)
-                    while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, NULL) == EINTR:
-                        pass
+                    _sleep_until(t_next)
                 elif _now(CLOCK_MONOTONIC) > t_end:
                     break
                 for i in range(f):
@@ -201,7 +206,6 @@ def wakeup_lateness(double seconds, double period=0.001):
     cdef double* late = <double*>malloc(cap * sizeof(double))
     cdef Py_ssize_t n = 0
     cdef double t_end, t_next
-    cdef timespec due
     if late == NULL:
         raise MemoryError()
     try:
@@ -212,10 +216,7 @@ def wakeup_lateness(double seconds, double period=0.001):
                 t_next += period
                 if t_next > t_end:
                     break
-                due.tv_sec = <long>t_next
-                due.tv_nsec = <long>((t_next - due.tv_sec) * 1e9)
-                while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, NULL) == EINTR:
-                    pass
+                _sleep_until(t_next)
                 late[n] = _now(CLOCK_MONOTONIC) - t_next
                 n += 1
         return [late[i] for i in range(n)]

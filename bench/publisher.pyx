@@ -39,7 +39,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec
 
 from sfu._fast.includes.mmsg cimport mmsghdr, sendmmsg
-from sfu._fast.includes.srtp cimport SFU_SRTP_FN_CTYPE, SRTP_MAX_TRAILER_LEN, sfu_srtp_fn
+from sfu._fast.includes.srtp cimport SRTP_MAX_TRAILER_LEN, sfu_srtp_fn
 
 import os
 import threading
@@ -148,17 +148,7 @@ cdef inline void _sleep_until(int64_t t) noexcept nogil:
         pass
 
 
-def _pointer(obj):
-    from pylibsrtp._binding import ffi
-    return int(ffi.cast("uintptr_t", obj))
-
-
-def _protect_pointer():
-    from pylibsrtp._binding import ffi, lib
-    fn = ffi.addressof(lib, "srtp_protect")
-    if ffi.typeof(fn).cname != SFU_SRTP_FN_CTYPE.decode():
-        raise ImportError(f"srtp_protect has type {ffi.typeof(fn).cname!r}")
-    return _pointer(fn)
+from bench.floor import _pointer, _protect_pointer  # libsrtp's srtp_protect, its C type checked
 
 
 cdef class Publisher:
