@@ -49,6 +49,7 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench.fanout import (
@@ -99,8 +100,10 @@ def token(room: str) -> str:
     return mint_token(BENCH_AUTH_SECRET, "bench", "bench", room, Grants(publish=True, subscribe=True))
 
 
-async def connect_all(http, url: str, participants, room_of, batch: int, timeout: float, progress=None) -> list[float]:
-    """Connect in batches; returns each connect duration (seconds)."""
+async def connect_all(http, url: str, participants, room_of, batch: int, timeout: float, progress=None,
+                      connected=None) -> list[float]:
+    """Connect in batches; returns each connect duration (seconds). ``connected(p)`` runs
+    as soon as ``p`` is connected (e.g. to hand its socket to a Sink while media flows)."""
     durations: list[float] = []
 
     async def one(p):
@@ -109,6 +112,8 @@ async def connect_all(http, url: str, participants, room_of, batch: int, timeout
             p.token = token(room_of(p))
         await asyncio.wait_for(p.connect(http, url, room_of(p)), timeout)
         durations.append(time.monotonic() - t0)
+        if connected is not None:
+            connected(p)
 
     for i in range(0, len(participants), batch):
         await asyncio.gather(*(one(p) for p in participants[i:i + batch]))
@@ -534,11 +539,15 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
         progress.show(done / total, f"memory: {done}/{total} subscriptions")
 
     sink = Sink(sample_every=1 << 30)
+    sink.start()
+
+    def to_sink(v):
+        # media flows while the rest join: the sink reads it, not 1,000 Python protocols
+        sink.add(v.detach_socket().fileno(), v.srtp.rx)
+
     try:
-        await connect_all(http, sfu.url, viewers, room_of.__getitem__, args.batch, args.connect_timeout, shown)
-        for v in viewers:
-            sink.add(v.detach_socket().fileno(), v.srtp.rx)
-        sink.start()
+        await connect_all(http, sfu.url, viewers, room_of.__getitem__, args.batch, args.connect_timeout, shown,
+                          connected=to_sink)
         await asyncio.sleep(1.0)
         rss_joined = proc_rss_kib(sfu.pid)  # the last joiners still hold their DTLS state
         # steady state: every DTLS endpoint has released its OpenSSL objects (sfu.dtls)
@@ -642,6 +651,7 @@ async def run(args) -> dict:
                             result.setdefault("errors", []).append(
                                 {"datapath": mode, "scenario": scenario, "error": f"{type(exc).__name__}: {exc}"[:500]})
                             print(f"{mode:>6} {scenario}: error {type(exc).__name__}: {exc}", flush=True)
+                            traceback.print_exc()  # where it failed, on stderr
                         tag += "x"
             finally:
                 sfu.stop()
