@@ -28,7 +28,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec
 
 from sfu._fast.includes.mmsg cimport (
-    AF_INET, htons, inet_pton, mmsghdr, sendmmsg, sockaddr_in, socklen_t,
+    AF_INET, htons, inet_pton, mmsghdr, sendmmsg_all, sockaddr_in, socklen_t,
 )
 from sfu._fast.includes.srtp cimport SFU_SRTP_FN_CTYPE, SRTP_MAX_TRAILER_LEN, sfu_srtp_fn
 
@@ -141,17 +141,7 @@ def run(int fd, destinations, sessions, bytes packet, double rate, double second
                 start += f
                 if start >= n:
                     start -= n
-                k = 0
-                while k < f:
-                    rc = sendmmsg(fd, msgs + k, <unsigned int>(f - k), 0)
-                    if rc > 0:
-                        k += rc
-                        sent += rc
-                    elif rc < 0 and errno == EINTR:
-                        continue
-                    else:
-                        errors += 1
-                        k += 1  # EAGAIN or an error: this packet is lost, go on
+                sent += sendmmsg_all(fd, msgs, <int>f, &errors)  # a refused packet is lost, go on
                 total += f
                 ticks += 1
                 seq = <uint16_t>(seq + 1)

@@ -38,7 +38,7 @@ from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec
 
-from sfu._fast.includes.mmsg cimport mmsghdr, sendmmsg
+from sfu._fast.includes.mmsg cimport mmsghdr, sendmmsg_all
 from sfu._fast.includes.srtp cimport SRTP_MAX_TRAILER_LEN, sfu_srtp_fn
 
 import os
@@ -521,19 +521,9 @@ cdef class Publisher:
         return True
 
     cdef int _flush(self, int fd, mmsghdr* msgs, int n, uint64_t* errors) noexcept nogil:
-        """sendmmsg of msgs[0:n] on the connected socket; returns how many the kernel took."""
-        cdef int k = 0, ok = 0, rc
-        while k < n:
-            rc = sendmmsg(fd, msgs + k, <unsigned int>(n - k), 0)
-            if rc > 0:
-                k += rc
-                ok += rc
-            elif rc < 0 and errno == EINTR:
-                continue
-            else:
-                errors[0] += 1  # EAGAIN or an error: this datagram is lost (kept in the ring)
-                k += 1
-        return ok
+        """sendmmsg of msgs[0:n] on the connected socket; returns how many the kernel took
+        (a refused datagram is lost, but kept in the ring for a NACK)."""
+        return sendmmsg_all(fd, msgs, n, errors)
 
     cdef int _build(self, Pub* p) noexcept nogil:
         """The next packet, as VideoSource.next_packet builds it, protected into its ring

@@ -528,6 +528,10 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
         progress.show(1 - (t_end - time.monotonic()) / fill, f"memory: filling {rooms} packet caches")
         await asyncio.sleep(0.5)
     rss1 = proc_rss_kib(sfu.pid)
+    # joins without media (the Python handshakes of 1,000 viewers need the CPU; the caches
+    # stay filled), then media again, so every subscription's send path has run
+    for p in publishers:
+        p.stop_sending()
     viewers = []
     for i, p in enumerate(publishers):
         for _ in range(args.viewers):
@@ -542,12 +546,14 @@ async def memory(http, sfu: SfuProcess, cert, args, progress: Progress, mode: st
     sink.start()
 
     def to_sink(v):
-        # media flows while the rest join: the sink reads it, not 1,000 Python protocols
+        # the sink reads it from now on, not 1,000 Python protocols
         sink.add(v.detach_socket().fileno(), v.srtp.rx)
 
     try:
         await connect_all(http, sfu.url, viewers, room_of.__getitem__, args.batch, args.connect_timeout, shown,
                           connected=to_sink)
+        for p in publishers:
+            p.start_sending()
         await asyncio.sleep(1.0)
         rss_joined = proc_rss_kib(sfu.pid)  # the last joiners still hold their DTLS state
         # steady state: every DTLS endpoint has released its OpenSSL objects (sfu.dtls)

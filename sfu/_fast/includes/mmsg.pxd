@@ -2,7 +2,8 @@
 # address structures the data path reads and writes. Needs _GNU_SOURCE
 # (setup.py defines it).
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from posix.time cimport timespec
 from posix.uio cimport iovec
 
@@ -81,3 +82,21 @@ cdef extern from "<arpa/inet.h>" nogil:
     const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
     enum:
         INET6_ADDRSTRLEN
+
+
+cdef inline int sendmmsg_all(int fd, mmsghdr* msgs, int n, uint64_t* errors) noexcept nogil:
+    """sendmmsg ``msgs[0:n]`` until each went or failed: a datagram the kernel refuses
+    (EAGAIN, an error) is skipped and counted in ``errors[0]``; returns how many went.
+    (The data path keeps refused datagrams queued instead: sfu/_fast/datapath.pyx.)"""
+    cdef int k = 0, sent = 0, rc
+    while k < n:
+        rc = sendmmsg(fd, msgs + k, <unsigned int>(n - k), 0)
+        if rc > 0:
+            k += rc
+            sent += rc
+        elif rc < 0 and errno == EINTR:
+            continue
+        else:
+            errors[0] += 1
+            k += 1
+    return sent
