@@ -144,6 +144,16 @@ class Load:
             else:
                 p.set_rate(rate)
 
+    async def pause(self, settle: float) -> None:
+        """Stop the publishers and wait ``settle`` seconds for what is in flight to land."""
+        for p in self.publishers:
+            p.stop_sending()
+        await asyncio.sleep(settle)
+
+    def resume(self) -> None:
+        for p in self.publishers:
+            p.start_sending()
+
     def sender_totals(self) -> dict | None:
         return None if self.sender is None else self.sender.totals()
 
@@ -270,11 +280,17 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     load.set_rate(rate)
     await asyncio.sleep(args.warmup)
     sink = load.sink
-    sink.take_samples()
-    sink.record(True)
-    lat0 = await forwarding_latency_buckets(http, sfu.url)  # outside the counting windows
+    # exact accounting: the publishers pause at both ends of the window and every packet
+    # in flight lands before the counters are read, so sent and received are the same
+    # packets (a window shifted by the transit time miscounts a packet per publisher)
+    await load.pause(args.grace)
+    lat0 = await forwarding_latency_buckets(http, sfu.url)
     h0 = await _health(http, sfu.url)
     sent0 = load.sent()
+    got0 = sink.totals()
+    sink.take_samples()
+    sink.record(True)
+    load.resume()
     ticks0, ns0 = proc_cpu_ticks(sfu.pid), proc_cpu_ns(sfu.pid)
     own0 = time.process_time()
     sender0 = load.sender_totals()
@@ -282,10 +298,6 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     end = t0 + args.seconds
     # the machine's own scheduling noise over the step: how late a sleeping thread wakes
     lateness = asyncio.get_running_loop().run_in_executor(None, wakeup_lateness, args.seconds)
-    # what the viewers receive is counted over the same window shifted by `grace`
-    # (packets in flight), what the publishers send over [t0, t1]
-    await asyncio.sleep(args.grace)
-    got0 = sink.totals()
     while (now := time.monotonic()) < end:
         await asyncio.sleep(min(0.5, end - now))
         sfu.check_alive()
@@ -296,10 +308,10 @@ async def measure_step(http, sfu: SfuProcess, load: Load, rate: float, args, pro
     ticks1, ns1 = proc_cpu_ticks(sfu.pid), proc_cpu_ns(sfu.pid)
     own1 = time.process_time()
     sender1 = load.sender_totals()
+    await load.pause(args.grace)  # the next step's set_rate resumes
     sent1 = load.sent()
-    h1 = await _health(http, sfu.url)
-    await asyncio.sleep(args.grace)  # packets in flight at the end of the window
     got1 = sink.totals()
+    h1 = await _health(http, sfu.url)
     lat1 = await forwarding_latency_buckets(http, sfu.url)
     late = await lateness
     sink.record(False)

@@ -394,7 +394,7 @@ def test_sweep_smoke_report_and_no_loss(netns, tmp_path):
         for step in sweep["steps"]:
             assert step["loss"] == 0, step
             assert step["expected"] > 0
-            assert abs(step["received"] - step["expected"]) <= max(3, step["expected"] // 50), step
+            assert step["received"] == step["expected"], step  # the same packets: publishers pause at both ends
             assert step["sfu_cpu_us_per_forwarded"] > 0
             assert step["latency_ms_p50"] is not None
     fast = by_path["c"]["steps"]
