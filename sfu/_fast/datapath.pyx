@@ -963,7 +963,7 @@ cdef class Datapath:
         return {names[i]: self._counters[i] for i in range(N_COUNTERS)}
 
     def latency(self):
-        """Receive->send latency of forwarding batches: Prometheus-style histogram
+        """Latency of forwarded packets (kernel receive time -> their copies sent): Prometheus-style histogram
         {"buckets": [(upper bound s, cumulative count)...], "count", "sum"}."""
         out = []
         cdef uint64_t total = 0
