@@ -72,6 +72,9 @@ async def test_page_loads(sfu, chromium):
     }
     stats = await tab.evaluate("window.sfuStats()")
     assert stats["framesDecoded"] == 0 and stats["packetsSent"] == 0
+    # the colours come from the shared theme.css (also the meeting page's)
+    assert await tab.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--accent').trim()") \
+        == "#2f6fdb"
     assert tab.console == []
 
 

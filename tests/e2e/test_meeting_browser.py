@@ -78,6 +78,9 @@ async def test_two_pages_see_each_other(dev_sfu, chromium):
         assert stats["connection"] == "connected", stats
     # a tile per participant, with the display name
     assert sorted(await captions(alice)) == ["Alice (you)", "Bob"]
+    # the tiles' background comes from the shared theme.css
+    assert await alice.evaluate(
+        "getComputedStyle(document.documentElement).getPropertyValue('--tile').trim()") == "#20252c"
     assert sorted(await captions(bob)) == ["Alice", "Bob (you)"]
     health = dev_sfu.health()
     assert health["transports"] == 2 and health["producers"] == 4 and health["consumers"] == 4, health
