@@ -1,33 +1,56 @@
-"""Access tokens: JWT (RFC 7519) signed with HMAC-SHA256 (RFC 7518 §3.2).
+"""Access tokens: JWT (RFC 7519) signed with HMAC-SHA256 (RFC 7518 §3.2), through PyJWT.
 
 A token names a person (``sub``, ``name``), the room it is valid for and what
 the person may do there (``grants``: publish, subscribe, host, admin), and
-expires (``exp``).  The application's backend mints them with the shared
-secret, or ``sfu token`` does.  Only HS256 is accepted: a token whose header
-names another algorithm (``none`` included) is refused, never "verified".
+expires (``exp``); it may also say when it starts to be valid (``nbf``).  The
+application's backend mints them with the shared secret, or ``sfu token`` does.
+Only HS256 is accepted: a token whose header names another algorithm
+(``none`` included) is refused, never "verified".
+
+Keys rotate by ``kid`` (RFC 7515 §4.1.4): the server signs with its *primary*
+secret and, when that key has a name (``--auth-kid``), writes the name in the
+token header.  Older secrets stay valid for verification only, listed as
+``kid:secret`` in ``--auth-keys`` or in ``<data-dir>/auth_keys``.  A token that
+names a kid is checked against that key alone (an unknown kid is refused); a
+token without a kid is checked against the primary secret.  ``exp`` and
+``nbf`` allow ``--auth-leeway`` seconds of clock skew (default 30).
+
+The signing secret travels through the app as a ``str``; a :class:`Keyring`
+is a ``str`` (the primary secret) that also carries the other keys and the
+leeway, so code that only passes the secret along needs no change.
 
 Failures raise :class:`AuthError` with the HTTP status to answer: 401 when the
-token is missing, garbled, forged or expired; 403 when it is valid but does
-not allow the request (another room, a grant missing).
+token is missing, garbled, forged, expired or not yet valid; 403 when it is
+valid but does not allow the request (another room, a grant missing).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
+import logging
 import os
 import re
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
 SECRET_FILE = "auth_secret"
+KEYS_FILE = "auth_keys"
 GRANT_NAMES = ("publish", "subscribe", "host", "admin")
-_HEADER = {"alg": "HS256", "typ": "JWT"}
+ALGORITHM = "HS256"
+DEFAULT_LEEWAY = 30.0  # seconds of clock skew the server allows on exp and nbf
+MAX_TOKEN_BYTES = 8192  # a token is a few hundred bytes; refuse huge ones before parsing
+MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: a key of at least the hash size
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]*")  # RFC 7515 §2: base64url without padding
+_KID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# we warn once at start about a short secret (keyring_from_config), not on every token
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+logger = logging.getLogger("sfu.auth")
 
 
 @dataclass(frozen=True)
@@ -59,24 +82,49 @@ class AuthError(Exception):
         self.reason = reason
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+class Keyring(str):
+    """The primary signing secret (the ``str`` value) with its ``kid``, the older
+    verification-only keys by kid, and the clock-skew leeway in seconds."""
+
+    kid: str | None
+    keys: dict[str, str]
+    leeway: float
+
+    def __new__(cls, primary: str, kid: str | None = None, keys: dict[str, str] | None = None,
+                leeway: float = DEFAULT_LEEWAY) -> "Keyring":
+        if not primary:
+            raise ValueError("empty auth secret")
+        if kid is not None and not _KID_RE.fullmatch(kid):
+            raise ValueError(f"bad key id {kid!r} (1-64 of A-Z a-z 0-9 . _ -)")
+        if leeway < 0:
+            raise ValueError("leeway must not be negative")
+        self = super().__new__(cls, primary)
+        self.kid = kid
+        self.keys = {}
+        for name, secret in (keys or {}).items():
+            if not _KID_RE.fullmatch(name):
+                raise ValueError(f"bad key id {name!r} (1-64 of A-Z a-z 0-9 . _ -)")
+            if not secret:
+                raise ValueError(f"empty secret for key id {name!r}")
+            self.keys[name] = secret
+        if kid is not None:
+            if self.keys.get(kid, primary) != primary:
+                raise ValueError(f"key id {kid!r} names two different secrets")
+            self.keys[kid] = primary
+        self.leeway = float(leeway)
+        return self
 
 
-def _b64decode(text: str) -> bytes:
-    # RFC 7515 §2: base64url without padding; reject anything else
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(secret: str, signing_input: bytes) -> bytes:
-    return hmac.new(secret.encode("utf-8"), signing_input, hashlib.sha256).digest()
+def _keyring(secret: str) -> Keyring:
+    return secret if isinstance(secret, Keyring) else Keyring(secret, leeway=0.0)
 
 
 def mint_token(secret: str, identity: str, name: str, room: str | None, grants: Grants,
-               ttl: float = 6 * 3600, now: float | None = None) -> str:
-    """A signed token for ``identity`` in ``room`` (None: no room, e.g. for the REST API)."""
+               ttl: float = 6 * 3600, now: float | None = None, not_before: float | None = None) -> str:
+    """A signed token for ``identity`` in ``room`` (None: no room, e.g. for the REST API).
+
+    ``secret`` is a plain secret or a :class:`Keyring` (then its primary key signs and
+    its kid goes in the header); ``not_before`` sets ``nbf`` (absolute time)."""
     if not secret:
         raise ValueError("empty auth secret")
     if not identity:
@@ -90,44 +138,75 @@ def mint_token(secret: str, identity: str, name: str, room: str | None, grants: 
         "iat": int(now),
         "exp": int(now + ttl),
     }
-    header = _b64encode(json.dumps(_HEADER, separators=(",", ":")).encode())
-    body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
-    signing_input = f"{header}.{body}".encode("ascii")
-    return f"{header}.{body}.{_b64encode(_sign(secret, signing_input))}"
+    if not_before is not None:
+        payload["nbf"] = int(not_before)
+    kid = getattr(secret, "kid", None)
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(payload, str(secret), algorithm=ALGORITHM, headers=headers)
 
 
-def verify_token(secret: str, token: str | None, now: float | None = None) -> Claims:
-    """Check signature and expiry (RFC 7519 §7.2); AuthError(401, reason) otherwise."""
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def verify_token(secret: str, token: str | None, now: float | None = None,
+                 leeway: float | None = None) -> Claims:
+    """Check the signature (PyJWT, HS256 only, key chosen by ``kid``), then ``exp`` and
+    ``nbf`` (RFC 7519 §4.1.4-5) allowing ``leeway`` seconds of skew (default: the
+    keyring's; 0 for a plain secret); AuthError(401, reason) otherwise."""
     if not token:
         raise AuthError(401, "missing access token")
-    parts = token.strip().split(".")
-    if len(parts) != 3:
+    token = token.strip()
+    if len(token) > MAX_TOKEN_BYTES:
+        raise AuthError(401, "malformed access token (too long)")
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_SEGMENT_RE.fullmatch(p) for p in parts):
         raise AuthError(401, "malformed access token")
-    try:
-        header = json.loads(_b64decode(parts[0]))
-        signature = _b64decode(parts[2])
-    except ValueError:
-        raise AuthError(401, "malformed access token") from None
-    if not isinstance(header, dict) or header.get("alg") != "HS256":
-        raise AuthError(401, "access token is not signed with HS256")
-    expected = _sign(secret, f"{parts[0]}.{parts[1]}".encode("ascii"))
-    if not hmac.compare_digest(signature, expected):
+    if not secret:
         raise AuthError(401, "invalid access token signature")
+    ring = _keyring(secret)
     try:
-        payload = json.loads(_b64decode(parts[1]))
-    except ValueError:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise AuthError(401, "malformed access token") from None
+    # RFC 8725 §3.1: the server decides the algorithm, never the token ("none", RS256
+    # with our secret as a "public key", ...); PyJWT is told the same below
+    if header.get("alg") != ALGORITHM:
+        raise AuthError(401, "access token is not signed with HS256")
+    if "kid" in header:
+        key = ring.keys.get(header["kid"]) if isinstance(header["kid"], str) else None
+        if key is None:
+            raise AuthError(401, "access token signed with an unknown key id")
+    else:
+        key = str(ring)
+    try:
+        # the time claims are checked below, against ``now`` (PyJWT reads the clock itself)
+        payload = jwt.decode(token, key, algorithms=[ALGORITHM], options={
+            "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_sub": False,
+            "verify_jti": False, "verify_aud": False, "verify_iss": False})
+    except jwt.InvalidSignatureError:
+        raise AuthError(401, "invalid access token signature") from None
+    except jwt.InvalidAlgorithmError:
+        raise AuthError(401, "access token is not signed with HS256") from None
+    except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError):
         raise AuthError(401, "malformed access token") from None
     if not isinstance(payload, dict):
         raise AuthError(401, "malformed access token")
     identity = payload.get("sub")
     exp = payload.get("exp")
+    nbf = payload.get("nbf")
     if not isinstance(identity, str) or not identity:
         raise AuthError(401, "access token has no identity")
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+    if not _number(exp):
         raise AuthError(401, "access token has no expiry")
+    if nbf is not None and not _number(nbf):
+        raise AuthError(401, "malformed access token (nbf)")
     now = time.time() if now is None else now
-    if now >= exp:
+    leeway = ring.leeway if leeway is None else leeway
+    if now >= exp + leeway:
         raise AuthError(401, "access token expired")
+    if nbf is not None and now + leeway < nbf:
+        raise AuthError(401, "access token not yet valid")
     room = payload.get("room")
     if room is not None and not isinstance(room, str):
         raise AuthError(401, "malformed access token")
@@ -194,6 +273,53 @@ def load_or_create_secret(data_dir: str) -> str:
     return secret
 
 
+def parse_keys(text: str, where: str) -> dict[str, str]:
+    """``kid:secret`` entries, one a line or comma-separated; ``#`` starts a comment."""
+    keys: dict[str, str] = {}
+    for number, raw in enumerate(re.split(r"[\n,]", text), 1):
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        kid, sep, secret = entry.partition(":")
+        kid, secret = kid.strip(), secret.strip()
+        if not sep or not _KID_RE.fullmatch(kid) or not secret:
+            # never echo the entry: it may be a secret
+            raise ValueError(f"{where}: entry {number} is not kid:secret (kid: 1-64 of A-Z a-z 0-9 . _ -)")
+        if keys.get(kid, secret) != secret:
+            raise ValueError(f"{where}: key id {kid!r} listed twice")
+        keys[kid] = secret
+    return keys
+
+
+def keyring_from_config(config) -> Keyring:
+    """The server's keys: the primary secret (``--auth-secret`` or ``<data-dir>/auth_secret``,
+    created on first use) named ``--auth-kid``, plus the verification-only keys of
+    ``--auth-keys`` and ``<data-dir>/auth_keys``.  SystemExit with one line on a bad entry."""
+    primary = config.auth_secret or load_or_create_secret(config.data_dir)
+    keys: dict[str, str] = {}
+    path = os.path.join(config.data_dir, KEYS_FILE)
+    try:
+        for where, text in ((path, _read_optional(path)), ("--auth-keys", config.auth_keys or "")):
+            for kid, secret in parse_keys(text, where).items():
+                if keys.get(kid, secret) != secret:
+                    raise ValueError(f"{where}: key id {kid!r} names two different secrets")
+                keys[kid] = secret
+        ring = Keyring(primary, kid=config.auth_kid or None, keys=keys, leeway=config.auth_leeway)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"sfu: access token keys: {exc}") from None
+    if len(primary.encode()) < MIN_SECRET_BYTES:
+        logger.warning("the auth secret is shorter than %d bytes; use a long random one", MIN_SECRET_BYTES)
+    return ring
+
+
+def _read_optional(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def parse_duration(text: str) -> float:
     """"90", "90s", "15m", "6h", "7d", "1w" -> seconds; ValueError otherwise."""
     match = _DURATION_RE.match(str(text))
@@ -218,6 +344,7 @@ def add_token_arguments(parser) -> None:
     parser.add_argument("--ttl", default="6h", help="lifetime, e.g. 90s, 15m, 6h, 7d (default 6h)")
     parser.add_argument("--data-dir", default=None, help="where `sfu serve` keeps auth_secret (env SFU_DATA_DIR)")
     parser.add_argument("--auth-secret", default=None, help="the signing secret (env SFU_AUTH_SECRET)")
+    parser.add_argument("--auth-kid", default=None, help="the key id written in the token header (env SFU_AUTH_KID)")
 
 
 def token_command(args, secret: str) -> int:

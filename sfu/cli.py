@@ -28,10 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(config.from_args(args))
     if args.command == "token":
-        from .auth import load_or_create_secret, token_command
+        from .auth import keyring_from_config, token_command
 
-        cfg = config.from_args(args)
-        return token_command(args, cfg.auth_secret or load_or_create_secret(cfg.data_dir))
+        return token_command(args, keyring_from_config(config.from_args(args)))
     if args.command == "history":
         from .history import history_command
 

@@ -31,6 +31,9 @@ class Config:
     max_sdp_bytes: int = 64 * 1024
     # meetings, access tokens and history
     auth_secret: str | None = None  # default: <data_dir>/auth_secret, created on first start
+    auth_kid: str | None = None  # key id written in tokens signed with auth_secret (rotation)
+    auth_keys: str | None = None  # older keys still accepted: "kid:secret,kid:secret" (+ <data_dir>/auth_keys)
+    auth_leeway: float = 30.0  # seconds of clock skew allowed on a token's exp and nbf
     db: str | None = None  # default: SQLite file <data_dir>/history.sqlite3; or postgresql://...
     retention_days: float = 180.0  # meetings that ended longer ago are purged
     grace_period: float = 30.0  # an emptied meeting ends this many seconds after its last leave
@@ -56,6 +59,9 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "publisher_bitrate": (int, "bitrate in bit/s that the SFU advertises to publishers (REMB)"),
     "consent_timeout": (float, "seconds without ICE consent before a peer is dropped"),
     "auth_secret": (str, "HS256 secret that signs access tokens (default: <data-dir>/auth_secret)"),
+    "auth_kid": (str, "key id of --auth-secret, written in the header of the tokens it signs"),
+    "auth_keys": (str, "older keys still accepted, kid:secret,... (also <data-dir>/auth_keys)"),
+    "auth_leeway": (float, "seconds of clock skew allowed on a token's exp and nbf"),
     "db": (str, "history database: postgresql://... (default: SQLite in the data directory)"),
     "retention_days": (float, "days to keep the history of ended meetings"),
     "grace_period": (float, "seconds an emptied meeting waits for someone to rejoin before it ends"),

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from . import log
 from .api import make_app
-from .auth import load_or_create_secret
+from .auth import keyring_from_config
 from .config import Config
 from .engine import MediaEngine
 from .history import HistoryStore
@@ -36,8 +36,7 @@ class Server:
 
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
-        if not self.auth_secret:
-            self.auth_secret = load_or_create_secret(self.config.data_dir)
+        self.auth_secret = keyring_from_config(self.config)  # the primary key is still a str
         await self.meetings.start()  # closes what a crash left open, before anyone joins
         await self.engine.start()
         app = make_app(self.engine, self.meetings, self.auth_secret, dev=self.config.dev)

@@ -229,3 +229,153 @@ def test_sfu_token_command_secret_from_flag_and_environment(tmp_path):
     assert not (tmp_path / "auth_secret").exists()
     bad = run_cli("token", "--room", "r", "--identity", "x", "--ttl", "soon", "--auth-secret", "s")
     assert bad.returncode != 0 and "duration" in bad.stderr
+
+
+# -- PyJWT: nbf, leeway, key rotation by kid, algorithm confusion ----------------------
+
+from sfu.auth import Keyring, keyring_from_config, parse_keys  # noqa: E402
+from sfu.config import Config  # noqa: E402
+
+OLD, NEW = "old-secret-" + "o" * 32, "new-secret-" + "n" * 32
+
+
+def test_nbf_is_honoured_with_leeway():
+    t = mint_token(SECRET, "a", "A", "r1", Grants(), ttl=600, now=NOW, not_before=NOW + 100)
+    with pytest.raises(AuthError) as err:
+        verify_token(SECRET, t, now=NOW + 50)
+    assert err.value.status == 401 and "not yet valid" in err.value.reason
+    assert verify_token(SECRET, t, now=NOW + 100).identity == "a"
+    assert verify_token(SECRET, t, now=NOW + 75, leeway=30).identity == "a"  # skewed clock
+    with pytest.raises(AuthError):
+        verify_token(SECRET, t, now=NOW + 69, leeway=30)
+    bad = sign({"alg": "HS256"}, {"sub": "a", "exp": NOW + 60, "nbf": "later"})
+    with pytest.raises(AuthError) as err:
+        verify_token(SECRET, bad, now=NOW)
+    assert err.value.status == 401 and "nbf" in err.value.reason
+
+
+def test_leeway_on_expiry_comes_from_the_keyring():
+    ring = Keyring(SECRET, leeway=30)
+    t = token(ttl=60)
+    assert verify_token(ring, t, now=NOW + 89).identity == "alice"
+    with pytest.raises(AuthError) as err:
+        verify_token(ring, t, now=NOW + 90)
+    assert "expired" in err.value.reason
+    with pytest.raises(AuthError):
+        verify_token(ring, t, now=NOW + 61, leeway=0)  # an explicit leeway wins
+    assert Config().auth_leeway == 30.0
+    with pytest.raises(ValueError):
+        Keyring(SECRET, leeway=-1)
+
+
+def test_kid_rotation_picks_the_key_named_in_the_header():
+    old_ring = Keyring(OLD, kid="k1")
+    old_token = mint_token(old_ring, "a", "A", "r1", Grants(subscribe=True), now=NOW)
+    assert jwt_header(old_token) == {"alg": "HS256", "typ": "JWT", "kid": "k1"}
+    # rotated: NEW signs (kid k2), OLD is kept for verification only
+    ring = Keyring(NEW, kid="k2", keys={"k1": OLD})
+    assert verify_token(ring, old_token, now=NOW).grants == Grants(subscribe=True)
+    new_token = mint_token(ring, "b", "B", "r1", Grants(), now=NOW)
+    assert jwt_header(new_token)["kid"] == "k2"
+    assert verify_token(ring, new_token, now=NOW).identity == "b"
+    # the old server (without k2) refuses the new key id
+    with pytest.raises(AuthError) as err:
+        verify_token(old_ring, new_token, now=NOW)
+    assert err.value.status == 401 and "unknown key id" in err.value.reason
+    # a token without kid is checked against the primary secret only
+    assert verify_token(ring, mint_token(NEW, "c", "C", "r1", Grants(), now=NOW), now=NOW).identity == "c"
+    with pytest.raises(AuthError) as err:
+        verify_token(ring, mint_token(OLD, "c", "C", "r1", Grants(), now=NOW), now=NOW)
+    assert "signature" in err.value.reason
+    # a kid that names one key but was signed with another: refused
+    with pytest.raises(AuthError) as err:
+        verify_token(ring, sign({"alg": "HS256", "kid": "k1"}, {"sub": "m", "exp": NOW + 60}, NEW), now=NOW)
+    assert "signature" in err.value.reason
+
+
+@pytest.mark.parametrize("kid", ["nope", "", "../../auth_secret", 7, None, ["k1"], {"k": 1}])
+def test_unknown_or_odd_kids_are_refused(kid):
+    ring = Keyring(NEW, kid="k2", keys={"k1": OLD})
+    forged = sign({"alg": "HS256", "kid": kid}, {"sub": "m", "exp": NOW + 60}, NEW)
+    with pytest.raises(AuthError) as err:
+        verify_token(ring, forged, now=NOW)
+    assert err.value.status == 401
+
+
+def jwt_header(tok: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(tok.split(".")[0] + "=="))
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE", "hs256", "HS256 ", "HS384", "RS256",
+                                 "ES256", "PS256", "EdDSA", "", 256, ["HS256"]])
+def test_alg_none_and_alg_confusion_are_refused(alg):
+    payload = {"sub": "mallory", "exp": NOW + 60, "grants": {"admin": True}}
+    for key in (SECRET, ""):
+        forged = sign({"alg": alg, "typ": "JWT"}, payload, key)
+        for t in (forged, forged.rsplit(".", 1)[0] + "."):  # with and without a signature
+            with pytest.raises(AuthError) as err:
+                verify_token(Keyring(SECRET, kid="k"), t, now=NOW)
+            assert err.value.status == 401
+
+
+def test_public_key_confusion_is_refused():
+    # the classic confusion: an RS256 server's public key used as an HS256 secret; we only
+    # have HMAC keys, and PyJWT refuses PEM text as an HMAC secret on both sides
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    forged = sign({"alg": "HS256"}, {"sub": "m", "exp": NOW + 60}, pem)
+    with pytest.raises(AuthError) as err:
+        verify_token(pem, forged, now=NOW)
+    assert err.value.status == 401
+
+
+@pytest.mark.parametrize("header", [{"alg": "HS256", "crit": ["exp"]}, {"alg": "HS256", "b64": False},
+                                    {"alg": "HS256", "crit": "b64"}])
+def test_critical_or_detached_headers_are_refused(header):
+    with pytest.raises(AuthError) as err:
+        verify_token(SECRET, sign(header, {"sub": "m", "exp": NOW + 60}), now=NOW)
+    assert err.value.status == 401
+
+
+def test_huge_token_is_refused_before_parsing():
+    big = sign({"alg": "HS256"}, {"sub": "a", "exp": NOW + 60, "pad": "x" * 10_000})
+    with pytest.raises(AuthError) as err:
+        verify_token(SECRET, big, now=NOW)
+    assert err.value.status == 401 and "malformed" in err.value.reason
+
+
+def test_keys_parsing_and_the_keys_file(tmp_path):
+    assert parse_keys("k1:a, k2 : b # old\n\n# comment\nk3:c:d", "x") == {"k1": "a", "k2": "b", "k3": "c:d"}
+    for bad in ("justasecret", "k1:", ":s", "bad kid:s", "k1:a,k1:b"):
+        with pytest.raises(ValueError) as err:
+            parse_keys(bad, "where")
+        assert "secret" not in str(err.value) or "kid:secret" in str(err.value)
+        assert "justasecret" not in str(err.value)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "auth_keys").write_text("# rotated out 2026-11\nk1:" + OLD + "\n")
+    ring = keyring_from_config(Config(data_dir=str(data), auth_secret=NEW, auth_kid="k2",
+                                      auth_keys="k0:zero-" + "z" * 30, auth_leeway=5))
+    assert ring == NEW and ring.kid == "k2" and ring.leeway == 5
+    assert ring.keys == {"k0": "zero-" + "z" * 30, "k1": OLD, "k2": NEW}
+    (data / "auth_keys").write_text("k2:" + OLD + "\n")  # k2 is the primary's id: conflict
+    with pytest.raises(SystemExit) as err:
+        keyring_from_config(Config(data_dir=str(data), auth_secret=NEW, auth_kid="k2"))
+    assert "k2" in str(err.value) and OLD not in str(err.value)
+
+
+def test_sfu_token_signs_with_the_primary_key_and_its_kid(tmp_path):
+    (tmp_path / "auth_keys").write_text("k1:" + OLD + "\n")
+    out = run_cli("token", "--room", "r", "--identity", "x", "--data-dir", str(tmp_path),
+                  "--auth-secret", NEW, "--auth-kid", "k2")
+    assert out.returncode == 0, out.stderr
+    tok = out.stdout.splitlines()[-1]
+    assert jwt_header(tok)["kid"] == "k2"
+    assert verify_token(Keyring(NEW, kid="k2"), tok).identity == "x"
+    with pytest.raises(AuthError):
+        verify_token(Keyring(OLD, kid="k1"), tok)
+    bad = run_cli("token", "--room", "r", "--identity", "x", "--data-dir", str(tmp_path),
+                  "--auth-secret", NEW, "--auth-kid", "k 2")
+    assert bad.returncode != 0 and "key id" in bad.stderr and NEW not in bad.stderr
