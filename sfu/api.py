@@ -16,10 +16,11 @@ from aiohttp import web
 from . import __version__, signaling
 from .auth import AuthError, authorize, token_from_request, verify_token
 from .engine import MediaEngine
+from .limits import LimitExceeded
 from .log import event
 from .metrics import install as install_metrics
-from .meetings import MeetingService
-from .rest import AUTH_SECRET_KEY, MEETINGS_KEY, add_routes
+from .meetings import CreateLimiter, MeetingService
+from .rest import AUTH_SECRET_KEY, MEETINGS_KEY, add_routes, claims_of
 from .sdp import SdpError
 
 logger = logging.getLogger("sfu.api")
@@ -38,6 +39,8 @@ CORS_HEADERS = {
 ENGINE_KEY = web.AppKey("engine", MediaEngine)
 # WHIP/WHEP transport id -> meeting session id (see _track_meeting_sessions)
 MEDIA_SESSIONS_KEY = web.AppKey("media_sessions", dict)
+# WHIP/WHEP transport id -> identity of the token that created it (who may DELETE it)
+SESSION_OWNERS_KEY = web.AppKey("session_owners", dict)
 
 # why the engine closed a WHIP/WHEP transport -> how the meeting session ended
 END_REASON_OF_CLOSE = {
@@ -113,11 +116,18 @@ def _make_post(role: str, prefix: str):
         try:
             offer = await _read_offer(request, engine.config.max_sdp_bytes)
             info = engine.create_session(room, role, offer)
+            request.app[SESSION_OWNERS_KEY][info.id] = claims.identity
         except _HttpError as exc:
             return _error(exc.status, exc.reason)
         except SdpError as exc:
             event(logger, "offer rejected", logging.INFO, role=role, room=room, reason=str(exc))
             return _error(400, str(exc).splitlines()[0] if str(exc) else "unusable SDP offer")
+        except LimitExceeded as exc:  # 400 too many tracks, 403 room full, 503 server busy (README "Limits")
+            response = _error(exc.status, exc.message)
+            retry_after = exc.retry_after_header()
+            if retry_after is not None:
+                response.headers["Retry-After"] = retry_after
+            return response
         meetings = request.app.get(MEETINGS_KEY)
         if meetings is not None:
             # the join is durable before the answer goes out
@@ -147,11 +157,22 @@ def _make_post(role: str, prefix: str):
 
 def _make_delete(prefix: str):
     async def handler(request: web.Request) -> web.Response:
+        """The session's own token (the same identity) or an admin's ends it: 401 without
+        a valid token, 404 for no such session, 403 for another identity."""
         engine = request.app[ENGINE_KEY]
+        try:
+            claims = claims_of(request)
+        except AuthError as exc:
+            response = _error(exc.status, exc.reason)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sfu"'
+            return response
         session_id = request.match_info["session"]
         transport = engine.transports.get(session_id)
         if transport is None or transport.room_name != request.match_info["room"]:
             return _error(404, "no such session")
+        owner = request.app[SESSION_OWNERS_KEY].get(session_id)
+        if not claims.grants.admin and (owner is None or claims.identity != owner):
+            return _error(403, "only the token that created this session (its identity) or an admin may end it")
         engine.close_session(session_id)
         return web.Response(status=200)
 
@@ -160,10 +181,8 @@ def _make_delete(prefix: str):
 
 async def patch_session(request: web.Request) -> web.Response:
     # RFC 9725 §4.3.1: trickle ICE and ICE restarts are optional; an ICE-lite
-    # server with its one candidate in the answer does not support them.
-    engine = request.app[ENGINE_KEY]
-    if not engine.has_session(request.match_info["session"]):
-        return _error(404, "no such session")
+    # server with its one candidate in the answer does not support them. The
+    # answer is the same whether or not the session exists: a URL probe learns nothing.
     return web.Response(status=405, headers={"Allow": "POST, DELETE, OPTIONS"},
                         text="trickle ICE and ICE restart are not supported\n")
 
@@ -213,9 +232,18 @@ def make_app(engine: MediaEngine, meetings: MeetingService | None = None, auth_s
     app[ENGINE_KEY] = engine
     install_metrics(app, engine)  # GET /metrics, updated once a second while the app runs
     app[MEDIA_SESSIONS_KEY] = {}
+    app[SESSION_OWNERS_KEY] = owners = {}
+
+    def forget_owner(ev: dict) -> None:
+        if ev.get("type") == "session_closed":
+            owners.pop(ev.get("session"), None)
+
+    engine.add_listener(forget_owner)
     app[AUTH_SECRET_KEY] = auth_secret or secrets.token_urlsafe(32)
     if meetings is not None:
-        add_routes(app, meetings, app[AUTH_SECRET_KEY], dev)
+        add_routes(app, meetings, app[AUTH_SECRET_KEY], dev,
+                   limiter=CreateLimiter(engine.config.max_meetings_per_identity,
+                                         engine.config.meetings_per_minute))
         _track_meeting_sessions(app, engine, meetings)
         signaling.add_routes(app, engine, meetings, app[AUTH_SECRET_KEY])  # GET /ws
     for prefix, role in (("whip", "publish"), ("whep", "subscribe")):

@@ -22,6 +22,10 @@ class Config:
     public_ip: str | None = None  # address written in ICE candidates; default: host
     data_dir: str = "./var"
     log_level: str = "info"
+    # HTTP connections: slow or half-open clients must not hold descriptors for long
+    http_header_timeout: float = 10.0  # a connection's request head must be complete this soon (0: off)
+    http_idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this many seconds
+    http_max_per_source: int = 256  # open connections per IPv4 address / IPv6 /64 (0: no cap)
     # media policy
     audio_codecs: list[str] = field(default_factory=lambda: ["opus"])
     video_codecs: list[str] = field(default_factory=lambda: ["VP8", "H264", "VP9", "AV1"])
@@ -29,6 +33,13 @@ class Config:
     keyframe_interval_min: float = 0.5  # throttle of keyframe requests per stream, seconds
     consent_timeout: float = 30.0  # RFC 7675: a peer with no STUN for this long is gone
     max_sdp_bytes: int = 64 * 1024
+    # limits (README.md, "Limits"): refused with a clear 4xx/503 or protocol error
+    max_offer_sections: int = 128  # media sections (m= lines) in one offer
+    max_session_tracks: int = 128  # tracks one session publishes and receives
+    max_session_published: int = 16  # tracks one session publishes
+    max_room_tracks: int = 10_000  # tracks of all sessions of one room
+    max_server_tracks: int = 50_000  # tracks of all rooms of this server
+    max_pending_sessions: int = 1_000  # sessions whose ICE/DTLS is not done yet (reaped by consent_timeout)
     # meetings, access tokens and history
     auth_secret: str | None = None  # default: <data_dir>/auth_secret, created on first start
     auth_kid: str | None = None  # key id written in tokens signed with auth_secret (rotation)
@@ -37,6 +48,8 @@ class Config:
     db: str | None = None  # default: SQLite file <data_dir>/history.sqlite3; or postgresql://...
     retention_days: float = 180.0  # meetings that ended longer ago are purged
     grace_period: float = 30.0  # an emptied meeting ends this many seconds after its last leave
+    max_meetings_per_identity: int = 10  # running meetings one identity may create (0: no limit)
+    meetings_per_minute: float = 10.0  # POST /api/meetings per identity and minute (0: no limit)
     heartbeat_interval: float = 10.0  # open sessions are marked alive in the store this often
     dev: bool = False  # the page may get a token for any room and name from the server
     # media forwarding: "c" (sfu._fast.datapath), "python" (Python loop + Cython header
@@ -56,8 +69,19 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "public_ip": (str, "address put in ICE candidates (default: --host)"),
     "data_dir": (str, "directory for the certificate, database and other state"),
     "log_level": (str, "debug, info, warning or error"),
+    "http_header_timeout": (float, "seconds a new HTTP connection has to send a complete request head "
+                                   "(0: no limit)"),
+    "http_idle_timeout": (float, "seconds an idle keep-alive HTTP connection stays open"),
+    "http_max_per_source": (int, "open HTTP/WebSocket connections per IPv4 address or IPv6 /64; more "
+                                 "are refused with 429 (0: no cap; behind a reverse proxy: 0)"),
     "publisher_bitrate": (int, "bitrate in bit/s that the SFU advertises to publishers (REMB)"),
     "consent_timeout": (float, "seconds without ICE consent before a peer is dropped"),
+    "max_offer_sections": (int, "media sections (m= lines) allowed in one SDP offer"),
+    "max_session_tracks": (int, "tracks one session (WHIP, WHEP or meeting) may publish and receive"),
+    "max_session_published": (int, "tracks one session may publish"),
+    "max_room_tracks": (int, "tracks allowed in one room (all its sessions)"),
+    "max_server_tracks": (int, "tracks allowed on this server (all its rooms)"),
+    "max_pending_sessions": (int, "sessions not connected yet (ICE/DTLS not done) allowed at once"),
     "auth_secret": (str, "HS256 secret that signs access tokens (default: <data-dir>/auth_secret)"),
     "auth_kid": (str, "key id of --auth-secret, written in the header of the tokens it signs"),
     "auth_keys": (str, "older keys still accepted, kid:secret,... (also <data-dir>/auth_keys)"),
@@ -65,6 +89,9 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "db": (str, "history database: postgresql://... (default: SQLite in the data directory)"),
     "retention_days": (float, "days to keep the history of ended meetings"),
     "grace_period": (float, "seconds an emptied meeting waits for someone to rejoin before it ends"),
+    "max_meetings_per_identity": (int, "running meetings one identity may create with POST /api/meetings "
+                                       "(0: no limit; admins are not limited)"),
+    "meetings_per_minute": (float, "POST /api/meetings per identity and minute (0: no limit)"),
     "heartbeat_interval": (float, "seconds between history heartbeats of open sessions"),
     "datapath": (str, "media forwarding: c (fast path), python or pure (reference, benchmark baseline)"),
 }

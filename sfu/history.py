@@ -266,6 +266,17 @@ class HistoryStore:
             "UPDATE meetings SET ended_at = ? WHERE meeting_id = ? AND ended_at IS NULL",
             (ended_at, meeting_id)) > 0)
 
+    async def claim_meeting(self, meeting_id: str, identity: str, name: str, topic: str | None) -> bool:
+        """Give a meeting that has no creator yet (``creator_identity`` '') its creator
+        (and a topic, unless None); False if it has one already."""
+        if topic is None:
+            sql, params = ("UPDATE meetings SET creator_identity = ?, creator_name = ? "
+                           "WHERE meeting_id = ? AND creator_identity = ''", (identity, name, meeting_id))
+        else:
+            sql, params = ("UPDATE meetings SET creator_identity = ?, creator_name = ?, topic = ? "
+                           "WHERE meeting_id = ? AND creator_identity = ''", (identity, name, topic, meeting_id))
+        return await self._run(self._tx, lambda: self.backend.execute(sql, params) > 0)
+
     async def add_session(self, record: SessionRecord) -> None:
         await self._run(self._tx, lambda: self.backend.execute(
             f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

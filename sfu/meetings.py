@@ -3,9 +3,17 @@
 One :class:`MeetingService` per server.  WHIP/WHEP and the WebSocket protocol
 call :meth:`MeetingService.join` when someone enters a room and
 :meth:`MeetingService.leave` when they go.  The first join into a room with no
-running meeting starts one (its creator is that participant); a meeting whose
-last participant left ends after ``grace_period`` seconds unless someone joins
-again; a host ends it at once with :meth:`end_meeting`.
+running meeting starts one; a meeting whose last participant left ends after
+``grace_period`` seconds unless someone joins again; a host ends it at once
+with :meth:`end_meeting`.
+
+Authority: a meeting's creator is always someone whose token carried the host
+grant for its room (or admin): whoever creates it with ``POST /api/meetings``,
+or the first such joiner.  A meeting started by the join of someone without
+the host grant has no creator (``creator_identity`` '') until a host joins it
+or claims it with ``POST /api/meetings`` for its room; so a viewer who comes
+first cannot squat the room.  Host powers (end, mute others, the recording
+notice) need the host grant in the token (or admin): :func:`can_end`.
 
 Open sessions get a heartbeat in the store every ``heartbeat_interval``
 seconds (one batched write), so that after a crash :meth:`start` closes them
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -68,15 +77,78 @@ class _LiveSession:
     name: str
 
 
+def may_host(claims: Claims, room: str) -> bool:
+    """The token carries the host grant for ``room``, or is an admin's."""
+    return claims.grants.admin or (claims.grants.host and claims.room == room)
+
+
 def can_read_history(meeting: Meeting, claims: Claims) -> bool:
-    """Only the meeting's creator or an admin may read who attended."""
-    return claims.grants.admin or claims.identity == meeting.creator_identity
+    """Only the meeting's creator (who had the host grant) or an admin may read who attended."""
+    if claims.grants.admin:
+        return True
+    return bool(meeting.creator_identity) and claims.identity == meeting.creator_identity
 
 
 def can_end(meeting: Meeting, claims: Claims) -> bool:
-    if claims.grants.admin or claims.identity == meeting.creator_identity:
+    """Host powers: an admin, or a token with the host grant for the meeting's room
+    (or the creator's own identity with the host grant, e.g. a room-less REST token)."""
+    if claims.grants.admin:
         return True
-    return claims.grants.host and claims.room == meeting.room
+    if not claims.grants.host:
+        return False
+    return claims.room == meeting.room or (
+        bool(meeting.creator_identity) and claims.identity == meeting.creator_identity)
+
+
+class TooMany(Exception):
+    """A per-identity limit on creating meetings was hit; ``retry_after`` in seconds."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class CreateLimiter:
+    """Per identity: at most ``max_running`` running meetings it created, and at most
+    ``per_minute`` creations a minute (a token bucket of that size, refilled evenly).
+    0 turns a limit off.  Admins are not limited (a backend creating for others)."""
+
+    MAX_TRACKED = 10_000  # identities remembered; full buckets are forgotten first
+
+    def __init__(self, max_running: int = 10, per_minute: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_running = max_running
+        self.per_minute = per_minute
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, at)
+
+    def check(self, claims: Claims, running: int) -> None:
+        """Raise :class:`TooMany` or spend one creation of ``claims``' identity."""
+        if claims.grants.admin:
+            return
+        if self.max_running and running >= self.max_running:
+            raise TooMany(f"{running} running meetings created by you, the limit is {self.max_running}: "
+                          "end one first", 60)
+        if self.per_minute <= 0:
+            return
+        now = self.clock()
+        rate = self.per_minute / 60.0
+        tokens, at = self._buckets.get(claims.identity, (self.per_minute, now))
+        tokens = min(self.per_minute, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[claims.identity] = (tokens, now)
+            raise TooMany(f"more than {self.per_minute:g} meetings created per minute: slow down",
+                          max(1, math.ceil((1.0 - tokens) / rate)))
+        self._buckets[claims.identity] = (tokens - 1.0, now)
+        if len(self._buckets) > self.MAX_TRACKED:
+            self._forget(now, rate)
+
+    def _forget(self, now: float, rate: float) -> None:
+        for identity, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * rate >= self.per_minute:
+                del self._buckets[identity]
+        while len(self._buckets) > self.MAX_TRACKED:  # all busy: forget the oldest
+            del self._buckets[next(iter(self._buckets))]
 
 
 class MeetingService:
@@ -139,24 +211,46 @@ class MeetingService:
         return sorted(live.sessions) if live else []
 
     # -- commands ----------------------------------------------------------------------
+    def running_created_by(self, identity: str) -> int:
+        """How many running meetings ``identity`` is the creator of."""
+        return sum(1 for live in self._by_id.values() if live.meeting.creator_identity == identity)
+
     async def create_meeting(self, room: str | None, topic: str, creator: Claims) -> Meeting:
-        """A meeting in ``room`` (default: a room named after the meeting ID).
-        Conflict if that room has a running meeting."""
+        """See :meth:`create_or_claim`; the meeting only."""
+        return (await self.create_or_claim(room, topic, creator))[0]
+
+    async def create_or_claim(self, room: str | None, topic: str, creator: Claims,
+                              check: Callable[[], None] | None = None) -> tuple[Meeting, bool]:
+        """A new meeting in ``room`` (default: a room named after the meeting ID), and True.
+        The caller has checked that ``creator`` may host ``room``.  If the room has a
+        running meeting without a creator (started by a participant without the host
+        grant), ``creator`` becomes its creator (and sets its topic, if given): that
+        meeting and False.  Conflict if the room's running meeting has a creator.
+        ``check`` runs under the lock before anything changes (the rate limit)."""
         async with self._lock:
-            if room is not None and room in self._by_room:
+            live = self._by_room.get(room) if room is not None else None
+            if live is not None and live.meeting.creator_identity:
                 raise Conflict(f"room {room} has a running meeting")
+            if check is not None:
+                check()
+            if live is not None:
+                await self._claim(live, creator, topic or None)
+                return live.meeting, False
             meeting = await self._new_meeting(room, topic, creator)
             # nobody is in it yet: it ends like an emptied meeting unless someone joins
             self._schedule_end(self._by_id[meeting.meeting_id], max(self.grace_period, 3600.0))
-            return meeting
+            return meeting, True
 
     async def join(self, claims: Claims, room: str) -> tuple[Meeting, str]:
         """Record ``claims`` joining ``room``; durable before it returns."""
         async with self._lock:
             live = self._by_room.get(room)
+            host = may_host(claims, room)
             if live is None:
-                await self._new_meeting(room, "", claims)
+                await self._new_meeting(room, "", claims if host else None)
                 live = self._by_room[room]
+            elif host and not live.meeting.creator_identity:
+                await self._claim(live, claims, None)  # the first host in becomes the creator
             if live.end_timer is not None:
                 live.end_timer.cancel()
                 live.end_timer = None
@@ -228,12 +322,13 @@ class MeetingService:
         self._listeners.append(cb)
 
     # -- internals ---------------------------------------------------------------------
-    async def _new_meeting(self, room: str | None, topic: str, creator: Claims) -> Meeting:
-        """Insert a new meeting (caller holds the lock)."""
+    async def _new_meeting(self, room: str | None, topic: str, creator: Claims | None) -> Meeting:
+        """Insert a new meeting (caller holds the lock); ``creator`` None: none yet."""
         for _attempt in range(20):
             meeting_id = new_meeting_id()
-            meeting = Meeting(meeting_id, room or meeting_id, topic or "", creator.identity,
-                              creator.name, self.clock(), None)
+            meeting = Meeting(meeting_id, room or meeting_id, topic or "",
+                              creator.identity if creator else "", creator.name if creator else "",
+                              self.clock(), None)
             try:
                 await self.store.create_meeting(meeting)
             except DuplicateMeeting:
@@ -245,10 +340,20 @@ class MeetingService:
         self._by_room[meeting.room] = live
         self._by_id[meeting.meeting_id] = live
         event(logger, "meeting started", meeting=meeting.meeting_id, room=meeting.room,
-              creator=creator.identity)
+              creator=creator.identity if creator else None)
         self._emit({"type": "meeting_started", "meeting_id": meeting.meeting_id, "room": meeting.room,
                     "topic": meeting.topic})
         return meeting
+
+    async def _claim(self, live: _Live, creator: Claims, topic: str | None) -> None:
+        """``creator`` becomes the creator of a running meeting that has none (lock held)."""
+        meeting = live.meeting
+        await self.store.claim_meeting(meeting.meeting_id, creator.identity, creator.name, topic)
+        meeting.creator_identity, meeting.creator_name = creator.identity, creator.name
+        if topic is not None:
+            meeting.topic = topic
+        event(logger, "meeting creator set", meeting=meeting.meeting_id, room=meeting.room,
+              creator=creator.identity)
 
     def _schedule_end(self, live: _Live, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -322,5 +427,5 @@ class MeetingService:
                 logger.exception("history purge failed")
 
 
-__all__ = ["Conflict", "Meeting", "MeetingService", "NotFound", "can_end", "can_read_history",
-           "new_meeting_id"]
+__all__ = ["Conflict", "CreateLimiter", "Meeting", "MeetingService", "NotFound", "TooMany", "can_end",
+           "can_read_history", "may_host", "new_meeting_id"]

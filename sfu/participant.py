@@ -51,7 +51,7 @@ class Participant:
     gone: bool = False  # disconnected: its media and history session are closed
     ending: bool = False  # meeting_ended or kicked was sent; the socket is closing
     busy: bool = False  # one of its requests is being handled
-    host: bool = False  # may end the meeting and mute others (host grant, creator or admin)
+    host: bool = False  # may end the meeting and mute others: the token's host grant for the room, or admin
     close_after_response: tuple[int, str] | None = None
 
     @property

@@ -5,13 +5,13 @@ Every request carries an access token (``Authorization: Bearer``, or a
 
 | request | who | answer |
 |---|---|---|
-| ``POST /api/meetings`` ``{"topic", "room"?}`` | any valid token (room: that room's) | 201 the meeting |
+| ``POST /api/meetings`` ``{"topic", "room"?}`` | host grant (room: that room's), admin | 201 the meeting; 200 when it claims the room's running meeting that has no creator yet; 429 past the per-identity limits |
 | ``GET /api/meetings`` | any | meetings the caller created; every meeting for an admin |
 | ``GET /api/meetings/{id}`` | creator, admin | the meeting, its sessions, per-identity totals |
 | ``GET /api/meetings/{id}/export?format=csv\\|json`` | creator, admin | attendance file |
-| ``DELETE /api/meetings/{id}`` | creator, host of its room, admin | ends it now, disconnects everyone |
+| ``DELETE /api/meetings/{id}`` | host grant for its room (or the creator with a host grant), admin | ends it now, disconnects everyone |
 | ``DELETE /api/people/{identity}`` | admin | anonymises that person's sessions and meetings |
-| ``POST /api/dev/token`` ``{"room", "name"}`` | anyone, only with ``sfu serve --dev`` | a token |
+| ``POST /api/dev/token`` ``{"room", "name"}`` | anyone, only with ``sfu serve --dev`` | a token for a new random identity |
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from aiohttp import web
 from .auth import AuthError, Claims, Grants, authorize, mint_token, token_from_request, verify_token
 from .history import attendance, export, meeting_dict
 from .log import event
-from .meetings import Conflict, MeetingService, NotFound, can_read_history
+from .meetings import Conflict, CreateLimiter, MeetingService, NotFound, TooMany, can_read_history
 
 logger = logging.getLogger("sfu.rest")
 
 MEETINGS_KEY = web.AppKey("meetings", MeetingService)
 AUTH_SECRET_KEY = web.AppKey("auth_secret", str)
 DEV_MODE_KEY = web.AppKey("dev_mode", bool)
+CREATE_LIMITER_KEY = web.AppKey("create_limiter", CreateLimiter)
 
 ROOM_RE = re.compile(r"^[A-Za-z0-9_.~-]{1,64}$")
 MAX_TOPIC = 200
@@ -62,6 +63,10 @@ def _handler(fn: Callable) -> Callable:
             return json_error(409, str(exc))
         except _BadRequest as exc:
             return json_error(400, str(exc))
+        except TooMany as exc:
+            response = json_error(429, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
 
     return wrapped
 
@@ -105,12 +110,20 @@ async def create_meeting(request: web.Request) -> web.Response:
     room = body.get("room")
     if not isinstance(topic, str) or len(topic) > MAX_TOPIC:
         raise _BadRequest(f"topic must be a string of at most {MAX_TOPIC} characters")
-    if room is not None:
-        if not isinstance(room, str) or not ROOM_RE.match(room):
-            raise _BadRequest("room name must be 1-64 characters of A-Z a-z 0-9 _ . ~ -")
-        authorize(claims, room, None)
-    meeting = await request.app[MEETINGS_KEY].create_meeting(room, topic.strip(), claims)
-    return web.json_response(meeting_dict(meeting, _now(request)), status=201,
+    if room is not None and (not isinstance(room, str) or not ROOM_RE.match(room)):
+        raise _BadRequest("room name must be 1-64 characters of A-Z a-z 0-9 _ . ~ -")
+    # only a host (of that room, when one is named) or an admin creates meetings:
+    # a viewer cannot take a room before its host
+    if not claims.grants.admin:
+        if not claims.grants.host:
+            raise AuthError(403, "creating a meeting needs the host grant")
+        authorize(claims, room, "host")  # a named room: the token must be that room's
+    meetings = request.app[MEETINGS_KEY]
+    limiter = request.app[CREATE_LIMITER_KEY]
+    meeting, created = await meetings.create_or_claim(
+        room, topic.strip(), claims,
+        check=lambda: limiter.check(claims, meetings.running_created_by(claims.identity)))
+    return web.json_response(meeting_dict(meeting, _now(request)), status=201 if created else 200,
                              headers={"Location": f"/api/meetings/{meeting.meeting_id}"})
 
 
@@ -178,18 +191,20 @@ async def dev_token(request: web.Request) -> web.Response:
         raise _BadRequest("room name must be 1-64 characters of A-Z a-z 0-9 _ . ~ -")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         raise _BadRequest(f"name must be 1-{MAX_NAME} characters")
-    identity = body.get("identity")
-    if not isinstance(identity, str) or not identity.strip():
-        identity = "dev-" + secrets.token_hex(4)
+    # always a new random identity: a caller never chooses whom it acts as (an
+    # "identity" in the body is ignored)
+    identity = "dev-" + secrets.token_hex(8)
     grants = Grants(publish=True, subscribe=True, host=True)
-    token = mint_token(request.app[AUTH_SECRET_KEY], identity.strip(), name.strip(), room, grants)
-    return web.json_response({"token": token, "identity": identity.strip(), "room": room})
+    token = mint_token(request.app[AUTH_SECRET_KEY], identity, name.strip(), room, grants)
+    return web.json_response({"token": token, "identity": identity, "room": room})
 
 
-def add_routes(app: web.Application, meetings: MeetingService, auth_secret: str, dev: bool = False) -> None:
+def add_routes(app: web.Application, meetings: MeetingService, auth_secret: str, dev: bool = False,
+               limiter: CreateLimiter | None = None) -> None:
     app[MEETINGS_KEY] = meetings
     app[AUTH_SECRET_KEY] = auth_secret
     app[DEV_MODE_KEY] = dev
+    app[CREATE_LIMITER_KEY] = limiter or CreateLimiter()
     app.router.add_post("/api/meetings", create_meeting)
     app.router.add_get("/api/meetings", list_meetings)
     app.router.add_get("/api/meetings/{meeting_id}", get_meeting)

@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 
 from . import sdp
 from .auth import AuthError, Claims, authorize, token_from_request, verify_token
+from .limits import LimitExceeded
 from .log import event
 from .meetings import can_end
 from .participant import DEFAULT_SOURCE, SOURCES, Participant, PublishedTrack
@@ -260,6 +261,8 @@ class Signaling:
         participant.meeting_id = meeting.meeting_id
         participant.session_id = session_id
         participant.joined = True
+        # host powers come from the token only (host grant for this room, or admin), never
+        # from having come first; meetings.join made a host-grant joiner the creator if none
         participant.host = can_end(meeting, participant.claims)
         self._by_history[session_id] = participant
         members = self.rooms.setdefault(participant.room, {})
@@ -289,7 +292,7 @@ class Signaling:
         tracks_info = _object(message, "tracks")
         wanted = _object(message, "subscriptions")
         try:
-            offer = sdp.parse_sdp(offer_sdp)
+            offer = sdp.parse_sdp(offer_sdp, self.engine.config.max_offer_sections)
         except sdp.SdpError as exc:
             raise ProtocolError("bad_sdp", str(exc)) from None
         sending = [m for m in offer.media if not m.rejected and m.direction in ("sendonly", "sendrecv")
@@ -322,6 +325,8 @@ class Signaling:
             raise ProtocolError("bad_sdp", str(exc).splitlines()[0] if str(exc) else "unusable offer") from None
         except KeyError:
             raise ProtocolError("media_closed", "the media session is gone; offer from a new connection") from None
+        except LimitExceeded as exc:  # too_many_tracks, room_full, server_busy (docs/protocol.md)
+            raise ProtocolError(exc.code, exc.message) from None
         desc = self.engine.describe_session(participant.media_session)
         published: dict[str, str] = {}
         for mid, producer in desc["producers"].items():
@@ -580,8 +585,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 async def recording_handler(request: web.Request) -> web.Response:
     """``POST /api/meetings/{id}/recording`` ``{"active": bool}``: what a recorder calls
-    when it starts or stops recording a running meeting (host of its room, creator or
-    admin), so that every participant is told (``recording_changed``)."""
+    when it starts or stops recording a running meeting (a token with the host grant for
+    its room, or admin: meetings.can_end), so that every participant is told
+    (``recording_changed``)."""
     signaling = request.app[SIGNALING_KEY]
     try:
         claims = verify_token(request.app[WS_AUTH_SECRET_KEY], token_from_request(request))

@@ -8,7 +8,8 @@ import pytest
 
 from sfu.auth import AuthError, Claims, Grants
 from sfu.history import HistoryStore, Meeting, SessionRecord
-from sfu.meetings import ID_ALPHABET, Conflict, MeetingService, NotFound, new_meeting_id
+from sfu.meetings import (ID_ALPHABET, Conflict, CreateLimiter, MeetingService, NotFound, TooMany, can_end,
+                          can_read_history, new_meeting_id)
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_800_000_000.0
@@ -60,8 +61,8 @@ def test_meeting_ids_are_short_and_typeable():
     assert not set("01ilo") & set(ID_ALPHABET)
 
 
-async def test_first_join_creates_the_meeting_with_the_first_participant_as_creator(service):
-    m, s1 = await service.join(person("alice"), "r1")
+async def test_first_join_creates_the_meeting_with_a_host_joiner_as_creator(service):
+    m, s1 = await service.join(person("alice", host=True), "r1")
     m2, s2 = await service.join(person("bob"), "r1")
     assert m is m2 and s1 != s2
     assert (m.room, m.creator_identity, m.creator_name, m.ended_at) == ("r1", "alice", "Alice", None)
@@ -111,7 +112,7 @@ async def test_rejoin_in_the_grace_period_keeps_the_meeting_with_a_new_session(s
     # after the meeting ends, the next join starts a new meeting
     await service.leave(s2)
     await until(lambda: service.active_meeting("r1") is None)
-    m3, _ = await service.join(person("bob"), "r1")
+    m3, _ = await service.join(person("bob", host=True), "r1")
     assert m3.meeting_id != m.meeting_id and m3.creator_identity == "bob"
 
 
@@ -132,14 +133,94 @@ async def test_host_ends_the_meeting_and_everyone_is_kicked(service):
     rows = await service.store.sessions(m.meeting_id)
     assert {r.end_reason for r in rows} == {"kicked"}
     assert (await service.store.get_meeting(m.meeting_id)).ended_at is not None
-    assert await service.end_meeting(m.meeting_id, person("alice")) == []  # ended already
+    assert await service.end_meeting(m.meeting_id, person("carol", host=True)) == []  # ended already
+    with pytest.raises(AuthError):  # ended or not, only a host may
+        await service.end_meeting(m.meeting_id, person("alice"))
 
 
-@pytest.mark.parametrize("who", [person("alice"), person("root", room=None, admin=True)])
-async def test_creator_or_admin_may_end(service, who):
-    m, _ = await service.join(person("alice"), "r1")
+@pytest.mark.parametrize("who", [person("alice", room=None, host=True), person("root", room=None, admin=True),
+                                 person("hank", room="r1", host=True)])
+async def test_creator_with_the_host_grant_host_of_the_room_or_admin_may_end(service, who):
+    m = await service.create_meeting("r1", "", person("alice", room=None, host=True))
+    await service.join(person("bob"), "r1")
     await service.end_meeting(m.meeting_id, who)
     assert service.active_meeting("r1") is None
+
+
+@pytest.mark.parametrize("who", [person("alice", room=None), person("alice", room="r1", publish=True),
+                                 person("bob", room="r1", subscribe=True), person("hank", room="r2", host=True)])
+async def test_no_host_grant_no_host_powers_even_for_the_creator(service, who):
+    m = await service.create_meeting("r1", "", person("alice", room=None, host=True))
+    await service.join(person("bob"), "r1")
+    assert not can_end(m, who)
+    with pytest.raises(AuthError) as err:
+        await service.end_meeting(m.meeting_id, who)
+    assert err.value.status == 403
+    assert service.active_meeting("r1") is m
+
+
+async def test_a_join_without_the_host_grant_starts_a_meeting_without_creator(service):
+    """A viewer coming first does not become creator (no squatting): the first host in does."""
+    m, _ = await service.join(person("vic", subscribe=True), "r1")
+    assert (m.creator_identity, m.creator_name) == ("", "")
+    assert (await service.store.get_meeting(m.meeting_id)).creator_identity == ""
+    assert not can_read_history(m, person("vic", subscribe=True))
+    assert not can_read_history(m, person("", room="r1"))  # no identity ever matches "no creator"
+    await service.join(person("pat", publish=True), "r1")
+    assert m.creator_identity == ""
+    joined, _ = await service.join(person("hope", host=True), "r1")
+    assert joined is m and (m.creator_identity, m.creator_name) == ("hope", "Hope")
+    stored = await service.store.get_meeting(m.meeting_id)
+    assert (stored.creator_identity, stored.creator_name) == ("hope", "Hope")
+    await service.join(person("hal", host=True), "r1")  # the first host stays the creator
+    assert m.creator_identity == "hope"
+    assert [m.meeting_id for m in await service.store.list_meetings("hope")] == [m.meeting_id]
+
+
+async def test_a_host_claims_the_running_meeting_a_viewer_started(service):
+    m, _ = await service.join(person("vic", subscribe=True), "r1")
+    claimed, created = await service.create_or_claim("r1", "Standup", person("hope", host=True))
+    assert claimed is m and created is False
+    assert (m.creator_identity, m.topic) == ("hope", "Standup")
+    stored = await service.store.get_meeting(m.meeting_id)
+    assert (stored.creator_identity, stored.creator_name, stored.topic) == ("hope", "Hope", "Standup")
+    with pytest.raises(Conflict):  # it has a creator now
+        await service.create_or_claim("r1", "again", person("hal", host=True))
+    assert m.creator_identity == "hope"
+
+
+def test_create_limiter_caps_running_meetings_and_the_rate_per_identity():
+    now = [1000.0]
+    limiter = CreateLimiter(max_running=3, per_minute=6, clock=lambda: now[0])
+    alice, bob = person("alice", host=True), person("bob", host=True)
+    with pytest.raises(TooMany) as err:
+        limiter.check(alice, running=3)
+    assert err.value.retry_after > 0 and "limit is 3" in str(err.value)
+    for _ in range(6):  # a burst of the per-minute rate
+        limiter.check(alice, running=0)
+    with pytest.raises(TooMany) as err:
+        limiter.check(alice, running=0)
+    assert err.value.retry_after == 10 and "per minute" in str(err.value)  # 6/min: one every 10 s
+    limiter.check(bob, running=0)  # per identity
+    now[0] += 10.0
+    limiter.check(alice, running=0)
+    with pytest.raises(TooMany):
+        limiter.check(alice, running=0)
+    for _ in range(100):  # admins (a backend creating for others) are not limited
+        limiter.check(person("root", room=None, admin=True), running=1000)
+    unlimited = CreateLimiter(max_running=0, per_minute=0)
+    for _ in range(100):
+        unlimited.check(alice, running=1000)
+
+
+def test_create_limiter_memory_is_bounded():
+    now = [0.0]
+    limiter = CreateLimiter(max_running=0, per_minute=10, clock=lambda: now[0])
+    limiter.MAX_TRACKED = 50
+    for i in range(500):
+        limiter.check(person(f"p{i}", host=True), running=0)
+        now[0] += 0.01
+    assert len(limiter._buckets) <= 51
 
 
 async def test_created_meeting_is_joined_and_keeps_its_creator(service):

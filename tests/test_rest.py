@@ -95,7 +95,8 @@ async def test_token_in_query_is_accepted_for_whip(api):
 
 async def test_whip_and_whep_sessions_are_recorded(api):
     meetings = api.server.meetings
-    code, _answer, headers = await api.offer("whip", "r1", tok("alice", publish=True))
+    alice = tok("alice", publish=True, host=True)
+    code, _answer, headers = await api.offer("whip", "r1", alice)
     assert code == 201
     pub_location = headers["Location"]
     code, _answer, headers = await api.offer("whep", "r1", tok("bob", subscribe=True))
@@ -105,7 +106,7 @@ async def test_whip_and_whep_sessions_are_recorded(api):
     rows = await meetings.store.sessions(meeting.meeting_id)
     assert [(r.identity, r.display_name, r.left_at) for r in rows] == [("alice", "Alice", None),
                                                                       ("bob", "Bob", None)]
-    code, _, _ = await api.call("DELETE", pub_location)
+    code, _, _ = await api.call("DELETE", pub_location, alice)
     assert code == 200
     await until(lambda: len(meetings.sessions_in(meeting.meeting_id)) == 1)
     # the viewer silently goes away: the engine drops it (here: as on consent timeout)
@@ -137,7 +138,7 @@ async def test_rest_needs_a_token_and_answers_json_errors(api):
 
 
 async def test_create_list_and_read_meetings(api):
-    alice, bob = tok("alice", room=None), tok("bob", room=None)
+    alice, bob = tok("alice", room=None, host=True), tok("bob", room=None, host=True)
     code, created, headers = await api.call("POST", "/api/meetings", alice, json={"topic": "Planning"})
     assert code == 201 and created["topic"] == "Planning" and created["active"]
     mid = created["meeting_id"]
@@ -176,25 +177,25 @@ async def test_create_list_and_read_meetings(api):
 async def test_create_meeting_validates_input(api, body, words):
     kw = {"json": body} if body != "not json" else {"data": b"{nope",
                                                     "headers": {"Content-Type": "application/json"}}
-    code, answer, _ = await api.call("POST", "/api/meetings", tok(room=None), **kw)
+    code, answer, _ = await api.call("POST", "/api/meetings", tok(room=None, host=True), **kw)
     assert code == 400 and words in answer["error"]
 
 
 async def test_create_meeting_in_a_room_needs_that_room_and_it_must_be_free(api):
-    code, body, _ = await api.call("POST", "/api/meetings", tok("alice", room="r2"), json={"room": "r1"})
-    assert code == 403
-    code, body, _ = await api.call("POST", "/api/meetings", tok("alice", room="r1"),
+    code, body, _ = await api.call("POST", "/api/meetings", tok("alice", room="r2", host=True), json={"room": "r1"})
+    assert code == 403 and "another room" in body["error"]
+    code, body, _ = await api.call("POST", "/api/meetings", tok("alice", room="r1", host=True),
                                    json={"room": "r1", "topic": "t"})
     assert code == 201 and body["room"] == "r1"
-    code, body, _ = await api.call("POST", "/api/meetings", tok("alice", room="r1"), json={"room": "r1"})
+    code, body, _ = await api.call("POST", "/api/meetings", tok("alice", room="r1", host=True), json={"room": "r1"})
     assert code == 409
 
 
 async def test_export_csv_and_json(api):
-    alice = tok("alice", publish=True)
+    alice = tok("alice", publish=True, host=True)
     code, _, h1 = await api.offer("whip", "r1", alice)
     code, _, h2 = await api.offer("whep", "r1", tok("bob", subscribe=True))
-    await api.call("DELETE", h2["Location"])
+    await api.call("DELETE", h2["Location"], tok("bob"))
     code, _, h3 = await api.offer("whep", "r1", tok("bob", subscribe=True))  # bob rejoins
     meeting = api.server.meetings.active_meeting("r1")
     await until(lambda: len(api.server.meetings.sessions_in(meeting.meeting_id)) == 2)
@@ -230,13 +231,14 @@ async def test_host_ends_the_meeting_over_rest_and_whip_sessions_are_disconnecte
     assert api.server.engine.snapshot()["transports"] == 0
     rows = await api.server.meetings.store.sessions(meeting.meeting_id)
     assert {r.end_reason for r in rows} == {"kicked"}
-    code, _, _ = await api.call("DELETE", headers["Location"])
+    code, _, _ = await api.call("DELETE", headers["Location"], tok("alice"))
     assert code == 404
 
 
 async def test_admin_erases_a_person(api):
-    code, _, headers = await api.offer("whip", "r1", tok("erin@example.com", publish=True))
-    await api.call("DELETE", headers["Location"])
+    erin = tok("erin@example.com", publish=True, host=True)
+    code, _, headers = await api.offer("whip", "r1", erin)
+    assert (await api.call("DELETE", headers["Location"], erin))[0] == 200
     meeting_id = (await api.server.meetings.store.list_meetings(None))[0].meeting_id
     code, body, _ = await api.call("DELETE", "/api/people/erin@example.com", tok("erin@example.com"))
     assert code == 403
@@ -259,6 +261,17 @@ async def test_dev_token_endpoint_only_in_dev_mode(api, tmp_path):
                 token = (await r.json())["token"]
             async with http.post(server.url + "/api/dev/token", json={"room": "bad room"}) as r:
                 assert r.status == 400
+            # a caller never chooses whom it acts as: a supplied identity is ignored
+            identities = set()
+            for _ in range(2):
+                async with http.post(server.url + "/api/dev/token",
+                                     json={"room": "r1", "name": "Mallory", "identity": "alice"}) as r:
+                    assert r.status == 200
+                    answer = await r.json()
+                identities.add(verify_token(server.auth_secret, answer["token"]).identity)
+                assert answer["identity"] in identities
+        assert len(identities) == 2 and "alice" not in identities
+        assert all(i.startswith("dev-") and len(i) == 4 + 16 for i in identities)
         claims = verify_token(server.auth_secret, token)
         assert (claims.room, claims.name) == ("r1", "Guest") and claims.grants.publish
         assert server.auth_secret == (tmp_path / "dev" / "auth_secret").read_text().strip()

@@ -13,11 +13,13 @@ from sfu.auth import AuthError, Claims, Grants
 from sfu.config import Config
 from sfu.engine import MediaEngine
 from sfu.history import Meeting
+from sfu.meetings import can_end
 from sfu.signaling import CLOSE_LEFT, CLOSE_MEETING_ENDED, CLOSE_SERVER_STOPPED, Signaling
 
 from .sdp_offers import OfferPeer
 
 EVERYTHING = Grants(publish=True, subscribe=True)
+HOST = Grants(publish=True, subscribe=True, host=True)
 
 
 class FakeMeetings:
@@ -54,7 +56,7 @@ class FakeMeetings:
 
     async def end_meeting(self, meeting_id: str, by: Claims) -> list[str]:
         meeting = self.meetings[meeting_id]
-        if not (by.grants.host or by.identity == meeting.creator_identity):
+        if not can_end(meeting, by):
             raise AuthError(403, "only the meeting's host may end it")
         ids = sorted(s for s, m in self.sessions.items() if m == meeting_id)
         for session_id in ids:
@@ -255,10 +257,18 @@ async def test_leaving_unpublishes_then_announces_and_records(signaling, engine,
 
 
 async def test_end_meeting_needs_a_host_and_ends_it_for_everyone(signaling, meetings):
-    alice = await joined(signaling, "a", "Alice")  # the creator
+    first = await joined(signaling, "f", "First")  # came first, no host grant: no host powers
+    assert first.sent[0]["permissions"]["end_meeting"] is False and not first.participant.host
+    alice = await joined(signaling, "a", "Alice", grants=HOST)
+    assert alice.sent[0]["permissions"] == {"publish": True, "subscribe": True, "end_meeting": True,
+                                            "mute_others": True}
     bob = await joined(signaling, "b", "Bob")
-    response = await bob.request("end_meeting")
-    assert (response["ok"], response["code"]) == (False, "forbidden")
+    for client in (first, bob):
+        response = await client.request("end_meeting")
+        assert (response["ok"], response["code"]) == (False, "forbidden")
+        response = await client.request("mute_participant", participant_id=alice.participant.id)
+        assert (response["ok"], response["code"]) == (False, "forbidden")
+    await first.request("leave")
     response = await alice.request("end_meeting")
     assert response["ok"], response
     # the response reached Alice before her socket closed
@@ -270,7 +280,8 @@ async def test_end_meeting_needs_a_host_and_ends_it_for_everyone(signaling, meet
     await asyncio.sleep(0)  # the disconnects run as tasks
     for client in (alice, bob):
         assert client.participant.gone
-    assert sorted(c for c in meetings.calls if c[0] == "leave") == [("leave", "s1", "kicked"), ("leave", "s2", "kicked")]
+    assert sorted(c for c in meetings.calls if c[0] == "leave") == [("leave", "s1", "left"), ("leave", "s2", "kicked"),
+                                                                   ("leave", "s3", "kicked")]
 
 
 async def test_media_session_loss_is_reported(signaling, engine):
@@ -395,7 +406,7 @@ def test_paused_producer_forwards_nothing_and_resumes_where_it_stopped(mode):
 
 
 async def test_host_mutes_a_participant_the_sfu_holds_its_media_until_it_unmutes(signaling, engine):
-    alice = await joined(signaling, "a", "Alice")  # the creator: a host
+    alice = await joined(signaling, "a", "Alice", grants=HOST)
     bob = await joined(signaling, "b", "Bob")
     carol = await joined(signaling, "c", "Carol", grants=Grants(subscribe=True, host=True))
     await bob.request("offer", sdp=bob.peer.offer(AV), tracks=SOURCES)
@@ -447,7 +458,7 @@ async def test_host_mutes_a_participant_the_sfu_holds_its_media_until_it_unmutes
 
 
 async def test_a_whip_publisher_and_a_whep_viewer_are_participants(signaling, engine, meetings):
-    alice = await joined(signaling, "alice@example.com", "Alice")
+    alice = await joined(signaling, "alice@example.com", "Alice", grants=HOST)
     claims = Claims("cam@example.com", "Lobby camera", "r", Grants(publish=True), 2**40)
     whip = engine.create_session("r", "publish", OfferPeer().offer(AV))
     peer = signaling.add_http_peer(whip.id, claims, "publish", "m0")
@@ -549,8 +560,11 @@ async def test_recording_api_and_whip_publisher_over_http(tmp_path):
             async with http.post(f"{server.url}/api/meetings/nope-nop-nop/recording", json={"active": True},
                                  headers={"Authorization": f"Bearer {tok('alice')}"}) as r:
                 assert r.status == 404
-            # the creator (or a host of the room, or an admin) says a recorder started
-            assert await post(tok("alice"), {"active": True}) == (200, {"meeting_id": meeting_id, "recording": True})
+            # alice came first but has no host grant: no say over the recording notice
+            assert (await post(tok("alice"), {"active": True}))[0] == 403
+            # a host of the room (or an admin) says a recorder started
+            assert await post(tok("rec", host=True), {"active": True}) == (200, {"meeting_id": meeting_id,
+                                                                                 "recording": True})
             assert (await next_event("recording_changed"))["recording"] is True
             assert (await post(tok("rec", host=True), {"active": False}))[0] == 200
             assert (await next_event("recording_changed"))["recording"] is False
