@@ -15,7 +15,9 @@
 
 (() => {
   const params = new URLSearchParams(window.location.search);
-  const server = params.get("server") || window.location.origin;
+  // Always the SFU that served this page: camera and microphone never go to a
+  // server named in a link (there is no ?server= parameter).
+  const server = window.location.origin;
   const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle" };
   const PING_INTERVAL_MS = 25000;
   const CLOSE_MESSAGES = {

@@ -11,8 +11,9 @@
 
 (() => {
   const params = new URLSearchParams(window.location.search);
-  // The page is normally served by the SFU itself; ?server= points it elsewhere.
-  const server = params.get("server") || window.location.origin;
+  // Always the SFU that served this page: camera and microphone never go to a
+  // server named in a link (there is no ?server= parameter).
+  const server = window.location.origin;
   const RTC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle" };
   const GATHER_TIMEOUT_MS = 2000;
 
@@ -25,7 +26,7 @@
   const state = { publishing: false, playing: false, error: null, status: "idle" };
   window.sfuState = state;
 
-  // One session per direction: {pc, location, stream}.
+  // One session per direction: {pc, location, token, stream}.
   const sessions = { publish: null, play: null };
   let statsTimer = null;
 
@@ -87,7 +88,8 @@
     return (await response.json()).token;
   }
 
-  // WHIP/WHEP: POST the offer, 201 Created with the answer and a Location to DELETE.
+  // WHIP/WHEP: POST the offer, 201 Created with the answer and a Location to DELETE
+  // (with the same token). Resolves to {location, token}.
   async function negotiate(pc, url, room) {
     const token = await accessToken(room);
     await pc.setLocalDescription(await pc.createOffer());
@@ -103,7 +105,7 @@
     }
     const location = response.headers.get("Location");
     await pc.setRemoteDescription({ type: "answer", sdp: body });
-    return location ? new URL(location, url).href : null;
+    return { location: location ? new URL(location, url).href : null, token };
   }
 
   function watchConnection(pc, label) {
@@ -118,7 +120,7 @@
   async function publish() {
     if (sessions.publish) return;
     state.error = null;
-    const session = { pc: null, location: null, stream: null };
+    const session = { pc: null, location: null, token: null, stream: null };
     sessions.publish = session;
     refreshButtons();
     try {
@@ -132,7 +134,7 @@
         pc.addTransceiver(track, { direction: "sendonly", streams: [session.stream] });
       }
       setStatus("Publishing: negotiating…");
-      session.location = await negotiate(pc, `${server}/whip/${encodeURIComponent(room)}`, room);
+      Object.assign(session, await negotiate(pc, `${server}/whip/${encodeURIComponent(room)}`, room));
       state.publishing = true;
       startStats();
     } catch (err) {
@@ -144,7 +146,7 @@
   async function play() {
     if (sessions.play) return;
     state.error = null;
-    const session = { pc: null, location: null, stream: new MediaStream() };
+    const session = { pc: null, location: null, token: null, stream: new MediaStream() };
     sessions.play = session;
     refreshButtons();
     try {
@@ -159,7 +161,7 @@
         startPlayback();
       });
       setStatus("Playing: negotiating…");
-      session.location = await negotiate(pc, `${server}/whep/${encodeURIComponent(room)}`, room);
+      Object.assign(session, await negotiate(pc, `${server}/whep/${encodeURIComponent(room)}`, room));
       state.playing = true;
       startStats();
     } catch (err) {
@@ -191,7 +193,8 @@
     refreshButtons();
     if (session.location) {
       try {
-        await fetch(session.location, { method: "DELETE" });
+        // the session's own token ends it (RFC 9725 §4.2; the SFU checks the identity)
+        await fetch(session.location, { method: "DELETE", headers: { "Authorization": `Bearer ${session.token}` } });
       } catch (err) {
         console.warn("sfu: DELETE failed", err);
       }

@@ -90,7 +90,7 @@ class Publisher:
 
     async def stop(self) -> None:
         if self.location:
-            await delete(self.base_url + self.location)
+            await delete(self.base_url + self.location, token=self.token)
         await self.pc.close()
 
 
@@ -157,7 +157,7 @@ class Viewer:
 
     async def stop(self) -> None:
         if self.location:
-            await delete(self.base_url + self.location)
+            await delete(self.base_url + self.location, token=self.token)
         for task in self._tasks:
             task.cancel()
         await self.pc.close()
@@ -177,7 +177,13 @@ async def post_sdp(url: str, sdp: str, content_type: str = "application/sdp",
             return r.status, await r.text(), r.headers.get("Location")
 
 
-async def delete(url: str) -> int:
+async def delete(url: str, token: str | None = None) -> int:
+    """DELETE a WHIP/WHEP session URL with ``Authorization: Bearer token`` (the token
+    that created it, or an admin's); with no token, the test servers' default one
+    (identity "tester", as post_sdp uses); ``token=""`` sends none."""
+    if token is None:
+        token = mint_test_token(None)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as session:
-        async with session.delete(url) as r:
+        async with session.delete(url, headers=headers) as r:
             return r.status

@@ -195,7 +195,9 @@ class WhipPublisher:
         """End the WHIP session (RFC 9725 section 4.2): DELETE the resource URL."""
         if self.location is None:
             return
-        request = urllib.request.Request(self.location, method="DELETE")
+        request = urllib.request.Request(  # the session's own token ends it
+            self.location, method="DELETE",
+            headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 say("deleted", response.status)
