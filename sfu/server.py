@@ -15,6 +15,7 @@ from .auth import keyring_from_config
 from .config import Config
 from .engine import MediaEngine
 from .history import HistoryStore
+from .httpguard import ConnectionGuard, GuardedSite, raise_fd_limit
 from .meetings import MeetingService
 
 logger = logging.getLogger("sfu.server")
@@ -32,6 +33,7 @@ class Server:
                                        retention_days=config.retention_days)
         self.auth_secret: str | None = config.auth_secret
         self._runner: web.AppRunner | None = None
+        self.http_guard = ConnectionGuard(config.http_header_timeout, config.http_max_per_source)
         self.http_port: int | None = None
 
     async def start(self) -> None:
@@ -40,9 +42,11 @@ class Server:
         await self.meetings.start()  # closes what a crash left open, before anyone joins
         await self.engine.start()
         app = make_app(self.engine, self.meetings, self.auth_secret, dev=self.config.dev)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=self.config.http_idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        # header timeout and cap per source (sfu/httpguard.py)
+        site = GuardedSite(self._runner, self.config.host, self.config.http_port, guard=self.http_guard)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
 
@@ -61,6 +65,8 @@ class Server:
 
 
 async def serve(config: Config) -> None:
+    before, nofile, hard = raise_fd_limit()  # every HTTP connection and media session holds descriptors
+    log.event(logger, "open file limit", nofile=nofile, raised_from=before, hard=hard)
     server = Server(config)
     await server.start()
     url = server.url
