@@ -58,6 +58,7 @@ _header = struct.Struct("!BBH")
 _report_block = struct.Struct("!IB3sIIII")
 _sender_info = struct.Struct("!IQIII")
 _two_ssrcs = struct.Struct("!II")
+_nack_entry = struct.Struct("!HH")  # RFC 4585 §6.2.1 FCI: PID, BLP
 
 
 # ------------------------------------------------------------------ helpers
@@ -342,15 +343,22 @@ def _pack_feedback(packet_type: int, fmt: int, sender: int, media: int, fci: byt
     return _pack_packet(fmt, packet_type, _two_ssrcs.pack(sender, media) + fci)
 
 
+NACK_MAX_SEQS = 256  # sequence numbers one parsed NACK may ask for; the rest are ignored (counted)
+
+
 @dataclass
 class Nack:
     """Generic NACK, RFC 4585 §6.2.1: each FCI entry is a PID and a 16-bit bitmask (BLP)
     of the following lost packets. ``lost`` lists sequence numbers in send order
-    (wrapping at 65535); building packs consecutive numbers into one entry."""
+    (wrapping at 65535); building packs consecutive numbers into one entry.
+
+    Parsing expands at most ``NACK_MAX_SEQS`` numbers (a hostile NACK of 1.2 kB asks
+    for ~5,000); ``ignored`` counts the ones left out (not part of equality)."""
 
     sender_ssrc: int
     media_ssrc: int
     lost: list[int] = field(default_factory=list)
+    ignored: int = field(default=0, compare=False)
 
     packet_type: ClassVar[int] = PT_RTPFB
     fmt: ClassVar[int] = FMT_NACK
@@ -360,12 +368,19 @@ class Nack:
         sender, media, fci = _unpack_feedback(data, PT_RTPFB, FMT_NACK)
         if len(fci) % 4:
             raise ValueError("RTCP NACK FCI is not a whole number of entries")
-        lost = []
-        for offset in range(0, len(fci), 4):
-            pid, blp = struct.unpack_from("!HH", fci, offset)
+        lost: list[int] = []
+        ignored = 0
+        for pid, blp in _nack_entry.iter_unpack(fci):
+            if ignored or len(lost) >= NACK_MAX_SEQS:
+                ignored += 1 + blp.bit_count()
+                continue
             lost.append(pid)
-            lost.extend((pid + bit + 1) & 0xFFFF for bit in range(16) if blp >> bit & 1)
-        return cls(sender, media, lost)
+            if blp:
+                lost.extend((pid + bit + 1) & 0xFFFF for bit in range(16) if blp >> bit & 1)
+            if len(lost) > NACK_MAX_SEQS:
+                ignored = len(lost) - NACK_MAX_SEQS
+                del lost[NACK_MAX_SEQS:]
+        return cls(sender, media, lost, ignored)
 
     def __bytes__(self) -> bytes:
         entries: list[list[int]] = []  # [pid, blp]

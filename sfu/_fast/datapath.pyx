@@ -47,6 +47,7 @@ from libc.math cimport fabs
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.uio cimport iovec
 
@@ -59,7 +60,7 @@ from sfu._fast.includes.srtp cimport (
     SFU_SRTP_FN_CTYPE, SRTP_ERR_STATUS_REPLAY_FAIL, SRTP_ERR_STATUS_REPLAY_OLD, SRTP_MAX_TRAILER_LEN,
     sfu_srtp_fn,
 )
-from sfu._fast.packet cimport Rewriter, _header_length, _rd16, _rd32, _wr32
+from sfu._fast.packet cimport Rewriter, _header_length, _rd16, _rd32, _wr16, _wr32
 
 import logging
 
@@ -78,6 +79,10 @@ cdef enum:
     LATENCY_RING = 4096    # raw latency samples kept between two drains (tests, diagnostics)
     RX_CTL = 64            # ancillary data bytes per received datagram (SCM_TIMESTAMPNS)
     FLUSH_AT = 32          # queued copies that make the receive loop send before the next datagram
+    NACK_SLOTS = 1024      # sequence numbers answered recently, per subscriber (sfu.router.NACK_DEDUPE_SLOTS)
+
+cdef enum:  # bytes of a stream's NACK event ring (Stream._alloc_events)
+    _EV_MAP_SIZE = EVENT_RING * (3 * 8 + 1)
 
 cdef enum:  # kinds of NACK log events
     EV_GAP = 0
@@ -98,6 +103,8 @@ cdef enum:  # counters
     C_RECV_CALLS
     C_SEND_CALLS
     C_BATCHES_FORWARDING
+    C_RETRANSMISSIONS
+    C_NACK_MISSES
     # drops (MediaEngine.drops), same names as the Python path
     D_UNKNOWN_SOURCE
     D_NOT_CONNECTED
@@ -113,16 +120,18 @@ cdef enum:  # counters
     D_TOO_LONG
     D_INTERNAL_ERROR
     D_RECV_ERROR
+    D_NACK_REPEAT
+    D_NACK_BUDGET
     N_COUNTERS
 
 STAT_NAMES = (
     "rtp_forwarded", "rx_packets", "rx_bytes", "rx_rtp", "tx_packets", "tx_bytes", "slow_path",
-    "recv_calls", "send_calls", "batches_forwarding",
+    "recv_calls", "send_calls", "batches_forwarding", "retransmissions", "nack_misses",
 )
 DROP_NAMES = (
     "unknown_source", "not_connected", "srtp_auth", "srtp_replay", "malformed", "unknown_ssrc",
     "unknown_payload_type", "no_subscriber", "srtp_protect", "send_buffer_full", "send_error",
-    "too_long", "internal_error", "recv_error",
+    "too_long", "internal_error", "recv_error", "nack_repeat", "nack_budget",
 )
 assert len(STAT_NAMES) + len(DROP_NAMES) == N_COUNTERS
 
@@ -310,11 +319,24 @@ cdef class Subscription:
     cdef uint32_t _last_ts
     cdef bint _has_first
     cdef double _first_time
+    # answers to NACKs (sfu.router.NackBudget, field for field)
+    cdef public uint16_t rtx_seq
+    cdef public uint64_t retransmissions
+    cdef bint _nack_started
+    cdef double _nack_tokens
+    cdef double _nack_last_time
+    cdef uint64_t _nack_last_bytes
+    cdef int32_t* _nack_seq      # NACK_SLOTS entries (allocated on the first NACK), -1: empty
+    cdef double* _nack_time
 
     def __init__(self, Peer peer, Rewriter rewriter, clock_rate):
         self.peer = peer
         self.rewriter = rewriter
         self.clock_rate = clock_rate
+
+    def __dealloc__(self):
+        free(self._nack_seq)
+        free(self._nack_time)
 
     @property
     def first_packet_time(self):
@@ -368,6 +390,118 @@ cdef class Subscription:
         self.rewriter._ts_delta = out_ts - ts
         self.synced = True
 
+    @property
+    def nack_tokens(self):
+        """Bytes of retransmission the budget allows now (None before the first NACK)."""
+        return self._nack_tokens if self._nack_started else None
+
+    def retransmit(self, Stream stream, lost, double now, double window, int rtx_pt, uint32_t rtx_ssrc,
+                   double fraction, double floor_rate, double burst):
+        """sfu.engine.MediaEngine.retransmit in C: answer the sequence numbers ``lost`` (this
+        subscriber's numbering) from ``stream``'s packet cache, with no Python per packet.
+
+        The policy of sfu.router.NackBudget: a number answered less than ``window`` seconds
+        ago is not answered again ("nack_repeat"); the budget (a token bucket of ``burst``
+        bytes, refilled with ``fraction`` of the bytes ``stream`` received since the last
+        NACK plus ``floor_rate`` bytes per second) pays for each rewritten packet, and a
+        packet it cannot pay for is dropped ("nack_budget"). Then rewrite, RTX (RFC 4588
+        §4, when ``rtx_pt`` >= 0), srtp_protect (the session allows repeated indexes) and
+        the send queue, flushed at the end."""
+        cdef Peer dest = self.peer
+        cdef Datapath dp = dest.dp
+        cdef Rewriter rw = self.rewriter
+        cdef uint64_t received = stream.bytes
+        cdef double elapsed
+        cdef long value
+        cdef uint16_t out_seq, osn
+        cdef size_t i
+        cdef const uint8_t* plain
+        cdef Py_ssize_t plain_len, m, hlen, end
+        cdef uint8_t* slot
+        cdef int length, rc
+        if dest._tx == NULL or rw is None:
+            return
+        # refill (NackBudget.refill)
+        if not self._nack_started:
+            self._nack_started = True
+            self._nack_tokens = burst
+        else:
+            elapsed = now - self._nack_last_time
+            if elapsed < 0:
+                elapsed = 0
+            self._nack_tokens = min(burst, self._nack_tokens
+                                    + fraction * <double>(received - self._nack_last_bytes
+                                                          if received > self._nack_last_bytes else 0)
+                                    + floor_rate * elapsed)
+        self._nack_last_bytes = received
+        self._nack_last_time = now
+        for obj in lost:
+            value = obj
+            out_seq = <uint16_t>(value & 0xFFFF)
+            i = out_seq & (NACK_SLOTS - 1)
+            if self._nack_seq != NULL and self._nack_seq[i] == out_seq and now - self._nack_time[i] < window:
+                dp._counters[D_NACK_REPEAT] += 1
+                continue
+            plain = stream._cached(<uint16_t>(out_seq - rw._seq_delta), &plain_len)
+            if plain == NULL:
+                dp._counters[C_NACK_MISSES] += 1
+                continue
+            slot = dp._slot()
+            if slot == NULL:
+                dp._counters[D_SEND_BUFFER_FULL] += 1
+                continue
+            m = rw._rewrite(plain, plain_len, slot, TX_SLOT - SRTP_MAX_TRAILER_LEN - 2)
+            if m == -1:
+                continue  # payload type not mapped for this subscriber
+            if m < 0:
+                dp._counters[D_INTERNAL_ERROR] += 1
+                continue
+            if self._nack_tokens < <double>m:
+                dp._counters[D_NACK_BUDGET] += 1
+                continue
+            self._nack_tokens -= <double>m
+            if self._nack_seq == NULL and self._alloc_nack() < 0:
+                return
+            self._nack_seq[i] = out_seq
+            self._nack_time[i] = now
+            if self._has_last and plain[0] & 0x20 and _header_length(plain, plain_len) + plain[plain_len - 1] == plain_len:
+                _wr32(slot + 4, self._last_ts)  # a padding-only packet, as _forward sent it
+            length = <int>m
+            if rtx_pt >= 0:  # RFC 4588 §4: header, the original seq (OSN), payload without padding
+                hlen = _header_length(slot, m)
+                end = m
+                if slot[0] & 0x20:
+                    end -= slot[m - 1]
+                    slot[0] &= 0xDF
+                    if end < hlen:
+                        end = hlen
+                osn = _rd16(slot + 2)
+                memmove(slot + hlen + 2, slot + hlen, end - hlen)
+                _wr16(slot + hlen, osn)
+                slot[1] = (slot[1] & 0x80) | <uint8_t>rtx_pt
+                self.rtx_seq = <uint16_t>(self.rtx_seq + 1)
+                _wr16(slot + 2, self.rtx_seq)
+                _wr32(slot + 8, rtx_ssrc)
+                length = <int>(end + 2)
+            rc = _srtp_protect(dest._tx, slot, &length)
+            if rc != 0:
+                dp._counters[D_SRTP_PROTECT] += 1
+                continue
+            dp._commit(length, &dest._sa, dest._salen)
+            self.retransmissions += 1
+            dp._counters[C_RETRANSMISSIONS] += 1
+        dp._flush()
+
+    cdef int _alloc_nack(self) except -1:
+        self._nack_seq = <int32_t*>malloc(NACK_SLOTS * sizeof(int32_t))
+        self._nack_time = <double*>malloc(NACK_SLOTS * sizeof(double))
+        if self._nack_seq == NULL or self._nack_time == NULL:
+            free(self._nack_seq); self._nack_seq = NULL
+            free(self._nack_time); self._nack_time = NULL
+            raise MemoryError()
+        memset(self._nack_seq, 0xFF, NACK_SLOTS * sizeof(int32_t))
+        return 0
+
 
 @cython.final
 cdef class Stream:
@@ -411,6 +545,14 @@ cdef class Stream:
     cdef uint64_t* _idx_pos
     cdef uint16_t* _idx_len
     cdef size_t _idx_mask
+    # the buffers are mapped on first use (a session that never sends costs nothing) and
+    # unmapped when the stream closes (munmap gives the pages back to the kernel at once)
+    cdef size_t _cache_packets
+    cdef size_t _cache_bytes
+    cdef void* _cache_map
+    cdef size_t _cache_map_size
+    cdef void* _ev_map
+    cdef bint _no_memory         # a mapping failed: no cache (NACKs miss), no more tries
 
     def __cinit__(self):
         self.subs = ()
@@ -419,33 +561,63 @@ cdef class Stream:
         self._free()
 
     cdef void _free(self) noexcept:
-        free(self._ev_a); self._ev_a = NULL
-        free(self._ev_b); self._ev_b = NULL
-        free(self._ev_t); self._ev_t = NULL
-        free(self._ev_kind); self._ev_kind = NULL
-        free(self._arena); self._arena = NULL
-        free(self._idx_seq); self._idx_seq = NULL
-        free(self._idx_pos); self._idx_pos = NULL
-        free(self._idx_len); self._idx_len = NULL
+        if self._ev_map != NULL:
+            munmap(self._ev_map, _EV_MAP_SIZE)
+            self._ev_map = NULL
+        self._ev_a = self._ev_b = NULL
+        self._ev_t = NULL
+        self._ev_kind = NULL
+        self._ev_head = self._ev_len = 0
+        if self._cache_map != NULL:
+            munmap(self._cache_map, self._cache_map_size)
+            self._cache_map = NULL
+        self._arena = NULL
+        self._idx_seq = NULL
+        self._idx_pos = NULL
+        self._idx_len = NULL
 
-    cdef int _alloc(self, size_t cache_packets, size_t cache_bytes) except -1:
-        self._ev_a = <int64_t*>malloc(EVENT_RING * sizeof(int64_t))
-        self._ev_b = <int64_t*>malloc(EVENT_RING * sizeof(int64_t))
-        self._ev_t = <double*>malloc(EVENT_RING * sizeof(double))
-        self._ev_kind = <uint8_t*>malloc(EVENT_RING)
-        self._arena = <uint8_t*>malloc(cache_bytes) if cache_bytes else NULL
-        self._arena_size = cache_bytes
-        self._idx_seq = <int32_t*>malloc(cache_packets * sizeof(int32_t))
-        self._idx_pos = <uint64_t*>malloc(cache_packets * sizeof(uint64_t))
-        self._idx_len = <uint16_t*>malloc(cache_packets * sizeof(uint16_t))
-        if (self._ev_a == NULL or self._ev_b == NULL or self._ev_t == NULL or self._ev_kind == NULL
-                or (cache_bytes and self._arena == NULL) or self._idx_seq == NULL
-                or self._idx_pos == NULL or self._idx_len == NULL):
-            self._free()
-            raise MemoryError()
-        memset(self._idx_seq, 0xFF, cache_packets * sizeof(int32_t))  # -1: empty
-        self._idx_mask = cache_packets - 1
-        return 0
+    cdef void* _map(self, size_t size) noexcept:
+        cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if p == MAP_FAILED:
+            self._no_memory = True
+            return NULL
+        return p
+
+    cdef bint _alloc_cache(self) noexcept:
+        """Map the packet cache (index, then arena) on the first packet."""
+        cdef size_t n = self._cache_packets
+        cdef size_t size = n * (sizeof(uint64_t) + sizeof(int32_t) + sizeof(uint16_t)) + self._cache_bytes
+        cdef uint8_t* p
+        if self._no_memory or self.closed:
+            return False
+        p = <uint8_t*>self._map(size)
+        if p == NULL:
+            return False
+        self._cache_map = p
+        self._cache_map_size = size
+        self._idx_pos = <uint64_t*>p
+        self._idx_seq = <int32_t*>(p + n * sizeof(uint64_t))
+        self._idx_len = <uint16_t*>(p + n * (sizeof(uint64_t) + sizeof(int32_t)))
+        self._arena = p + n * (sizeof(uint64_t) + sizeof(int32_t) + sizeof(uint16_t))
+        self._arena_size = self._cache_bytes
+        memset(self._idx_seq, 0xFF, n * sizeof(int32_t))  # -1: empty
+        self._idx_mask = n - 1
+        return True
+
+    cdef bint _alloc_events(self) noexcept:
+        """Map the NACK event ring on the first event."""
+        cdef uint8_t* p
+        if self._no_memory or self.closed:
+            return False
+        p = <uint8_t*>self._map(_EV_MAP_SIZE)
+        if p == NULL:
+            return False
+        self._ev_map = p
+        self._ev_a = <int64_t*>p
+        self._ev_b = <int64_t*>(p + EVENT_RING * sizeof(int64_t))
+        self._ev_t = <double*>(p + 2 * EVENT_RING * sizeof(int64_t))
+        self._ev_kind = p + 2 * EVENT_RING * sizeof(int64_t) + EVENT_RING * sizeof(double)
+        return True
 
     # -- per packet (C only) --------------------------------------------------
 
@@ -455,7 +627,7 @@ cdef class Stream:
             # first event since the last drain: tell the engine's timers (take_dirty)
             self._dirty = True
             self.peer.dp._dirty.append(self)
-        if self._ev_len == EVENT_RING:
+        if self._ev_len == EVENT_RING or (self._ev_map == NULL and not self._alloc_events()):
             self._ev_overflow = True
             return
         i = (self._ev_head + self._ev_len) % EVENT_RING
@@ -506,7 +678,9 @@ cdef class Stream:
                 ext = self._unwrap_highest + delta - 0x10000
         self.packets += 1
         self.bytes += n
-        if self._arena_size:
+        if self._arena != NULL:
+            self._store(seq, p, n)
+        elif self._cache_bytes and self._alloc_cache():
             self._store(seq, p, n)
         if not self._has_base:
             self._has_base = True
@@ -550,17 +724,29 @@ cdef class Stream:
     def first_packet_time(self):
         return self._first_time if self._has_base else None
 
-    def cached(self, seq):
-        """The cached plaintext packet with sequence number ``seq``, or None."""
+    cdef inline const uint8_t* _cached(self, uint16_t seq, Py_ssize_t* n) noexcept:
+        """The cached plaintext packet ``seq`` (its length in ``n``), or NULL."""
         if self._arena == NULL:
-            return None
-        cdef size_t slot = (<uint32_t>seq) & self._idx_mask
-        if self._idx_seq[slot] != <int32_t>(seq & 0xFFFF):
-            return None
+            return NULL
+        cdef size_t slot = seq & self._idx_mask
+        if self._idx_seq[slot] != <int32_t>seq:
+            return NULL
         cdef uint64_t start = self._idx_pos[slot]
         if self._pos > start + self._arena_size:
-            return None  # overwritten since
-        return PyBytes_FromStringAndSize(<char*>self._arena + start % self._arena_size, self._idx_len[slot])
+            return NULL  # overwritten since
+        n[0] = self._idx_len[slot]
+        return self._arena + start % self._arena_size
+
+    def cached(self, seq):
+        """The cached plaintext packet with sequence number ``seq``, or None."""
+        cdef Py_ssize_t n = 0
+        cdef const uint8_t* p = self._cached(<uint16_t>(int(seq) & 0xFFFF), &n)
+        return PyBytes_FromStringAndSize(<const char*>p, n) if p != NULL else None
+
+    @property
+    def mapped(self):
+        """Bytes of buffers this stream has mapped now (0 before its first packet and once closed)."""
+        return (self._cache_map_size if self._cache_map != NULL else 0) + (_EV_MAP_SIZE if self._ev_map != NULL else 0)
 
     def stats(self):
         """(packets, bytes, base_ext_seq or None, highest_ext_seq, jitter)."""
@@ -591,11 +777,12 @@ cdef class Stream:
         return out
 
     def close(self):
-        """Stop receiving this SSRC in C (packets of it go to unknown_ssrc)."""
+        """Stop receiving this SSRC in C (packets of it go to unknown_ssrc); unmap its buffers."""
         if self.closed:
             return
         self.closed = True
         self.subs = ()
+        self._free()
         if self.peer is not None:
             self.peer._remove_stream(self)
 
@@ -669,7 +856,8 @@ cdef class Peer:
             if (<Stream>s).ssrc == ssrc:
                 raise ValueError(f"SSRC {ssrc} already has a stream on this peer")
         cdef Stream stream = Stream.__new__(Stream)
-        stream._alloc(cache_packets, cache_bytes)
+        stream._cache_packets = cache_packets
+        stream._cache_bytes = cache_bytes  # mapped on the first packet
         stream.peer = self
         stream.ssrc = ssrc
         stream.payload_type = payload_type
@@ -701,6 +889,7 @@ cdef class Peer:
         for s in self._streams:
             (<Stream>s).closed = True
             (<Stream>s).subs = ()
+            (<Stream>s)._free()
         self._streams = ()
 
     cdef inline Stream _find(self, uint32_t ssrc):
