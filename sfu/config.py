@@ -26,10 +26,6 @@ class Config:
     http_header_timeout: float = 10.0  # a connection's request head must be complete this soon (0: off)
     http_idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this many seconds
     http_max_per_source: int = 256  # open connections per IPv4 address / IPv6 /64 (0: no cap)
-    # HTTP connections: slow or half-open clients must not hold descriptors for long
-    http_header_timeout: float = 10.0  # a connection's request head must be complete this soon (0: off)
-    http_idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this many seconds
-    http_max_per_source: int = 256  # open connections per IPv4 address / IPv6 /64 (0: no cap)
     # media policy
     audio_codecs: list[str] = field(default_factory=lambda: ["opus"])
     video_codecs: list[str] = field(default_factory=lambda: ["VP8", "H264", "VP9", "AV1"])
@@ -73,11 +69,6 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "public_ip": (str, "address put in ICE candidates (default: --host)"),
     "data_dir": (str, "directory for the certificate, database and other state"),
     "log_level": (str, "debug, info, warning or error"),
-    "http_header_timeout": (float, "seconds a new HTTP connection has to send a complete request head "
-                                   "(0: no limit)"),
-    "http_idle_timeout": (float, "seconds an idle keep-alive HTTP connection stays open"),
-    "http_max_per_source": (int, "open HTTP/WebSocket connections per IPv4 address or IPv6 /64; more "
-                                 "are refused with 429 (0: no cap; behind a reverse proxy: 0)"),
     "http_header_timeout": (float, "seconds a new HTTP connection has to send a complete request head "
                                    "(0: no limit)"),
     "http_idle_timeout": (float, "seconds an idle keep-alive HTTP connection stays open"),

@@ -38,15 +38,19 @@ from pylibsrtp import Error as SrtpError
 from . import demux, sdp
 from .config import Config
 from .dtls import Certificate
-from .ice import peek_local_ufrag
+from .ice import peek_ufrag
+from .limits import ROOM_FULL, SERVER_BUSY, TOO_MANY_TRACKS, LimitExceeded
 from .log import event
-from .router import Consumer, Producer, Room, load_packet_impl
+from .router import (
+    NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, Consumer, Producer, Room, load_packet_impl,
+)
 from .transport import Transport, build_rtx
 
 logger = logging.getLogger("sfu.engine")
 
 TICK_INTERVAL = 0.02  # seconds: DTLS timers, NACK generation, reports, consent (of the transports due)
 SEND_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes queued in user space (socket full) before sends are dropped
+SERVER_FULL_RETRY_AFTER = 30.0  # seconds (Retry-After) when the server-wide track limit refuses a session
 LATENCY_SAMPLE_MASK = 63  # 1 RTP packet in 64 is timed from receive to send (sfu.metrics)
 
 PUBLISHER_EXTENSIONS = {
@@ -103,6 +107,8 @@ class MediaEngine:
         self.by_ufrag: dict[str, Transport] = {}
         self.by_addr: dict[tuple, Transport] = {}
         self.rooms: dict[str, Room] = {}
+        self.track_totals: Counter[str] = Counter()  # producers and consumers of all rooms (kept by Room)
+        self.pending: dict[str, Transport] = {}  # sessions not connected yet, oldest first
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self._listeners: list[Callable[[dict], None]] = []
@@ -215,17 +221,21 @@ class MediaEngine:
         """Negotiate a WHIP ("publish"), WHEP ("subscribe") or "meeting" session.
         SdpError on a bad offer. For "meeting", ``subscriptions`` maps the mid of
         each recvonly section to the id of the producer it carries (an unmapped
-        section stays silent until a renegotiation maps it)."""
-        offer = sdp.parse_sdp(offer_sdp)
+        section stays silent until a renegotiation maps it). LimitExceeded when a
+        limit of the config refuses it (README.md, "Limits"); nothing is built then."""
+        now = self.now()
+        self._check_pending(now)
+        offer = sdp.parse_sdp(offer_sdp, self.config.max_offer_sections)
         _validate(offer, role, creating=True)
         if role == "meeting" and subscriptions is None:
             subscriptions = {}
-        room = self.rooms.get(room_name) or Room(room_name)
-        now = self.now()
+        room = self.rooms.get(room_name) or Room(room_name, self.track_totals)
+        self._check_tracks(room, *_planned_tracks(offer, role))
 
         first = next(m for m in offer.media if not m.rejected)
         dtls_role = "client" if first.setup == "passive" else "server"
-        transport = Transport(self, room_name, role, first.ice_ufrag, first.fingerprints, dtls_role, now)
+        transport = Transport(self, room_name, role, first.ice_ufrag, first.fingerprints, dtls_role, now,
+                              remote_pwd=first.ice_pwd)
 
         answers: list[sdp.AnswerMedia] = []
         producers: list[Producer] = []
@@ -246,6 +256,7 @@ class MediaEngine:
         self.rooms[room_name] = room
         self.transports[transport.id] = transport
         self.by_ufrag[transport.local_ufrag] = transport
+        self.pending[transport.id] = transport
         transport.on_close = self._transport_closed
         transport.order = next(self._transport_order)
         self.schedule(transport, now)
@@ -254,6 +265,46 @@ class MediaEngine:
               tracks=len(producers) + len(consumers))
         self._emit({"type": "session_created", "room": room_name, "session": transport.id, "role": role})
         return SessionInfo(transport.id, room_name, role, answer_sdp)
+
+    def _check_pending(self, now: float) -> None:
+        """LimitExceeded (503) while max_pending_sessions sessions are still connecting;
+        they connect or are reaped by the consent timeout, the oldest first."""
+        limit = self.config.max_pending_sessions
+        if limit <= 0 or len(self.pending) < limit:
+            return
+        oldest = next(iter(self.pending.values()))
+        wait = min(max(1.0, oldest.created + self.config.consent_timeout - now), self.config.consent_timeout)
+        self._refuse(LimitExceeded(
+            SERVER_BUSY, f"{len(self.pending)} sessions are still connecting, at most {limit} are allowed: "
+                         "try again later", retry_after=wait))
+
+    def _check_tracks(self, room: Room, published: int, received: int,
+                      had_tracks: int = 0, had_published: int = 0) -> None:
+        """LimitExceeded unless a session may hold ``published`` + ``received`` tracks
+        in ``room`` (it held ``had_tracks`` of them before this offer)."""
+        config = self.config
+        tracks = published + received
+        if 0 < config.max_session_published < published and published > had_published:
+            self._refuse(LimitExceeded(TOO_MANY_TRACKS, f"offer publishes {published} tracks, at most "
+                                                        f"{config.max_session_published} are allowed per session"))
+        if 0 < config.max_session_tracks < tracks and tracks > had_tracks:
+            self._refuse(LimitExceeded(TOO_MANY_TRACKS, f"offer has {tracks} tracks to send or receive, at most "
+                                                        f"{config.max_session_tracks} are allowed per session"))
+        added = tracks - had_tracks
+        if added <= 0:
+            return
+        if 0 < config.max_room_tracks < room.track_count + added:
+            self._refuse(LimitExceeded(ROOM_FULL, f"room {room.name} is full: it has {room.track_count} tracks, "
+                                                  f"at most {config.max_room_tracks} are allowed"))
+        total = self.track_totals["producers"] + self.track_totals["consumers"]
+        if 0 < config.max_server_tracks < total + added:
+            self._refuse(LimitExceeded(SERVER_BUSY, "the server is full (track limit reached): try again later",
+                                       retry_after=SERVER_FULL_RETRY_AFTER))
+
+    def _refuse(self, exc: LimitExceeded) -> None:
+        self.stats["sessions_refused_" + exc.code] += 1
+        event(logger, "session refused", logging.INFO, code=exc.code, reason=exc.message)
+        raise exc
 
     def _answer(self, transport: Transport, offer: sdp.SessionDescription, answers: list) -> str:
         local = sdp.LocalTransport(
@@ -342,7 +393,7 @@ class MediaEngine:
             raise KeyError(session_id)
         if transport.role != "meeting":
             raise sdp.SdpError("only meeting sessions can be renegotiated")
-        offer = sdp.parse_sdp(offer_sdp)
+        offer = sdp.parse_sdp(offer_sdp, self.config.max_offer_sections)
         _validate(offer, "meeting", creating=False)
         remote_fingerprints = set(transport.dtls.remote_fingerprints)
         for media in offer.media:
@@ -353,7 +404,10 @@ class MediaEngine:
             if not {(a.lower(), v.upper()) for a, v in media.fingerprints} & remote_fingerprints:
                 raise sdp.SdpError("the offer changed its DTLS fingerprint")
         subscriptions = dict(subscriptions or {})
-        room = self.rooms.get(transport.room_name) or Room(transport.room_name)
+        room = self.rooms.get(transport.room_name) or Room(transport.room_name, self.track_totals)
+        self._check_tracks(room, *_planned_tracks(offer, "meeting"),
+                           had_tracks=len(transport.producers) + len(transport.consumers),
+                           had_published=len(transport.producers))
         consumers_by_mid = {c.mid: c for c in transport.consumers}
         answers: list[sdp.AnswerMedia] = []
         new_producers: list[Producer] = []
@@ -375,7 +429,7 @@ class MediaEngine:
                 continue
             if (consumer is not None and not media.rejected and media.kind == consumer.kind
                     and media.direction == "recvonly"):
-                target = _find_producer(room, subscriptions.get(media.mid))
+                target = room.get_producer(subscriptions.get(media.mid))
                 defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
                 prefs = room.codec_preference(media.kind, defaults)
                 if target is not None and target.kind == media.kind:
@@ -441,7 +495,7 @@ class MediaEngine:
         if role == "meeting":  # each section by its direction; recvonly ones bound explicitly
             role = "subscribe" if explicit else "publish"
         if explicit:
-            target = _find_producer(room, (subscriptions or {}).get(media.mid))
+            target = room.get_producer((subscriptions or {}).get(media.mid))
             if target is not None and target.kind == media.kind:
                 prefs = [_codec_preference(target.codec)] + prefs
         if role == "publish":
@@ -504,29 +558,32 @@ class MediaEngine:
         """Hold (or resume) forwarding of one published track to every subscriber,
         present and future (a host mute); False if there is no such producer.
         Resuming video asks the publisher for a keyframe."""
-        for room in self.rooms.values():
-            for producer in room.producers:
-                if producer.id == producer_id:
-                    was = producer.paused
-                    producer.set_paused(paused)
-                    if was and not paused and producer.consumers:
-                        self.request_keyframe(producer, self.now())
-                    return True
-        return False
+        transport = self.transports.get(producer_id.partition(":")[0]) if isinstance(producer_id, str) else None
+        room = self.rooms.get(transport.room_name) if transport is not None else None
+        producer = room.get_producer(producer_id) if room is not None else None
+        if producer is None:
+            return False
+        was = producer.paused
+        producer.set_paused(paused)
+        if was and not paused and producer.consumers:
+            self.request_keyframe(producer, self.now())
+        return True
 
     def snapshot(self) -> dict:
         self._fold_datapath()
         return {
             "transports": len(self.transports),
             "rooms": len(self.rooms),
-            "producers": sum(len(r.producers) for r in self.rooms.values()),
-            "consumers": sum(len(r.consumers) for r in self.rooms.values()),
+            "producers": self.track_totals["producers"],
+            "consumers": self.track_totals["consumers"],
+            "connecting": len(self.pending),
             "stats": dict(self.stats),
             "drops": dict(self.drops),
         }
 
     # -- callbacks from transports ---------------------------------------------------
     def _transport_closed(self, transport: Transport, reason: str) -> None:
+        self.pending.pop(transport.id, None)
         if transport.peer is not None:
             transport.peer.close()  # out of the C tables before its SRTP sessions go
         self.transports.pop(transport.id, None)
@@ -567,6 +624,7 @@ class MediaEngine:
             transport.peer.set_address(new)
 
     def transport_connected(self, transport: Transport, now: float) -> None:
+        self.pending.pop(transport.id, None)
         if transport.peer is not None and transport.srtp is not None:
             transport.peer.set_srtp(transport.srtp)  # RTP of this peer now stays in C
         for consumer in transport.consumers:
@@ -632,7 +690,8 @@ class MediaEngine:
         now = self._loop.time()
         kind = demux.classify(data)
         if kind == demux.STUN:
-            ufrag = peek_local_ufrag(data)
+            # requests by USERNAME, answers to our checks by transaction id (sfu.ice)
+            ufrag = peek_ufrag(data)
             transport = self.by_ufrag.get(ufrag) if ufrag is not None else None
             if transport is None:
                 self.drop("unknown_ufrag")
@@ -713,14 +772,32 @@ class MediaEngine:
             return False
         return self.impl.parse_rtp_header(plain)[5] + plain[-1] == len(plain)
 
-    def retransmit(self, consumer: Consumer, lost_seqs: list[int]) -> None:
-        """Answer a subscriber's NACK from the producer's packet cache (RTX when negotiated)."""
+    def retransmit(self, consumer: Consumer, lost_seqs: list[int], now: float) -> None:
+        """Answer a subscriber's NACK from the producer's packet cache (RTX when negotiated),
+        within the subscriber's NackBudget: a number at most once per round trip, bytes
+        within the budget; the rest dropped and counted ("nack_repeat", "nack_budget").
+        On the C data path all of it is one call into C (Subscription.retransmit)."""
         producer = consumer.producer
         transport = consumer.transport
         if producer is None or transport.srtp is None or transport.addr is None:
             return
+        window = consumer.nack_window()
+        rtx_pt = consumer.codec.rtx_payload_type if consumer.rtx_ssrc is not None else None
+        sub = getattr(consumer, "sub", None)
+        if sub is not None:  # a FastConsumer: its producer is a FastProducer
+            stream = producer.stream
+            if stream is not None:
+                sub.retransmit(stream, lost_seqs, now, window, -1 if rtx_pt is None else rtx_pt,
+                               consumer.rtx_ssrc or 0, NACK_BUDGET_FRACTION, NACK_BUDGET_FLOOR,
+                               NACK_BUDGET_BURST)
+            return
+        budget = consumer.nack_budget
+        budget.refill(producer.bytes, now)
         buf = bytearray(2048)
         for out_seq in lost_seqs:
+            if budget.repeated(out_seq, now, window):
+                self.drops["nack_repeat"] += 1
+                continue
             in_seq = (out_seq - consumer.rewriter.seq_delta) & 0xFFFF
             plain = producer.cached(in_seq)
             if plain is None:
@@ -729,13 +806,17 @@ class MediaEngine:
             n = consumer.rewriter.rewrite(plain, buf)
             if n < 0:
                 continue
+            if not budget.spend(n):
+                self.drops["nack_budget"] += 1
+                continue
+            budget.answered(out_seq, now)
             if consumer.last_out_ts is not None and self._padding_only(plain):
                 struct.pack_into("!I", buf, 4, consumer.last_out_ts)  # as forward() did
             packet = memoryview(buf)[:n]
-            if consumer.rtx_ssrc is not None and consumer.codec.rtx_payload_type is not None:
+            if rtx_pt is not None:
                 hlen = self.impl.parse_rtp_header(packet)[5]
                 consumer.rtx_seq = (consumer.rtx_seq + 1) & 0xFFFF
-                data = build_rtx(packet, hlen, consumer.codec.rtx_payload_type, consumer.rtx_seq, consumer.rtx_ssrc)
+                data = build_rtx(packet, hlen, rtx_pt, consumer.rtx_seq, consumer.rtx_ssrc)
             else:
                 data = bytes(packet)
             try:
@@ -769,13 +850,23 @@ def _validate(offer: sdp.SessionDescription, role: str, creating: bool) -> None:
         raise sdp.SdpError("offer has no audio or video section to send or receive")
 
 
-def _find_producer(room: Room, producer_id: str | None) -> Producer | None:
-    if producer_id is None:
-        return None
-    for producer in room.producers:
-        if producer.id == producer_id:
-            return producer
-    return None
+def _planned_tracks(offer: sdp.SessionDescription, role: str) -> tuple[int, int]:
+    """(published, received): the most tracks an offer can make (one per usable
+    audio/video section, by its direction), counted before anything is built."""
+    published = received = 0
+    for media in offer.media:
+        if media.rejected or media.kind not in ("audio", "video"):
+            continue
+        sends = media.direction in ("sendonly", "sendrecv")
+        if role == "publish":
+            published += sends
+        elif role == "subscribe":
+            received += media.direction in ("recvonly", "sendrecv")
+        elif sends:
+            published += 1
+        elif media.direction == "recvonly":
+            received += 1
+    return published, received
 
 
 def _codec_preference(codec: sdp.Codec) -> str:

@@ -10,6 +10,7 @@ is driven by the engine with ``now`` passed in; it never touches a socket.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import rtcp
@@ -24,6 +25,17 @@ NACK_MAX_TRIES = 8
 NACK_RETRY_INTERVAL = 0.03  # seconds between two NACKs of the same packet
 NACK_MAX_AGE = 1.0  # give up on a packet lost this long ago
 NACK_MAX_GAP = 256  # a larger gap is a stream restart, not loss
+
+# Answers to a subscriber's NACKs (NackBudget; the C data path does the same in
+# sfu._fast.datapath.Subscription.retransmit). Parsing keeps at most
+# rtcp.NACK_MAX_SEQS numbers per NACK ("nack_overflow" counts the rest).
+NACK_DEDUPE_SLOTS = 1024  # sequence numbers remembered per subscriber (= the C path's NACK_SLOTS)
+NACK_RTT_DEFAULT = 0.1  # seconds: a number is answered at most once per round trip; this without an RTT
+NACK_RTT_MIN = 0.05  # bounds of the subscriber's RTT estimate (RR LSR/DLSR, which the subscriber writes)
+NACK_RTT_MAX = 0.5
+NACK_BUDGET_FRACTION = 0.25  # retransmitted bytes <= this share of the bytes the stream received ...
+NACK_BUDGET_FLOOR = 4000.0  # ... plus this many bytes per second ...
+NACK_BUDGET_BURST = 32768.0  # ... from a bucket that holds at most this many bytes
 
 # Header extensions forwarded to subscribers (when both sides negotiated them).
 FORWARDED_EXTENSIONS = {
@@ -273,6 +285,15 @@ class Consumer:
         self.first_packet_time: float | None = None
         self.sr_sent: dict[int, float] = {}  # middle 32 bits of a translated SR's NTP time -> when sent
         self.rtt: float | None = None
+        self.nack_budget = NackBudget()  # (the C path keeps it in its Subscription)
+
+    def nack_window(self) -> float:
+        """Seconds before a NACKed number is answered again: the RTT, bounded (the
+        subscriber's reports set it, so a hostile one could claim zero)."""
+        rtt = self.rtt
+        if rtt is None:
+            return NACK_RTT_DEFAULT
+        return min(NACK_RTT_MAX, max(NACK_RTT_MIN, rtt))
 
     def can_consume(self, producer: Producer) -> bool:
         return producer.kind == self.kind and _same_codec(producer.codec, self.codec)
@@ -312,63 +333,185 @@ class Consumer:
         self.synced = True
 
 
-class Room:
-    """The producers and consumers of one room; decides who receives what."""
+class NackBudget:
+    """What one subscriber may get back for its NACKs (RFC 4585 §6.2.1 leaves it to us).
 
-    def __init__(self, name: str) -> None:
+    - a sequence number answered less than a round trip ago (``window``) is not
+      answered again ("nack_repeat"): the table remembers the last
+      ``NACK_DEDUPE_SLOTS`` numbers, indexed by their low bits;
+    - retransmissions are paid from a token bucket of bytes (at most
+      ``NACK_BUDGET_BURST``), refilled on each NACK with ``NACK_BUDGET_FRACTION``
+      of the bytes the stream received since the previous one plus
+      ``NACK_BUDGET_FLOOR`` bytes per second; a packet the bucket cannot pay for
+      is not sent ("nack_budget").
+
+    So a viewer gets back at most a quarter of the stream's bitrate (plus 32 kbit/s)
+    however many NACKs it sends. The C twin keeps the same fields in
+    ``Subscription`` and does the same arithmetic in the same order (the outputs
+    of both paths are compared byte for byte).
+    """
+
+    __slots__ = ("started", "tokens", "last_time", "last_bytes", "seqs", "times")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.tokens = 0.0
+        self.last_time = 0.0
+        self.last_bytes = 0
+        self.seqs: list[int] | None = None  # allocated on the first answer
+        self.times: list[float] | None = None
+
+    def refill(self, received_bytes: int, now: float) -> None:
+        """Once per NACK, before its numbers: ``received_bytes`` is the stream's byte count."""
+        if not self.started:
+            self.started = True
+            self.tokens = NACK_BUDGET_BURST
+        else:
+            elapsed = now - self.last_time
+            if elapsed < 0:
+                elapsed = 0.0
+            received = received_bytes - self.last_bytes if received_bytes > self.last_bytes else 0
+            self.tokens = min(NACK_BUDGET_BURST, self.tokens + NACK_BUDGET_FRACTION * float(received)
+                              + NACK_BUDGET_FLOOR * elapsed)
+        self.last_bytes = received_bytes
+        self.last_time = now
+
+    def repeated(self, seq: int, now: float, window: float) -> bool:
+        if self.seqs is None:
+            return False
+        i = seq & (NACK_DEDUPE_SLOTS - 1)
+        return self.seqs[i] == seq and now - self.times[i] < window
+
+    def spend(self, size: int) -> bool:
+        if self.tokens < size:
+            return False
+        self.tokens -= size
+        return True
+
+    def answered(self, seq: int, now: float) -> None:
+        if self.seqs is None:
+            self.seqs = [-1] * NACK_DEDUPE_SLOTS
+            self.times = [0.0] * NACK_DEDUPE_SLOTS
+        i = seq & (NACK_DEDUPE_SLOTS - 1)
+        self.seqs[i] = seq
+        self.times[i] = now
+
+
+class Room:
+    """The producers and consumers of one room; decides who receives what.
+
+    Indexed so that nothing is a scan of the room: producers by id and by codec
+    (newest last), the consumers of each producer, the automatic consumers (WHEP
+    viewers) still waiting for a track, by codec. Adding or removing a track costs
+    O(1) plus the consumers it hands over; ``codec_preference`` looks at one entry
+    per codec. ``totals`` (the engine's, shared by its rooms) counts the tracks of
+    the whole server."""
+
+    def __init__(self, name: str, totals: Counter | None = None) -> None:
         self.name = name
-        self.producers: list[Producer] = []
-        self.consumers: list[Consumer] = []
+        self.producers: dict[str, Producer] = {}  # id -> producer, in publish order
+        self.consumers: dict[Consumer, None] = {}
+        self.totals: Counter = totals if totals is not None else Counter()
+        self._by_codec: dict[tuple, dict[Producer, None]] = {}  # codec key -> producers, oldest first
+        self._subscribers: dict[Producer, dict[Consumer, None]] = {}  # producer -> its consumers
+        self._waiting: dict[tuple, dict[Consumer, None]] = {}  # codec key -> unbound automatic consumers
+        self._order: dict[Producer, int] = {}  # publish order (codec_preference)
+        self._published = 0
 
     def is_empty(self) -> bool:
         return not self.producers and not self.consumers
 
+    @property
+    def track_count(self) -> int:
+        return len(self.producers) + len(self.consumers)
+
+    def get_producer(self, producer_id: str | None) -> Producer | None:
+        return self.producers.get(producer_id) if producer_id is not None else None
+
     def codec_preference(self, kind: str, defaults: list[str]) -> list[str]:
-        """Codec names in preference order: what the room already forwards comes first."""
-        names = [p.codec.name for p in reversed(self.producers) if p.kind == kind]
-        out: list[str] = []
-        for name in names + defaults:
-            if name.lower() not in (n.lower() for n in out):
+        """Codec names in preference order: what the room already forwards comes first
+        (the codec of its newest track first), then ``defaults``."""
+        newest: dict[str, tuple[int, str]] = {}  # lower-case name -> (publish order, name as written)
+        for key, producers in self._by_codec.items():
+            if key[0] != kind or not producers:
+                continue
+            last = next(reversed(producers))
+            order = self._order[last]
+            if key[1] not in newest or newest[key[1]][0] < order:
+                newest[key[1]] = (order, last.codec.name)
+        out = [name for _, name in sorted(newest.values(), reverse=True)]
+        seen = set(newest)
+        for name in defaults:
+            if name.lower() not in seen:
+                seen.add(name.lower())
                 out.append(name)
         return out
 
     def add_producer(self, producer: Producer, on_attach: Callable[[Consumer], None]) -> None:
+        if producer.id in self.producers:
+            return
         producer.room = self
-        self.producers.append(producer)
-        for consumer in self.consumers:
-            if (not consumer.explicit and consumer.producer is None
-                    and consumer.transport is not producer.transport and consumer.can_consume(producer)):
-                if any(c.producer is producer for c in consumer.transport.consumers):
-                    continue  # this viewer already receives it in another section
-                self._attach(consumer, producer)
-                on_attach(consumer)
+        self.producers[producer.id] = producer
+        self._published += 1
+        self._order[producer] = self._published
+        key = _codec_key(producer.kind, producer.codec)
+        self._by_codec.setdefault(key, {})[producer] = None
+        self._subscribers[producer] = {c: None for c in producer.consumers}
+        self.totals["producers"] += 1
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return
+        served: set[int] = set()  # transports given this new track already (one section each)
+        for consumer in list(waiting):
+            transport = consumer.transport
+            if transport is producer.transport or id(transport) in served:
+                continue
+            served.add(id(transport))
+            self._attach(consumer, producer)
+            on_attach(consumer)
 
     def remove_producer(self, producer: Producer, on_attach: Callable[[Consumer], None]) -> None:
-        if producer in self.producers:
-            self.producers.remove(producer)
-        for consumer in producer.consumers:
+        if self.producers.get(producer.id) is producer:
+            del self.producers[producer.id]
+            self.totals["producers"] -= 1
+            key = _codec_key(producer.kind, producer.codec)
+            same = self._by_codec.get(key)
+            if same is not None:
+                same.pop(producer, None)
+                if not same:
+                    del self._by_codec[key]
+            self._order.pop(producer, None)
+        subscribers = self._subscribers.pop(producer, None)
+        consumers = list(subscribers) if subscribers is not None else list(producer.consumers)
+        producer.set_consumers(())
+        for consumer in consumers:
             consumer.attach(None)
             replacement = None if consumer.explicit else self._best_producer(consumer)
             if replacement is not None:
                 self._attach(consumer, replacement)
                 on_attach(consumer)
-        producer.set_consumers(())
+            else:
+                self._set_waiting(consumer)
         producer.room = None
 
     def add_consumer(self, consumer: Consumer, on_attach: Callable[[Consumer], None]) -> None:
-        self.consumers.append(consumer)
+        if consumer in self.consumers:
+            return
+        self.consumers[consumer] = None
+        self.totals["consumers"] += 1
         producer = None if consumer.explicit else self._best_producer(consumer)
         if producer is not None:
             self._attach(consumer, producer)
             on_attach(consumer)
+        else:
+            self._set_waiting(consumer)
 
     def remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
-            self.consumers.remove(consumer)
-        producer = consumer.producer
-        if producer is not None:
-            producer.set_consumers(c for c in producer.consumers if c is not consumer)
-        consumer.attach(None)
+            del self.consumers[consumer]
+            self.totals["consumers"] -= 1
+        self._unset_waiting(consumer)
+        self._detach(consumer)
 
     def bind(self, consumer: Consumer, producer: Producer | None) -> bool:
         """Forward exactly ``producer`` (or nothing) to an explicit consumer.
@@ -378,8 +521,7 @@ class Room:
         if current is producer:
             return producer is not None
         if current is not None:
-            current.set_consumers(c for c in current.consumers if c is not consumer)
-            consumer.attach(None)
+            self._detach(consumer)
         if producer is None or producer.room is not self or producer.transport is consumer.transport \
                 or not consumer.can_consume(producer):
             return False
@@ -389,16 +531,52 @@ class Room:
     def _best_producer(self, consumer: Consumer) -> Producer | None:
         """The newest compatible track that this consumer's transport does not already receive
         (a viewer offering two video sections gets the two newest video tracks)."""
+        candidates = self._by_codec.get(_codec_key(consumer.kind, consumer.codec))
+        if not candidates:
+            return None
         taken = {c.producer for c in consumer.transport.consumers if c is not consumer}
-        for producer in reversed(self.producers):
-            if (producer.transport is not consumer.transport and producer not in taken
-                    and consumer.can_consume(producer)):
+        for producer in reversed(candidates):
+            if producer.transport is not consumer.transport and producer not in taken:
                 return producer
         return None
 
     def _attach(self, consumer: Consumer, producer: Producer) -> None:
+        self._unset_waiting(consumer)
         consumer.attach(producer)
-        producer.set_consumers(producer.consumers + (consumer,))
+        subscribers = self._subscribers.setdefault(producer, {})
+        subscribers[consumer] = None
+        producer.set_consumers(subscribers)
+
+    def _detach(self, consumer: Consumer) -> None:
+        producer = consumer.producer
+        if producer is not None:
+            subscribers = self._subscribers.get(producer)
+            if subscribers is not None:
+                subscribers.pop(consumer, None)
+                producer.set_consumers(subscribers)
+            else:
+                producer.set_consumers(c for c in producer.consumers if c is not consumer)
+        consumer.attach(None)
+
+    def _set_waiting(self, consumer: Consumer) -> None:
+        """An automatic consumer without a track waits for the next compatible one."""
+        if not consumer.explicit and consumer.producer is None and consumer in self.consumers:
+            self._waiting.setdefault(_codec_key(consumer.kind, consumer.codec), {})[consumer] = None
+
+    def _unset_waiting(self, consumer: Consumer) -> None:
+        key = _codec_key(consumer.kind, consumer.codec)
+        waiting = self._waiting.get(key)
+        if waiting is not None and consumer in waiting:
+            del waiting[consumer]
+            if not waiting:
+                del self._waiting[key]
+
+
+def _codec_key(kind: str, codec: Codec) -> tuple:
+    """Tracks of equal keys can be forwarded to each other's consumers (_same_codec)."""
+    name = codec.name.lower()
+    profile = codec.fmtp.get("profile-level-id", "42e01f")[:4].lower() if name == "h264" else ""
+    return (kind, name, codec.clock_rate, profile)
 
 
 # -- the C data path ------------------------------------------------------------------
@@ -535,3 +713,5 @@ class FastConsumer(Consumer):
     initial_seq = _on_subscription("initial_seq")
     initial_ts = _on_subscription("initial_ts")
     first_packet_time = _on_subscription("first_packet_time")
+    rtx_seq = _on_subscription("rtx_seq")
+    retransmissions = _on_subscription("retransmissions")

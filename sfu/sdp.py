@@ -32,6 +32,8 @@ __all__ = [
     "LocalTransport",
     "H264ProfileLevelId",
     "SUPPORTED_CODECS",
+    "count_media_sections",
+    "check_media_sections",
     "parse_sdp",
     "validate_offer",
     "select_codecs",
@@ -333,10 +335,26 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-def parse_sdp(text: str) -> SessionDescription:
-    """Parse an SDP offer (or answer); SdpError on anything malformed."""
+def count_media_sections(text: str) -> int:
+    """The m= lines of an SDP body, counted without parsing it (no objects built)."""
+    return text.count("\nm=") + text.startswith("m=")
+
+
+def check_media_sections(text: str, max_sections: int | None) -> None:
+    """SdpError if ``text`` has more than ``max_sections`` m= lines (None or 0: no limit);
+    the cheap check before parsing an untrusted offer."""
+    if max_sections and isinstance(text, str):
+        count = count_media_sections(text)
+        if count > max_sections:
+            raise SdpError(f"offer has {count} media sections, at most {max_sections} are allowed")
+
+
+def parse_sdp(text: str, max_sections: int | None = None) -> SessionDescription:
+    """Parse an SDP offer (or answer); SdpError on anything malformed, or (before any
+    parsing) when it has more than ``max_sections`` media sections."""
     if not isinstance(text, str):
         raise SdpError("SDP body must be text")
+    check_media_sections(text, max_sections)
     session: list[tuple[str, str]] = []
     sections: list[list[tuple[str, str]]] = []
     for line in _lines(text):

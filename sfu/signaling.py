@@ -38,7 +38,10 @@ logger = logging.getLogger("sfu.signaling")
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024  # an offer with many sections stays far below this
 HEARTBEAT = 20.0  # seconds between WebSocket pings (RFC 6455 §5.5.2) from the server
-OUTBOX_LIMIT = 2000  # queued messages to one client before it is dropped as too slow
+OUTBOX_BYTES = 1024 * 1024  # queued bytes to one client before it is cut off as too slow (sfu/outbox.py)
+CLOSE_GRACE = 5.0  # seconds a closing socket has to take what is queued and the close frame
+MAX_ID_LENGTH = 64  # characters of a string request id (a longer one is not echoed back)
+MAX_ID_NUMBER = 2**53  # a numeric id is a safe integer of JavaScript
 KICK_GRACE = 2.0  # after a "kicked" history leave, wait this long for meeting_ended
 
 # WebSocket close codes (RFC 6455 §7.4.2: 4000-4999 are for applications)
@@ -127,6 +130,10 @@ class Signaling:
         request_id = message.get("id")
         if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):
             return _error_response(None, ProtocolError("bad_request", "id must be a number or a string"))
+        if isinstance(request_id, str) and len(request_id) > MAX_ID_LENGTH \
+                or isinstance(request_id, int) and abs(request_id) > MAX_ID_NUMBER:
+            return _error_response(None, ProtocolError(
+                "bad_request", f"id must be at most {MAX_ID_LENGTH} characters or a safe integer"))
         kind = message.get("type")
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         try:
