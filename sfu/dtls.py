@@ -29,7 +29,12 @@ frees it (`released` becomes True) and keeps only the bytes of our last
 flight: RFC 6347 §4.2.4 asks the sender of the last flight to answer a
 retransmission of the peer's last flight by its own for as long as the peer
 may retransmit, and a byte-identical copy does that (a peer that lost our
-flight has seen none of its records). The trade-off: without the record
+flight has seen none of its records). It answers only what looks like that
+retransmission (a datagram of whole records with the ChangeCipherSpec, or a
+Handshake record of epoch 1: the encrypted Finished), at most once per
+`RESEND_INTERVAL` and `max_retransmissions` times in all: a short or forged
+record never makes it a reflector (at most one flight of ~75 bytes per
+half second, eight in all). The trade-off: without the record
 layer's keys, a released endpoint cannot authenticate what the peer sends.
 Its close_notify (and any other alert or application data) is ignored, so a
 peer that goes away is noticed by ICE consent (RFC 7675) or signalling
@@ -110,6 +115,8 @@ _CHANGE_CIPHER_SPEC = 20
 _HANDSHAKE = 22
 
 DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}
+# a released endpoint answers the peer's retransmitted final flight at most this often
+RESEND_INTERVAL = 0.5
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence, length
 
 
@@ -297,6 +304,8 @@ class DtlsEndpoint:
         self._fingerprint_failed = False
         self._release_at: float | None = None
         self._last_flight: list[bytes] = []  # what answers the peer's retransmission once released
+        self._resend_at = 0.0  # when the stored flight may be sent again
+        self.resends = 0  # answers from the stored flight
 
     # -- input ------------------------------------------------------------
 
@@ -316,7 +325,7 @@ class DtlsEndpoint:
         if self.state not in ("connecting", "connected"):
             return
         if self.released:
-            self._answer_retransmission(data)
+            self._answer_retransmission(data, now)
             return
         try:
             self._ssl.bio_write(data)
@@ -469,14 +478,20 @@ class DtlsEndpoint:
         self.released = True
         self._release_at = None
 
-    def _answer_retransmission(self, data: bytes) -> None:
+    def _answer_retransmission(self, data: bytes, now: float) -> None:
         # RFC 6347 §4.2.4: the peer resends its last flight (ChangeCipherSpec,
-        # Finished) while it has not seen ours; answer with ours again.
-        if self._last_flight and any(
-            len(record) >= _RECORD_HEADER and record[0] in (_CHANGE_CIPHER_SPEC, _HANDSHAKE)
-            for record in split_records(data)
+        # Finished) while it has not seen ours; answer with ours again -- at
+        # most once per RESEND_INTERVAL, max_retransmissions times in all.
+        if (
+            not self._last_flight
+            or now < self._resend_at
+            or self.resends >= self.max_retransmissions
+            or not _looks_like_final_flight(data)
         ):
-            self._outgoing.extend(self._last_flight)
+            return
+        self.resends += 1
+        self._resend_at = now + RESEND_INTERVAL
+        self._outgoing.extend(self._last_flight)
 
     def _closed_by_peer(self) -> None:
         self.state = "closed"
@@ -516,6 +531,30 @@ class DtlsEndpoint:
                 return ok
         self._fingerprint_failed = True
         return False
+
+
+def _looks_like_final_flight(data: bytes) -> bool:
+    """Whole DTLS 1.2 records, among them the ChangeCipherSpec (epoch 0, the
+    one byte 1) or a Handshake record of epoch 1 long enough for an encrypted
+    Finished (12 bytes of verify_data, 12 of header, the cipher's overhead)."""
+    found = False
+    pos, size = 0, len(data)
+    while pos < size:
+        if pos + _RECORD_HEADER > size:
+            return False
+        content_type = data[pos]
+        version = (data[pos + 1] << 8) | data[pos + 2]
+        epoch = (data[pos + 3] << 8) | data[pos + 4]
+        length = (data[pos + 11] << 8) | data[pos + 12]
+        end = pos + _RECORD_HEADER + length
+        if end > size or version != DTLS1_2_VERSION and version != 0xFEFF:
+            return False
+        if content_type == _CHANGE_CIPHER_SPEC and epoch == 0 and length == 1 and data[pos + 13] == 1:
+            found = True
+        elif content_type == _HANDSHAKE and epoch == 1 and length >= 24 + 16:
+            found = True
+        pos = end
+    return found
 
 
 def _describe(exc: SSL.Error) -> str:

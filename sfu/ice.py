@@ -1,11 +1,48 @@
 """ICE-lite over one UDP port shared by all peers, sans-I/O.
 
-The SFU is a lite agent (RFC 8445 §2.5): it gathers only host candidates,
-never sends connectivity checks itself and is always the controlled agent.
-It answers the STUN Binding requests of the full agent on the other side
-(RFC 8445 §7.3), learns the peer's address from them (peer-reflexive: Chromium
-gathers no loopback candidates) and keeps consent alive from them
-(RFC 7675 §5.1: consent expires 30 s after the last successful check).
+The SFU is a lite agent (RFC 8445 §2.5): it gathers only host candidates and
+is always the controlled agent. It answers the STUN Binding requests of the
+full agent on the other side (RFC 8445 §7.3), learns the peer's address from
+them (peer-reflexive: Chromium gathers no loopback candidates) and keeps
+consent alive from them (RFC 7675 §5.1: consent expires 30 s after the last
+successful check).
+
+Which address gets media. A valid check proves only that its sender knows the
+credentials, not that it receives at its source address: a participant can
+send one with a spoofed source. So the selected address (where everything we
+send goes) changes only to an address whose return routability is proven:
+
+- The first address (the first valid check's source) is selected at once, for
+  the DTLS handshake only: no media can flow before the handshake completes
+  (no SRTP keys), and it completes only if the peer saw our flight at that
+  address (both Finished messages cover both randoms), so the completed
+  handshake is the proof for it. A check spoofed from a victim's address gets
+  the victim at most the handshake's own flights, never media.
+- Any later address (a nomination, USE-CANDIDATE, from elsewhere: a NAT
+  rebinding or a network change) is first verified (RFC 7675 §5.1, RFC 8445
+  §7.3.1.5 for a lite agent): we send our own Binding request to it (USERNAME
+  "<remote ufrag>:<local ufrag>", ICE-CONTROLLED, PRIORITY, MESSAGE-INTEGRITY
+  keyed with the remote ice-pwd from the offer, FINGERPRINT), retransmitted a
+  few times, and switch only on a success response with that transaction id,
+  valid integrity (remote password) and FINGERPRINT, received from that very
+  address. Media keeps going to the old address meanwhile.
+
+The work a participant can cause is bounded: one verification at a time per
+session, at most `VERIFY_TRANSMISSIONS` requests each, and a pause of
+`VERIFY_BACKOFF` after one fails; a flood of spoofed checks changes nothing
+(a few hundred bytes to the spoofed address, once in a while). Consent is
+refreshed only by checks from the selected address and by a verification that
+succeeds. Without the remote password (or ufrag) the address never moves.
+
+Responses to our requests carry no USERNAME: the transaction id starts with
+the four bytes of the local ufrag (8 hex digits, as sfu.transport makes them)
+so that the engine routes them like requests (`peek_ufrag`), without a table;
+the other 8 bytes are random (64 bits), which is what keeps a participant,
+who knows the remote password, from forging a success from a spoofed address.
+
+Error answers (400, 401) are rate-limited per session (a token bucket of
+`ERROR_BURST`, refilled at `ERROR_RATE` per second); the excess is dropped
+and counted in `errors_ratelimited`.
 
 STUN encoding is aioice's codec (``aioice.stun``); this module adds the
 checks of a Binding server with short-term credentials (RFC 8489 §9.1).
@@ -16,8 +53,10 @@ byte-identical answers; anything else goes through aioice's parser.
 
 Use::
 
-    ice = IceLite(local_ufrag, local_pwd, remote_ufrag, created=now)
+    ice = IceLite(local_ufrag, local_pwd, remote_ufrag, created=now, remote_pwd=pwd)
     reply = ice.receive(datagram, addr, now)   # bytes to send back to addr, or None
+    for data, addr in ice.datagrams_to_send(): ...   # our verification requests
+    deadline = ice.get_timer()                 # call handle_timer(now) then
     while (event := ice.next_event()) is not None: ...   # AddressSelected
     if ice.is_expired(now): ...                # consent lost: tear down
 """
@@ -27,6 +66,8 @@ from __future__ import annotations
 import binascii
 import hmac
 import ipaddress
+import math
+import secrets
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -37,17 +78,35 @@ __all__ = [
     "AddressSelected",
     "IceLite",
     "peek_local_ufrag",
+    "peek_ufrag",
 ]
 
 # RFC 8489 §5: the header, and the magic cookie in bytes 4..8.
 _HEADER = struct.Struct("!HHI")
 _ATTR_HEADER = struct.Struct("!HH")
 _BINDING_REQUEST = 0x0001
+_BINDING_RESPONSES = (0x0101, 0x0111)  # success, error
 _USERNAME = 0x0006
 _FIXED_LENGTHS = {0x0008: 20, 0x8028: 4}  # MESSAGE-INTEGRITY, FINGERPRINT
 
 # RFC 7675 §5.1: consent expires when no check succeeded for 30 s.
 CONSENT_TIMEOUT = 30.0
+
+# Verification of a new address (module docstring): our request is sent up to
+# VERIFY_TRANSMISSIONS times, VERIFY_RTO apart at first, doubling (RFC 8489
+# §6.2.1, with fewer transmissions: the peer's next check starts another), the
+# last one waited for as long again; after a failure, no new verification for
+# VERIFY_BACKOFF seconds.
+VERIFY_TRANSMISSIONS = 3
+VERIFY_RTO = 0.5
+VERIFY_BACKOFF = 5.0
+# RFC 8445 §5.1.2.1: our candidate's priority as a peer-reflexive one
+# (type preference 110, local preference 65535, component 1).
+_PRFLX_PRIORITY = (110 << 24) | (65535 << 8) | (256 - 1)
+
+# Error answers (400, 401): a token bucket per session.
+ERROR_BURST = 10
+ERROR_RATE = 10.0  # per second
 
 # The fast path (IceLite._answer_fast): the attributes of a usual check and the
 # lengths they must have (None: any). Attributes aioice does not know are
@@ -65,6 +124,7 @@ _CHECK_ATTRIBUTES = {
 }
 _AIOICE_KNOWN = frozenset(stun.ATTRIBUTES_BY_TYPE)
 _FINGERPRINT_XOR = 0x5354554E
+_COOKIE_BYTES = struct.pack("!I", stun.COOKIE)
 _SUCCESS_HEADER = struct.Struct("!HHI12s")
 _BINDING_SUCCESS = 0x0101
 
@@ -102,6 +162,36 @@ def peek_local_ufrag(data: bytes) -> str | None:
     return None
 
 
+def peek_ufrag(data: bytes) -> str | None:
+    """The local ufrag that a STUN datagram is for, cheaply, or None.
+
+    A Binding request: as `peek_local_ufrag`. A Binding success or error
+    response: the ufrag encoded in its transaction id (`IceLite` makes the
+    ids of its requests so; see the module docstring). Verifies nothing.
+    """
+    if len(data) < 20:
+        return None
+    message_type = (data[0] << 8) | data[1]
+    if message_type in _BINDING_RESPONSES:
+        if data[4:8] != _COOKIE_BYTES:
+            return None
+        return data[8:12].hex()
+    return peek_local_ufrag(data)
+
+
+def _route_prefix(local_ufrag: str) -> bytes:
+    """The transaction-id prefix that routes a response back to `local_ufrag`
+    (empty when the ufrag is not 8 hex digits: responses then reach no one)."""
+    if len(local_ufrag) == 8:
+        try:
+            prefix = bytes.fromhex(local_ufrag)
+        except ValueError:
+            return b""
+        if prefix.hex() == local_ufrag:
+            return prefix
+    return b""
+
+
 def _well_formed(data: bytes) -> bool:
     """What aioice's parser lets through but RFC 8489 forbids.
 
@@ -126,9 +216,21 @@ def _well_formed(data: bytes) -> bool:
 
 @dataclass(frozen=True)
 class AddressSelected:
-    """The peer's address for media changed (first check, or nomination)."""
+    """The peer's address changed: the first check's (for DTLS), or a nominated
+    one that answered our verification request."""
 
     addr: tuple
+
+
+@dataclass
+class _Verification:
+    """Our Binding request to a candidate address, waiting for its answer."""
+
+    addr: tuple
+    transaction_id: bytes
+    request: bytes
+    sent: int  # transmissions so far
+    next_at: float  # next transmission, or the end (failure) after the last
 
 
 class IceLite:
@@ -136,6 +238,9 @@ class IceLite:
 
     `remote_ufrag` may be None (not yet known from signaling); any sender
     ufrag is then accepted, the local ufrag and password still have to match.
+    `remote_pwd` (the offer's a=ice-pwd) signs our verification requests and
+    checks their answers; without it (or the remote ufrag) the selected
+    address never moves from the first one.
     `created` starts the consent clock for a peer that never sends a check;
     if None, it starts at the first `is_expired` call.
     """
@@ -148,10 +253,12 @@ class IceLite:
         consent_timeout: float = CONSENT_TIMEOUT,
         *,
         created: float | None = None,
+        remote_pwd: str | None = None,
     ) -> None:
         self.local_ufrag = local_ufrag
         self.local_pwd = local_pwd
         self.remote_ufrag = remote_ufrag
+        self.remote_pwd = remote_pwd
         self.consent_timeout = consent_timeout
         self.created = created
         self.selected_address: tuple | None = None
@@ -160,6 +267,19 @@ class IceLite:
         self._mapped: tuple[tuple, bytes] | None = None  # (addr, XOR-MAPPED-ADDRESS attribute), IPv4
         # Bounded: a caller that only reads selected_address never drains it.
         self._events: deque[AddressSelected] = deque(maxlen=16)
+        # address verification (module docstring)
+        self._remote_key = remote_pwd.encode("utf8") if remote_pwd is not None else None
+        self._tie_breaker = secrets.randbits(64)
+        self._route = _route_prefix(local_ufrag)
+        self._verification: _Verification | None = None
+        self._verify_not_before = -math.inf
+        self._outgoing: list[tuple[bytes, tuple]] = []
+        self.verifications = 0  # started
+        self.verifications_failed = 0
+        # error answers: token bucket
+        self._error_tokens = float(ERROR_BURST)
+        self._error_refilled: float | None = None
+        self.errors_ratelimited = 0
 
     # -- input ------------------------------------------------------------
 
@@ -176,11 +296,13 @@ class IceLite:
             return None
         if not _well_formed(data):
             return None
-        if (
-            message.message_method != stun.Method.BINDING
-            or message.message_class != stun.Class.REQUEST
-        ):
-            return None  # indications, responses, other methods
+        if message.message_method != stun.Method.BINDING:
+            return None
+        if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
+            self._on_response(message, addr, now)
+            return None
+        if message.message_class != stun.Class.REQUEST:
+            return None  # indications
         # RFC 8445 §7.2.2: checks carry FINGERPRINT (it was verified by the
         # parser when present).
         if "FINGERPRINT" not in message.attributes:
@@ -189,20 +311,14 @@ class IceLite:
         # RFC 8489 §9.1.3: no USERNAME or MESSAGE-INTEGRITY -> 400.
         username = message.attributes.get("USERNAME")
         if username is None or "MESSAGE-INTEGRITY" not in message.attributes:
-            return self._error(message, 400, "Bad Request")
+            return self._error(message, 400, "Bad Request", now)
         # Unknown username or integrity mismatch -> 401, no state change.
         if not self._username_ok(username) or not message.check_message_integrity(
             self._key
         ):
-            return self._error(message, 401, "Unauthorized")
+            return self._error(message, 401, "Unauthorized", now)
 
-        # A valid check: consent (RFC 7675 §5.1) and address selection.
-        # A lite agent takes the nomination of the controlling agent
-        # (USE-CANDIDATE, RFC 8445 §7.3.1.5); until one comes, the address of
-        # the first valid check is used, which is where media will arrive.
-        self.last_consent = now
-        if "USE-CANDIDATE" in message.attributes or self.selected_address is None:
-            self._select(addr)
+        self._valid_check(addr, "USE-CANDIDATE" in message.attributes, now)
 
         # RFC 8489 §7.3.1 / RFC 8445 §7.3.1.1: success response with the
         # source address, signed with the local password.
@@ -275,9 +391,7 @@ class IceLite:
         if not hmac.compare_digest(mac, data[integrity_at + 4 : integrity_at + 24]):
             return None
 
-        self.last_consent = now
-        if use_candidate or self.selected_address is None:
-            self._select(addr)
+        self._valid_check(addr, use_candidate, now)
         transaction_id = data[8:20]
         mapped = self._xor_mapped_address(addr, transaction_id)
         header = _SUCCESS_HEADER.pack(_BINDING_SUCCESS, len(mapped) + 24, stun.COOKIE, transaction_id)
@@ -304,6 +418,29 @@ class IceLite:
 
     # -- output -----------------------------------------------------------
 
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple]]:
+        """Our verification requests, as (datagram, address) pairs."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` is due (a retransmission or the end of a
+        verification), or None. Consent is `is_expired`'s."""
+        verification = self._verification
+        return verification.next_at if verification is not None else None
+
+    def handle_timer(self, now: float) -> None:
+        verification = self._verification
+        if verification is None or now < verification.next_at:
+            return
+        if verification.sent >= VERIFY_TRANSMISSIONS:
+            # no answer: the address stays unverified (RFC 8489 §6.2.1)
+            self._verification = None
+            self.verifications_failed += 1
+            self._verify_not_before = now + VERIFY_BACKOFF
+            return
+        self._transmit(verification, now)
+
     def next_event(self) -> AddressSelected | None:
         return self._events.popleft() if self._events else None
 
@@ -328,8 +465,90 @@ class IceLite:
             self.selected_address = addr
             self._events.append(AddressSelected(addr))
 
-    @staticmethod
-    def _error(request: stun.Message, code: int, reason: str) -> bytes:
+    def _valid_check(self, addr: tuple, use_candidate: bool, now: float) -> None:
+        """A check with valid credentials from `addr`: consent (RFC 7675 §5.1)
+        and address selection (module docstring)."""
+        selected = self.selected_address
+        if selected is None:
+            # the first address: for the DTLS handshake, which proves it
+            self._select(addr)
+            self.last_consent = now
+        elif addr == selected:
+            self.last_consent = now
+        elif use_candidate:
+            # A lite agent follows the nomination of the controlling agent
+            # (RFC 8445 §7.3.1.5), once the address has answered us.
+            self._verify(addr, now)
+
+    def _verify(self, addr: tuple, now: float) -> None:
+        verification = self._verification
+        if verification is not None:
+            return  # one at a time; its retransmissions are on the timer
+        if self._remote_key is None or self.remote_ufrag is None:
+            return
+        if now < self._verify_not_before:
+            return
+        transaction_id = self._route + secrets.token_bytes(12 - len(self._route))
+        request = stun.Message(
+            message_method=stun.Method.BINDING,
+            message_class=stun.Class.REQUEST,
+            transaction_id=transaction_id,
+            attributes={
+                "USERNAME": f"{self.remote_ufrag}:{self.local_ufrag}",
+                "PRIORITY": _PRFLX_PRIORITY,
+                "ICE-CONTROLLED": self._tie_breaker,
+            },
+        )
+        request.add_message_integrity(self._remote_key)  # also adds FINGERPRINT
+        self.verifications += 1
+        verification = _Verification(addr, transaction_id, bytes(request), 0, now)
+        self._verification = verification
+        self._transmit(verification, now)
+
+    def _transmit(self, verification: _Verification, now: float) -> None:
+        self._outgoing.append((verification.request, verification.addr))
+        verification.sent += 1
+        # RTO, 2 RTO, 4 RTO ...; the last one waited for as long as the one before
+        verification.next_at = now + VERIFY_RTO * (1 << (verification.sent - 1))
+
+    def _on_response(self, message: stun.Message, addr: tuple, now: float) -> None:
+        """A success or error response: the answer to our verification request
+        if it has its transaction id, comes from the address we asked, and
+        (success) is signed with the remote password."""
+        verification = self._verification
+        if (
+            verification is None
+            or message.transaction_id != verification.transaction_id
+            or addr != verification.addr
+        ):
+            return
+        if message.message_class == stun.Class.ERROR:
+            # e.g. 487 Role Conflict (we are always controlled) or 401: give up
+            self._verification = None
+            self.verifications_failed += 1
+            self._verify_not_before = now + VERIFY_BACKOFF
+            return
+        if "FINGERPRINT" not in message.attributes or not message.check_message_integrity(
+            self._remote_key
+        ):
+            return  # RFC 8489 §9.1.4: discard, keep waiting
+        self._verification = None
+        self._select(addr)
+        self.last_consent = now  # RFC 7675 §5.1: our check succeeded
+
+    def _error(self, request: stun.Message, code: int, reason: str, now: float) -> bytes | None:
+        # Rate-limited: a flood of bad checks (maybe from a spoofed source)
+        # gets ERROR_RATE answers a second, the rest is dropped and counted.
+        if self._error_refilled is not None:
+            self._error_tokens = min(
+                float(ERROR_BURST),
+                self._error_tokens + max(0.0, now - self._error_refilled) * ERROR_RATE,
+            )
+        self._error_refilled = now
+        if self._error_tokens < 1.0:
+            self.errors_ratelimited += 1
+            return None
+        self._error_tokens -= 1.0
         # Not signed: the requester's credentials are what failed
         # (RFC 8489 §9.1.3). FINGERPRINT so that it demultiplexes (§14.7).
         response = stun.Message(

@@ -45,6 +45,7 @@ class Transport:
         remote_fingerprints: list[tuple[str, str]],
         dtls_role: str,
         now: float,
+        remote_pwd: str | None = None,
     ) -> None:
         self.engine = engine
         self.id = secrets.token_hex(8)
@@ -66,6 +67,7 @@ class Transport:
             remote_ufrag=remote_ufrag,
             consent_timeout=engine.config.consent_timeout,
             created=now,
+            remote_pwd=remote_pwd,  # verifies a new address before media moves there (sfu.ice)
         )
         self.dtls = DtlsEndpoint(engine.certificate, dtls_role, remote_fingerprints,
                                  release_after=DTLS_RELEASE_AFTER)
@@ -113,13 +115,35 @@ class Transport:
 
     # -- receiving -------------------------------------------------------------
     def receive_stun(self, data: bytes, addr: tuple, now: float) -> None:
-        response = self.ice.receive(data, addr, now)
+        ice = self.ice
+        limited = ice.errors_ratelimited
+        response = ice.receive(data, addr, now)
         if response is not None:
             self.engine.send(response, addr)
+        elif ice.errors_ratelimited != limited:
+            self.engine.drop("stun_error_ratelimited")
+        self._flush_ice(now)
+        self._follow_ice(now)
+
+    def _flush_ice(self, now: float) -> None:
+        """Send our verification requests (sfu.ice) and keep their timer."""
+        for datagram, to in self.ice.datagrams_to_send():
+            self.engine.stats["ice_verification_requests_sent"] += 1
+            self.engine.send(datagram, to)
+        timer = self.ice.get_timer()
+        if timer is not None:
+            self.engine.schedule(self, timer)
+
+    def _follow_ice(self, now: float) -> None:
+        """Send to the address ICE selected: the first one (and start DTLS there),
+        or a new one that answered our verification request."""
         selected = self.ice.selected_address
         if selected is not None and selected != self.addr:
             old = self.addr
             self.addr = selected
+            if old is not None:
+                self.engine.stats["ice_address_changes"] += 1
+                event(logger, "transport address changed", transport=self.id, role=self.role)
             self.engine.address_changed(self, old, selected)
             if not self._dtls_started:
                 self._dtls_started = True
@@ -257,9 +281,11 @@ class Transport:
     def _on_nack(self, nack: rtcp.Nack, now: float) -> None:
         consumer = self.consumers_by_ssrc.get(nack.media_ssrc)
         self.engine.stats["nacks_received"] += 1
+        if nack.ignored:  # numbers past rtcp.NACK_MAX_SEQS: never expanded, never answered
+            self.engine.drops["nack_overflow"] += nack.ignored
         if consumer is None or consumer.producer is None or not consumer.synced:
             return
-        self.engine.retransmit(consumer, nack.lost)
+        self.engine.retransmit(consumer, nack.lost, now)
 
     def _on_pli(self, pli: rtcp.Pli, now: float) -> None:
         self.engine.stats["plis_received"] += 1
@@ -282,6 +308,12 @@ class Transport:
             self.engine.stats["consent_timeouts"] += 1
             self.close("ice consent timeout")
             return
+        if self.ice.get_timer() is not None:  # a new address being verified (sfu.ice)
+            failed = self.ice.verifications_failed
+            self.ice.handle_timer(now)
+            if self.ice.verifications_failed != failed:
+                self.engine.stats["ice_verifications_failed"] += 1
+            self._flush_ice(now)  # and its next timer (next_timer does not know it)
         timer = self.dtls.get_timer()
         if timer is not None and timer <= now:
             self.dtls.handle_timer(now)

@@ -17,6 +17,7 @@ from sfu.dtls import (
     Closed,
     DtlsEndpoint,
     HandshakeComplete,
+    RESEND_INTERVAL,
     HandshakeFailed,
     pack_datagrams,
     split_records,
@@ -390,6 +391,49 @@ def test_released_server_answers_a_retransmitted_final_flight():
     [c] = events(client)
     assert isinstance(c, HandshakeComplete)
     assert events(server) == []
+
+
+def test_released_server_is_no_reflector():
+    # Issue 9: a 13-byte record made the released server send its whole final
+    # flight, for every packet. Now: only what looks like the peer's final
+    # flight is answered, at most once per RESEND_INTERVAL, max_retransmissions
+    # times in all.
+    client, server = pair(server_kwargs={"release_after": 0.0})
+    handshake(client, server)
+    assert server.released
+    header = bytes([0xFE, 0xFD]) + bytes(8)
+    short = [bytes([22]) + header + b"\x00\x00", bytes([20]) + header + b"\x00\x00",
+             bytes([22, 0xFE, 0xFD, 0, 1]) + bytes(6) + b"\x00\x00", bytes([23]) + header + b"\x00\x00"]
+    sent_in = sent_out = 0
+    for i in range(1000):
+        datagram = short[i % len(short)]
+        server.receive(datagram, 1.0 + i * 0.01)
+        sent_in += len(datagram)
+        sent_out += sum(map(len, server.datagrams_to_send()))
+    assert sent_out == 0
+    # a forged ChangeCipherSpec (14 bytes) looks like a retransmission: answered, rarely
+    ccs = bytes([20]) + header + b"\x00\x01\x01"
+    flight = sum(map(len, server._last_flight))
+    for i in range(10000):  # 100 s at 100 packets/s
+        server.receive(ccs, 20.0 + i * 0.01)
+        sent_in += len(ccs)
+        sent_out += sum(map(len, server.datagrams_to_send()))
+    assert sent_out == flight * server.max_retransmissions
+    assert sent_out / sent_in < 0.01  # was ~6 (75 bytes for 13)
+
+
+def test_released_server_answers_at_most_once_per_interval():
+    client, server = pair(server_kwargs={"release_after": 0.0})
+    handshake(client, server)
+    ccs = bytes([20, 0xFE, 0xFD]) + bytes(8) + b"\x00\x01\x01"
+    server.receive(ccs, 5.0)
+    assert server.datagrams_to_send() == server._last_flight
+    server.receive(ccs, 5.0 + RESEND_INTERVAL / 2)
+    assert server.datagrams_to_send() == []
+    server.receive(ccs + b"\x16", 5.0 + RESEND_INTERVAL)  # a torn record: not a flight
+    assert server.datagrams_to_send() == []
+    server.receive(ccs, 5.0 + RESEND_INTERVAL)
+    assert server.datagrams_to_send() == server._last_flight
 
 
 def test_released_client_has_no_last_flight_to_answer():

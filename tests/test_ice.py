@@ -7,7 +7,17 @@ import random
 import pytest
 from aioice import stun
 
-from sfu.ice import AddressSelected, IceLite, peek_local_ufrag
+from sfu.ice import (
+    ERROR_BURST,
+    ERROR_RATE,
+    VERIFY_BACKOFF,
+    VERIFY_RTO,
+    VERIFY_TRANSMISSIONS,
+    AddressSelected,
+    IceLite,
+    peek_local_ufrag,
+    peek_ufrag,
+)
 
 # RFC 5769 §2: the password shared by the short-term vectors.
 RFC5769_PASSWORD = b"VOkJxbRl1RmTxUk/WvJxBt"
@@ -211,7 +221,22 @@ def test_peek_local_ufrag_garbage_never_raises():
             if data:
                 data[rng.randrange(len(data))] = rng.randrange(256)
         peek_local_ufrag(bytes(data))
+        peek_ufrag(bytes(data))
     peek_local_ufrag(valid[:20] + b"\x00\x06\x00\x02\xff\xfe")
+
+
+def test_peek_ufrag_requests_and_responses():
+    assert peek_ufrag(make_request("abc:def")) == "abc"
+    tid = bytes.fromhex("0a1b2c3d") + os.urandom(8)
+    for message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
+        message = stun.Message(stun.Method.BINDING, message_class, tid)
+        assert peek_ufrag(bytes(message)) == "0a1b2c3d"
+    indication = stun.Message(stun.Method.BINDING, stun.Class.INDICATION, tid)
+    assert peek_ufrag(bytes(indication)) is None
+    assert peek_ufrag(bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, tid))[:19]) is None
+    no_cookie = bytearray(bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, tid)))
+    no_cookie[4] ^= 1
+    assert peek_ufrag(bytes(no_cookie)) is None
 
 
 # -- IceLite -----------------------------------------------------------------
@@ -304,27 +329,148 @@ def test_not_answered():
     assert ice.last_consent is None and ice.selected_address is None
 
 
-def test_use_candidate_moves_selected_address():
-    ice = make_ice()
+REMOTE_PWD = "peer-password-abcdefghij"
+ROUTED_UFRAG = "0a1b2c3d"  # 8 hex digits, as sfu.transport makes them
+
+
+def verifying_ice(**kwargs):
+    return IceLite(ROUTED_UFRAG, LOCAL_PWD, REMOTE_UFRAG, created=100.0, remote_pwd=REMOTE_PWD, **kwargs)
+
+
+def check(use_candidate=False, password=LOCAL_PWD):
+    return make_request(f"{ROUTED_UFRAG}:{REMOTE_UFRAG}", password=password, use_candidate=use_candidate)
+
+
+def answer(request: bytes, addr, password=REMOTE_PWD, error=None):
+    """What the full agent at `addr` answers to our request (RFC 8445 §7.3.1.1)."""
+    message = stun.parse_message(request)
+    if error is not None:
+        response = stun.Message(stun.Method.BINDING, stun.Class.ERROR, message.transaction_id,
+                                attributes={"ERROR-CODE": (error, "No")})
+        response.add_fingerprint()
+        return bytes(response)
+    response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, message.transaction_id,
+                            attributes={"XOR-MAPPED-ADDRESS": (addr[0], addr[1])})
+    response.add_message_integrity(password.encode())
+    return bytes(response)
+
+
+def test_first_check_selects_its_address():
+    ice = verifying_ice()
     a = ("127.0.0.1", 50000)
-    b = ("127.0.0.1", 50002)
-    c = ("127.0.0.1", 50004)
-    # First valid check selects its address (no nomination yet).
-    assert ice.receive(make_request(), a, 101.0) is not None
-    assert drain(ice) == [AddressSelected(a)]
-    # A check from elsewhere without USE-CANDIDATE doesn't move it ...
-    assert ice.receive(make_request(), b, 102.0) is not None
+    assert ice.receive(check(), a, 101.0) is not None
+    assert drain(ice) == [AddressSelected(a)] and ice.selected_address == a
+    assert ice.datagrams_to_send() == [] and ice.get_timer() is None  # proven by DTLS (docstring)
+    # a check from elsewhere without USE-CANDIDATE: answered, nothing else
+    assert ice.receive(check(), ("127.0.0.1", 50002), 102.0) is not None
+    assert ice.selected_address == a and drain(ice) == [] and ice.datagrams_to_send() == []
+
+
+def test_nomination_from_a_new_address_moves_only_after_our_check_is_answered():
+    # RFC 7675 §5.1 / RFC 8445 §7.3.1.5: the lite agent checks the new address itself
+    ice = verifying_ice()
+    a, b = ("127.0.0.1", 50000), ("127.0.0.1", 50002)
+    ice.receive(check(), a, 101.0)
+    drain(ice)
+    assert ice.receive(check(use_candidate=True), b, 102.0) is not None
+    assert ice.selected_address == a and drain(ice) == []  # not yet
+    [(request, to)] = ice.datagrams_to_send()
+    assert to == b
+    message = stun.parse_message(request)  # FINGERPRINT verified by the parser
+    assert message.message_class == stun.Class.REQUEST
+    assert message.attributes["USERNAME"] == f"{REMOTE_UFRAG}:{ROUTED_UFRAG}"
+    assert "ICE-CONTROLLED" in message.attributes and "PRIORITY" in message.attributes
+    assert "USE-CANDIDATE" not in message.attributes
+    assert message.check_message_integrity(REMOTE_PWD.encode())
+    assert message.transaction_id[:4].hex() == ROUTED_UFRAG
+    assert peek_ufrag(answer(request, b)) == ROUTED_UFRAG  # routed like a request
+    # one at a time: more nominations from b (or c) send nothing more
+    ice.receive(check(use_candidate=True), b, 102.1)
+    ice.receive(check(use_candidate=True), ("127.0.0.1", 50004), 102.1)
+    assert ice.datagrams_to_send() == []
+    # answers that do not count: wrong password, wrong transaction, wrong source
+    assert ice.receive(answer(request, b, password="wrong"), b, 102.2) is None
+    other = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    assert ice.receive(answer(bytes(other), b), b, 102.2) is None
+    assert ice.receive(answer(request, b), ("127.0.0.1", 50004), 102.2) is None
+    assert ice.receive(answer(request, b), a, 102.2) is None
     assert ice.selected_address == a and drain(ice) == []
-    # ... a nomination does (RFC 8445 §7.3.1.5).
-    assert ice.receive(make_request(use_candidate=True), b, 103.0) is not None
+    # consent is not refreshed by b's checks, only by the selected address's
+    assert ice.last_consent == 101.0
+    # the real answer, from b
+    assert ice.receive(answer(request, b), b, 102.3) is None
     assert ice.selected_address == b and drain(ice) == [AddressSelected(b)]
-    # Re-nominating the same address is no event.
-    assert ice.receive(make_request(use_candidate=True), b, 104.0) is not None
-    assert drain(ice) == []
-    # The peer moves (new NAT binding / network): follow the nomination.
-    assert ice.receive(make_request(use_candidate=True), c, 105.0) is not None
-    assert ice.selected_address == c and drain(ice) == [AddressSelected(c)]
-    assert ice.last_consent == 105.0
+    assert ice.last_consent == 102.3 and ice.get_timer() is None
+    # a replay of that answer changes nothing
+    assert ice.receive(answer(request, b), b, 102.4) is None and drain(ice) == []
+
+
+def test_verification_retransmits_then_gives_up_and_backs_off():
+    ice = verifying_ice()
+    a, victim = ("127.0.0.1", 50000), ("127.0.0.2", 40000)
+    ice.receive(check(), a, 100.0)
+    sent = []
+    # a flood of spoofed nominations (the victim never answers)
+    now = 100.0
+    while now < 130.0:
+        ice.receive(check(use_candidate=True), victim, now)
+        sent += ice.datagrams_to_send()
+        timer = ice.get_timer()
+        if timer is not None and timer <= now:
+            ice.handle_timer(now)
+            sent += ice.datagrams_to_send()
+        now = round(now + 0.01, 2)
+    assert ice.selected_address == a and all(to == victim for _, to in sent)
+    # each verification: VERIFY_TRANSMISSIONS requests over 3.5 s, then a 5 s pause
+    per_round = VERIFY_TRANSMISSIONS
+    period = VERIFY_RTO * (2 ** VERIFY_TRANSMISSIONS - 1) + VERIFY_BACKOFF
+    assert len(sent) <= per_round * (30.0 / period + 1)
+    assert ice.verifications_failed >= 2
+    assert len({stun.parse_message(d).transaction_id for d, _ in sent}) == ice.verifications
+    # retransmissions keep the transaction id (RFC 8489 §6.2.1)
+    assert sent[0][0] == sent[1][0]
+
+
+def test_verification_error_answer_ends_it():
+    ice = verifying_ice()
+    a, b = ("127.0.0.1", 50000), ("127.0.0.1", 50002)
+    ice.receive(check(), a, 100.0)
+    ice.receive(check(use_candidate=True), b, 101.0)
+    [(request, _)] = ice.datagrams_to_send()
+    ice.receive(answer(request, b, error=487), b, 101.1)
+    assert ice.get_timer() is None and ice.verifications_failed == 1
+    assert ice.selected_address == a
+    ice.receive(check(use_candidate=True), b, 102.0)  # backing off
+    assert ice.datagrams_to_send() == []
+    ice.receive(check(use_candidate=True), b, 101.1 + VERIFY_BACKOFF)
+    [(request, _)] = ice.datagrams_to_send()
+    ice.receive(answer(request, b), b, 106.2)
+    assert ice.selected_address == b
+
+
+@pytest.mark.parametrize("kwargs", [{"remote_pwd": None}, {"remote_ufrag": None}])
+def test_no_remote_credentials_no_move(kwargs):
+    args = {"remote_ufrag": REMOTE_UFRAG, "remote_pwd": REMOTE_PWD, **kwargs}
+    ice = IceLite(ROUTED_UFRAG, LOCAL_PWD, created=100.0, **args)
+    a, b = ("127.0.0.1", 50000), ("127.0.0.1", 50002)
+    user = f"{ROUTED_UFRAG}:{REMOTE_UFRAG}"
+    ice.receive(make_request(user), a, 101.0)
+    ice.receive(make_request(user, use_candidate=True), b, 102.0)
+    assert ice.selected_address == a and ice.datagrams_to_send() == []
+
+
+def test_error_answers_are_rate_limited():
+    ice = make_ice()
+    bad = make_request(password="wrong")
+    answered = sum(ice.receive(bad, ADDR, 101.0) is not None for _ in range(1000))
+    assert answered == ERROR_BURST and ice.errors_ratelimited == 1000 - ERROR_BURST
+    # refilled at ERROR_RATE a second; 10 s of 1000 a second gets ~100 answers
+    answered = 0
+    for i in range(10000):
+        answered += ice.receive(bad, ADDR, 101.0 + i / 1000) is not None
+    assert ERROR_RATE * 10 - 2 <= answered <= ERROR_RATE * 10 + ERROR_BURST
+    # a valid check is still answered (and 400s share the bucket)
+    assert ice.receive(make_request(), ADDR, 111.0) is not None
 
 
 def test_consent_expiry():
