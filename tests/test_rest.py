@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import io
 import pathlib
 
@@ -277,3 +278,198 @@ async def test_dev_token_endpoint_only_in_dev_mode(api, tmp_path):
         assert server.auth_secret == (tmp_path / "dev" / "auth_secret").read_text().strip()
     finally:
         await server.stop()
+
+
+# -- authority: who may do what (issue 9) -------------------------------------------------
+
+ROLES = {  # who -> token; "creator" created the meeting in room r1 with POST /api/meetings
+    "nobody": None,
+    "viewer": tok("vic", subscribe=True),
+    "publisher": tok("pat", publish=True),
+    "creator-without-host": tok("hope", publish=True, subscribe=True),  # same identity, no host grant now
+    "host-of-r2": tok("hal", room="r2", host=True),
+    "host-of-r1": tok("hank", host=True),
+    "creator": tok("hope", host=True),
+    "admin": tok("root", room=None, admin=True),
+}
+ALLOWED = {  # action -> the roles that may; everyone else gets 403 (401 without a token)
+    # GET /api/meetings/{id}: every participant's identity. The creator is a person (an
+    # identity) who had the host grant when the meeting started; any token of theirs reads it
+    "read": {"creator", "creator-without-host", "admin"},
+    "export": {"creator", "creator-without-host", "admin"},
+    "recording": {"creator", "host-of-r1", "admin"},
+    "end": {"creator", "host-of-r1", "admin"},
+    "create-in-r3": {"admin"},  # another room: only its hosts (none here) and admins
+    "erase": {"admin"},
+}
+
+
+async def _do(api, action: str, meeting_id: str, token: str | None):
+    if action == "read":
+        return await api.call("GET", f"/api/meetings/{meeting_id}", token)
+    if action == "export":
+        return await api.call("GET", f"/api/meetings/{meeting_id}/export?format=json", token)
+    if action == "recording":
+        return await api.call("POST", f"/api/meetings/{meeting_id}/recording", token, json={"active": True})
+    if action == "end":
+        return await api.call("DELETE", f"/api/meetings/{meeting_id}", token)
+    if action == "create-in-r3":
+        return await api.call("POST", "/api/meetings", token, json={"room": "r3"})
+    if action == "erase":
+        return await api.call("DELETE", "/api/people/nobody-at-all", token)
+    raise AssertionError(action)
+
+
+@pytest.mark.parametrize("action", sorted(ALLOWED))
+@pytest.mark.parametrize("role", sorted(ROLES))
+async def test_api_matrix(api, role, action):
+    code, created, _ = await api.call("POST", "/api/meetings", ROLES["creator"], json={"room": "r1", "topic": "t"})
+    assert code == 201, created
+    meeting_id = created["meeting_id"]
+    code, _, _ = await api.offer("whep", "r1", ROLES["viewer"])  # someone is in it
+    assert code == 201
+    code, body, _ = await _do(api, action, meeting_id, ROLES[role])
+    if role == "nobody":
+        assert code == 401 and body == {"error": "missing access token"}, body
+    elif role in ALLOWED[action]:
+        assert code in (200, 201), (role, action, code, body)
+        if action in ("read", "export"):
+            assert [s["identity"] for s in body["sessions"]] == ["vic"]
+    else:
+        assert code == 403 and body["error"], (role, action, code, body)
+        assert "vic" not in json.dumps(body)
+        assert api.server.meetings.active_meeting("r1").meeting_id == meeting_id  # nothing changed
+        assert api.server.meetings.active_meeting("r3") is None
+
+
+@pytest.mark.parametrize("role, allowed", [
+    ("viewer", False), ("publisher", False), ("creator-without-host", False), ("host-of-r2", False),
+    ("host-of-r1", True), ("creator", True), ("admin", True)])
+async def test_creating_a_meeting_for_a_room_needs_its_host_grant(api, role, allowed):
+    code, body, _ = await api.call("POST", "/api/meetings", ROLES[role], json={"room": "r1", "topic": "t"})
+    if allowed:
+        assert code == 201 and body["room"] == "r1"
+    else:
+        assert code == 403 and ("host grant" in body["error"] or "another room" in body["error"]), body
+        assert api.server.meetings.active_meeting("r1") is None
+    # a room named after the meeting ID: the host grant (any room) or admin
+    code, body, _ = await api.call("POST", "/api/meetings", ROLES[role], json={"topic": "t"})
+    assert code == (201 if allowed or role == "host-of-r2" else 403), body
+
+
+async def test_a_viewer_who_comes_first_does_not_squat_the_room(api):
+    """The viewer's join starts the meeting without a creator: it reads nobody's identity,
+    has no host powers, and the real host claims the meeting (no 409)."""
+    viewer = tok("vic", subscribe=True)
+    code, _, _ = await api.offer("whep", "r1", viewer)
+    assert code == 201
+    meeting = api.server.meetings.active_meeting("r1")
+    assert meeting.creator_identity == ""
+    code, listed, _ = await api.call("GET", "/api/meetings", viewer)
+    assert listed == {"meetings": []}
+    for method, path in (("GET", f"/api/meetings/{meeting.meeting_id}"), ("DELETE", f"/api/meetings/{meeting.meeting_id}"),
+                         ("GET", f"/api/meetings/{meeting.meeting_id}/export")):
+        code, body, _ = await api.call(method, path, viewer)
+        assert code == 403, (method, path, body)
+    code, body, _ = await api.call("POST", "/api/meetings", viewer, json={"room": "r1"})
+    assert code == 403 and "host grant" in body["error"]
+    # the host claims it: 200 (not 201), the same meeting, its topic and creator set
+    host = tok("hope", host=True)
+    code, body, headers = await api.call("POST", "/api/meetings", host, json={"room": "r1", "topic": "Standup"})
+    assert code == 200 and body["meeting_id"] == meeting.meeting_id, body
+    assert body["creator"] == {"identity": "hope", "name": "Hope"} and body["topic"] == "Standup"
+    assert headers["Location"] == f"/api/meetings/{meeting.meeting_id}"
+    code, details, _ = await api.call("GET", f"/api/meetings/{meeting.meeting_id}", host)
+    assert code == 200 and [s["identity"] for s in details["sessions"]] == ["vic"]
+    code, body, _ = await api.call("POST", "/api/meetings", tok("hal", host=True), json={"room": "r1"})
+    assert code == 409  # it has a creator now
+
+
+async def test_whip_whep_delete_needs_the_sessions_identity(api):
+    code, _, headers = await api.offer("whip", "r1", tok("alice", publish=True))
+    assert code == 201
+    location = headers["Location"]
+    code, _, vheaders = await api.offer("whep", "r1", tok("bob", subscribe=True))
+    assert code == 201
+    sessions = api.server.engine.snapshot()["transports"]
+    for token, status, words in [
+            (None, 401, "missing"), ("garbage", 401, "malformed"),
+            (tok("bob", subscribe=True), 403, "identity"),  # another participant of the room
+            (tok("mallory", room="r1", publish=True, subscribe=True, host=True), 403, "identity"),
+    ]:
+        code, body, rheaders = await api.call("DELETE", location, token)
+        assert code == status and words in body and body.count("\n") == 1, (token, code, body)
+        if status == 401:
+            assert rheaders["WWW-Authenticate"].startswith("Bearer")
+    assert api.server.engine.snapshot()["transports"] == sessions, "nothing was closed"
+    for token in (None, tok("alice")):  # an unknown session: 401 first, then 404
+        code, body, _ = await api.call("DELETE", "/whip/r1/doesnotexist", token)
+        assert code == (401 if token is None else 404), body
+    code, _, _ = await api.call("DELETE", location.replace("/r1/", "/r2/"), tok("alice"))
+    assert code == 404  # the session exists, in another room
+    # the same identity (any of its tokens), or an admin
+    code, _, _ = await api.call("DELETE", location, tok("alice", room="r9"))
+    assert code == 200
+    code, _, _ = await api.call("DELETE", vheaders["Location"], tok("root", room=None, admin=True))
+    assert code == 200
+    await until(lambda: api.server.engine.snapshot()["transports"] == 0)
+    assert (await api.call("DELETE", location, tok("alice")))[0] == 404
+
+
+async def test_patch_answers_alike_whether_or_not_the_session_exists(api):
+    code, _, headers = await api.offer("whip", "r1", tok("alice", publish=True))
+    answers = set()
+    for path in (headers["Location"], "/whip/r1/doesnotexist", "/whep/r1/doesnotexist"):
+        for token in (None, tok("alice")):
+            code, body, rheaders = await api.call("PATCH", path, token, data="a=ice-ufrag:x\r\n",
+                                                  headers={"Content-Type": "application/trickle-ice-sdpfrag"})
+            answers.add((code, body, rheaders.get("Allow")))
+    assert answers == {(405, "trickle ICE and ICE restart are not supported\n", "POST, DELETE, OPTIONS")}
+
+
+@pytest.fixture
+async def limited_api(history_db, tmp_path):
+    config = Config(http_port=0, rtc_port=0, data_dir=str(tmp_path / "data"), auth_secret=SECRET,
+                    db=history_db, max_meetings_per_identity=3, meetings_per_minute=5)
+    server = Server(config)
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        yield Api(server, http)
+    await server.stop()
+
+
+async def test_meeting_creation_is_capped_and_rate_limited_per_identity(limited_api):
+    api = limited_api
+    alice = tok("alice", room=None, host=True)
+    ids = []
+    for _ in range(3):
+        code, body, _ = await api.call("POST", "/api/meetings", alice, json={"topic": "t"})
+        assert code == 201
+        ids.append(body["meeting_id"])
+    code, body, headers = await api.call("POST", "/api/meetings", alice, json={"topic": "t"})
+    assert code == 429 and "limit is 3" in body["error"] and int(headers["Retry-After"]) > 0, body
+    # another identity has its own allowance
+    code, _, _ = await api.call("POST", "/api/meetings", tok("bob", room=None, host=True), json={})
+    assert code == 201
+    # ending one frees a place ... until the rate (5 a minute) is spent
+    for meeting_id in ids[:2]:
+        code, _, _ = await api.call("DELETE", f"/api/meetings/{meeting_id}", alice)
+        assert code == 200
+    for _ in range(2):
+        code, body, _ = await api.call("POST", "/api/meetings", alice, json={})
+        assert code == 201, body
+    code, _, _ = await api.call("DELETE", f"/api/meetings/{body['meeting_id']}", alice)
+    assert code == 200
+    code, body, headers = await api.call("POST", "/api/meetings", alice, json={})
+    assert code == 429 and "per minute" in body["error"], body
+    assert 1 <= int(headers["Retry-After"]) <= 12
+    running = [m for m in await api.server.meetings.store.list_meetings("alice") if m.ended_at is None]
+    assert len(running) == 2
+    # a burst from one token creates nothing more
+    codes = await asyncio.gather(*(api.call("POST", "/api/meetings", alice, json={}) for _ in range(50)))
+    assert {c for c, _, _ in codes} == {429}
+    assert len(await api.server.meetings.store.list_meetings("alice")) == 5
+    # an admin (a backend creating meetings for others) is not limited
+    for _ in range(8):
+        code, _, _ = await api.call("POST", "/api/meetings", tok("root", room=None, admin=True), json={})
+        assert code == 201
