@@ -185,6 +185,9 @@ class Transport:
         except SrtpError as exc:
             self.engine.drop("srtp_replay" if "replay" in str(exc) else "srtp_auth")
             return
+        except ValueError:  # longer than pylibsrtp's buffer (1500 bytes), as the C path's "too_long"
+            self.engine.drop("too_long")
+            return
         impl = self.engine.impl
         try:
             pt, marker, seq, ts, ssrc, hlen = impl.parse_rtp_header(plain)
@@ -232,6 +235,9 @@ class Transport:
             plain = self.srtp.unprotect_rtcp(data)
         except SrtpError as exc:
             self.engine.drop("srtp_replay" if "replay" in str(exc) else "srtp_auth")
+            return
+        except ValueError:  # longer than pylibsrtp's buffer (1500 bytes), as the C path's "too_long"
+            self.engine.drop("too_long")
             return
         try:
             packets = rtcp.parse_compound(plain)
