@@ -602,3 +602,32 @@ def test_fast_path_answers_a_real_aioice_check():
     ice = make_ice()
     assert ice._answer_fast(data, ADDR, 101.0) is not None
     assert ice.selected_address == ADDR and ice.last_consent == 101.0
+
+
+def test_a_full_agent_answers_our_verification_request():
+    # aioice (aiortc's ICE agent, controlling against a lite server) accepts
+    # the request as we build it and its answer verifies the new address.
+    from aioice import Connection
+
+    agent = Connection(ice_controlling=True)
+    agent.remote_username, agent.remote_password = ROUTED_UFRAG, LOCAL_PWD
+    ice = IceLite(ROUTED_UFRAG, LOCAL_PWD, agent.local_username, created=100.0,
+                  remote_pwd=agent.local_password)
+    a, b = ("127.0.0.1", 50000), ("127.0.0.1", 50002)
+    user = f"{ROUTED_UFRAG}:{agent.local_username}"
+    ice.receive(make_request(user), a, 101.0)
+    ice.receive(make_request(user, use_candidate=True), b, 102.0)
+    [(request, to)] = ice.datagrams_to_send()
+
+    class Protocol:
+        sent: list = []
+
+        def send_stun(self, message, addr):
+            self.sent.append((bytes(message), addr))
+
+    protocol = Protocol()
+    agent.request_received(stun.parse_message(request), ("127.0.0.1", 3478), protocol)
+    [(response, _)] = protocol.sent
+    assert stun.parse_message(response).message_class == stun.Class.RESPONSE
+    ice.receive(response, b, 102.1)
+    assert ice.selected_address == b
