@@ -803,13 +803,13 @@ class MediaEngine:
             if plain is None:
                 self.stats["nack_misses"] += 1
                 continue
-            n = consumer.rewriter.rewrite(plain, buf)
-            if n < 0:
-                continue
-            if not budget.spend(n):
+            if not budget.spend(len(plain)):
                 self.drops["nack_budget"] += 1
                 continue
             budget.answered(out_seq, now)
+            n = consumer.rewriter.rewrite(plain, buf)
+            if n < 0:
+                continue
             if consumer.last_out_ts is not None and self._padding_only(plain):
                 struct.pack_into("!I", buf, 4, consumer.last_out_ts)  # as forward() did
             packet = memoryview(buf)[:n]

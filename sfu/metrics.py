@@ -59,6 +59,7 @@ FEEDBACK_TYPES = ("nack", "pli", "fir")
 DROP_REASONS = (
     "unknown_source", "unknown_ufrag", "srtp_auth", "srtp_replay", "malformed",
     "no_subscriber", "send_buffer_full", "receive_buffer_overflow",
+    "nack_repeat", "nack_budget", "nack_overflow",
 )
 LEAVE_REASONS = {  # engine close reasons -> a bounded label value
     "closed by client": "client",

@@ -342,8 +342,8 @@ class NackBudget:
     - retransmissions are paid from a token bucket of bytes (at most
       ``NACK_BUDGET_BURST``), refilled on each NACK with ``NACK_BUDGET_FRACTION``
       of the bytes the stream received since the previous one plus
-      ``NACK_BUDGET_FLOOR`` bytes per second; a packet the bucket cannot pay for
-      is not sent ("nack_budget").
+      ``NACK_BUDGET_FLOOR`` bytes per second; each cached packet costs its size as
+      received, and one the bucket cannot pay for is not sent ("nack_budget").
 
     So a viewer gets back at most a quarter of the stream's bitrate (plus 32 kbit/s)
     however many NACKs it sends. The C twin keeps the same fields in

@@ -30,7 +30,15 @@ class Subscription:
     first_packet_time: float | None
     last_out_seq: int | None
     last_out_ts: int | None
+    rtx_seq: int
+    retransmissions: int
+    @property
+    def nack_tokens(self) -> float | None:
+        """Bytes of retransmission the NACK budget allows now (None before the first NACK)."""
     def __init__(self, peer: Peer, rewriter: Rewriter | None, clock_rate: float) -> None: ...
+    def retransmit(self, stream: Stream, lost: Iterable[int], now: float, window: float, rtx_pt: int,
+                   rtx_ssrc: int, fraction: float, floor_rate: float, burst: float) -> None:
+        """Answer a NACK in C within the policy of sfu.router.NackBudget (rtx_pt -1: no RTX)."""
 
 class Stream:
     """A published SSRC of a Peer: receive statistics, NACK log, packet cache, fan-out snapshot."""
@@ -49,6 +57,9 @@ class Stream:
     def first_packet_time(self) -> float | None: ...
     def set_subscriptions(self, subscriptions: Iterable[Subscription]) -> None: ...
     def cached(self, seq: int) -> bytes | None: ...
+    @property
+    def mapped(self) -> int:
+        """Bytes of buffers mapped now: 0 before the first packet and once closed."""
     def stats(self) -> tuple[int, int, int | None, int, float]:
         """(packets, bytes, base_ext_seq, highest_ext_seq, jitter)"""
     def drain_events(self) -> list[tuple[str, int, int | None, float]]:

@@ -403,8 +403,9 @@ cdef class Subscription:
         The policy of sfu.router.NackBudget: a number answered less than ``window`` seconds
         ago is not answered again ("nack_repeat"); the budget (a token bucket of ``burst``
         bytes, refilled with ``fraction`` of the bytes ``stream`` received since the last
-        NACK plus ``floor_rate`` bytes per second) pays for each rewritten packet, and a
-        packet it cannot pay for is dropped ("nack_budget"). Then rewrite, RTX (RFC 4588
+        NACK plus ``floor_rate`` bytes per second) pays for each cached packet (its size as
+        received), and a packet it cannot pay for is dropped ("nack_budget") before any
+        copy. Then rewrite, RTX (RFC 4588
         §4, when ``rtx_pt`` >= 0), srtp_protect (the session allows repeated indexes) and
         the send queue, flushed at the end."""
         cdef Peer dest = self.peer
@@ -446,6 +447,14 @@ cdef class Subscription:
             if plain == NULL:
                 dp._counters[C_NACK_MISSES] += 1
                 continue
+            if self._nack_tokens < <double>plain_len:
+                dp._counters[D_NACK_BUDGET] += 1
+                continue
+            self._nack_tokens -= <double>plain_len
+            if self._nack_seq == NULL:
+                self._alloc_nack()
+            self._nack_seq[i] = out_seq
+            self._nack_time[i] = now
             slot = dp._slot()
             if slot == NULL:
                 dp._counters[D_SEND_BUFFER_FULL] += 1
@@ -456,14 +465,6 @@ cdef class Subscription:
             if m < 0:
                 dp._counters[D_INTERNAL_ERROR] += 1
                 continue
-            if self._nack_tokens < <double>m:
-                dp._counters[D_NACK_BUDGET] += 1
-                continue
-            self._nack_tokens -= <double>m
-            if self._nack_seq == NULL and self._alloc_nack() < 0:
-                return
-            self._nack_seq[i] = out_seq
-            self._nack_time[i] = now
             if self._has_last and plain[0] & 0x20 and _header_length(plain, plain_len) + plain[plain_len - 1] == plain_len:
                 _wr32(slot + 4, self._last_ts)  # a padding-only packet, as _forward sent it
             length = <int>m
