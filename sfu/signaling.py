@@ -31,6 +31,7 @@ from .auth import AuthError, Claims, authorize, token_from_request, verify_token
 from .limits import LimitExceeded
 from .log import event
 from .meetings import can_end
+from .outbox import Outbox
 from .participant import DEFAULT_SOURCE, SOURCES, Participant, PublishedTrack
 
 logger = logging.getLogger("sfu.signaling")
@@ -531,34 +532,64 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=exc.status, text=exc.reason + "\n", headers=headers)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
-    outbox: asyncio.Queue = asyncio.Queue()
+    transport = request.transport
+    loop = asyncio.get_running_loop()
+    outbox = Outbox(OUTBOX_BYTES)  # bounded in bytes; merges bursts if the client asks at join
+    wake = asyncio.Event()
     closing: list[tuple[int, str]] = []
+    cut: list[str] = []  # the transport was aborted: nothing more is written
 
     def send(message: dict) -> None:
         if closing:
             return
-        if outbox.qsize() >= OUTBOX_LIMIT:
-            close(CLOSE_TOO_SLOW, "client too slow")
+        if not outbox.put(message):
+            too_slow()
             return
-        outbox.put_nowait(message)
+        wake.set()
+
+    def too_slow() -> None:
+        """The client does not read what it is sent: drop the queue and cut the connection
+        now (a close frame could not get through a full socket anyway); it leaves as timed out."""
+        event(logger, "websocket client too slow", logging.WARNING, room=room, participant=participant.id,
+              queued_bytes=outbox.bytes)
+        closing.append((CLOSE_TOO_SLOW, "client too slow"))
+        abort()
+
+    def abort() -> None:
+        if not cut:
+            cut.append("aborted")
+            outbox.clear()
+            if transport is not None:
+                transport.abort()
+            wake.set()
 
     def close(code: int, reason: str) -> None:
         if not closing:
             closing.append((code, reason))
-            outbox.put_nowait(None)
+            wake.set()
+            # a client that does not read cannot get the close frame: cut it after a grace
+            grace.append(loop.call_later(CLOSE_GRACE, lambda: writer_task.done() or abort()))
 
     async def writer() -> None:
         while True:
-            message = await outbox.get()
-            if message is None:
+            wake.clear()
+            while outbox and not cut:
+                try:
+                    await ws.send_str(outbox.pop())
+                except (ConnectionError, RuntimeError):
+                    return
+            if closing or cut:
                 break
-            try:
-                await ws.send_str(json.dumps(message, separators=(",", ":")))
-            except (ConnectionError, RuntimeError):
-                break
-        code, reason = closing[0] if closing else (CLOSE_GOING_AWAY, "")
-        await ws.close(code=code, message=reason.encode()[:120])
+            await wake.wait()
+        if cut:
+            return
+        code, reason = closing[0]
+        try:
+            await ws.close(code=code, message=reason.encode()[:120])
+        except (ConnectionError, RuntimeError):
+            pass
 
+    grace: list[asyncio.TimerHandle] = []
     participant = signaling.connect(claims, room, send, close)
     writer_task = asyncio.create_task(writer())
     reason = "left"
@@ -570,13 +601,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 except ValueError:
                     send(_error_response(None, ProtocolError("bad_request", "not JSON")))
                     continue
+                if isinstance(message, dict) and message.get("type") == "join" and not participant.joined:
+                    outbox.merge = message.get("batch_events") is True  # docs/protocol.md 4.1
                 await signaling.handle(participant, message)  # queues the response
             elif msg.type == WSMsgType.BINARY:
                 send(_error_response(None, ProtocolError("bad_request", "binary messages are not used")))
             else:
                 break
-        if ws.close_code not in (CLOSE_LEFT, CLOSE_GOING_AWAY):
-            reason = "timed out"  # 1006 and friends: the connection died, nobody said goodbye
+        if cut or ws.close_code not in (CLOSE_LEFT, CLOSE_GOING_AWAY):
+            reason = "timed out"  # 1006 and friends, or too slow: nobody said goodbye
     except asyncio.CancelledError:
         reason = "server stopped"
         raise
@@ -584,9 +617,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await signaling.disconnect(participant, reason)  # nothing if it left or was ended already
         close(CLOSE_GOING_AWAY, "")
         try:
-            await asyncio.wait_for(writer_task, 5.0)
+            await asyncio.wait_for(writer_task, CLOSE_GRACE)
         except (asyncio.TimeoutError, Exception):
             writer_task.cancel()
+            abort()  # it does not read: its descriptor must not wait for it
+        for handle in grace:
+            handle.cancel()
     return ws
 
 
