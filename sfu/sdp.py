@@ -390,6 +390,11 @@ def parse_sdp(text: str, max_sections: int | None = None) -> SessionDescription:
     return sd
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_fingerprint(arg: str | None) -> tuple[str, str]:
     parts = (arg or "").split()
     if len(parts) != 2 or not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})+", parts[1]):
@@ -447,12 +452,12 @@ def _parse_media(lines: list[tuple[str, str]], sd: SessionDescription, index: in
             rtpmap[int(r.group(1))] = (r.group(2), int(r.group(3)), channels)
         elif name == "fmtp":
             pt, _, params = arg_text.partition(" ")
-            if not pt.isdigit():
+            if not _is_number(pt):
                 raise SdpError(f"malformed a=fmtp: {arg_text[:60]!r}")
             fmtp[int(pt)] = parse_fmtp(params)
         elif name == "rtcp-fb":
             pt, _, feedback = arg_text.partition(" ")
-            if not (pt.isdigit() or pt == "*") or not feedback.strip():
+            if not (_is_number(pt) or pt == "*") or not feedback.strip():
                 raise SdpError(f"malformed a=rtcp-fb: {arg_text[:60]!r}")
             rtcp_fb.setdefault(None if pt == "*" else int(pt), []).append(" ".join(feedback.split()))
         elif name == "extmap":
@@ -480,7 +485,7 @@ def _parse_media(lines: list[tuple[str, str]], sd: SessionDescription, index: in
             md.msid = arg
         elif name == "ssrc":
             ssrc_text, _, rest = arg_text.partition(" ")
-            if not ssrc_text.isdigit() or int(ssrc_text) > 0xFFFFFFFF:
+            if not _is_number(ssrc_text) or int(ssrc_text) > 0xFFFFFFFF:
                 raise SdpError(f"malformed a=ssrc: {arg_text[:60]!r}")
             ssrc = int(ssrc_text)
             if ssrc not in md.ssrcs:
@@ -491,8 +496,8 @@ def _parse_media(lines: list[tuple[str, str]], sd: SessionDescription, index: in
             elif key == "msid" and ssrc_msid is None:
                 ssrc_msid = val
         elif name == "ssrc-group":
-            semantics, *ids = arg_text.split()
-            if not ids or not all(i.isdigit() for i in ids):
+            semantics, *ids = arg_text.split() or [""]
+            if not ids or not all(_is_number(i) for i in ids):
                 raise SdpError(f"malformed a=ssrc-group: {arg_text[:60]!r}")
             md.ssrc_groups.append((semantics, [int(i) for i in ids]))
         elif name == "candidate":
@@ -515,7 +520,7 @@ def _build_codecs(
     codecs: list[Codec] = []
     rtx: dict[int, int] = {}  # apt -> rtx PT (RFC 4588 section 8.6)
     for fmt in md.formats:
-        if not fmt.isdigit():
+        if not _is_number(fmt):
             raise SdpError(f"malformed payload type {fmt!r} in m={md.kind} line")
         pt = int(fmt)
         if pt > 127:
@@ -527,7 +532,7 @@ def _build_codecs(
         params = fmtp.get(pt, {})
         if name.lower() == "rtx":
             apt = params.get("apt", "")
-            if apt.isdigit():
+            if _is_number(apt):
                 rtx.setdefault(int(apt), pt)
             continue
         feedback = rtcp_fb.get(pt, []) + [f for f in rtcp_fb.get(None, []) if f not in rtcp_fb.get(pt, [])]
