@@ -142,14 +142,16 @@ async def test_spoofed_check_moves_no_media(sfu):
         before = count(victim, "stun_error")[0]
         bad = check(cred, password="wrong-password-wrong-password")
         flood = 2000
+        started = time.monotonic()
         for i in range(flood):
             victim.transport.sendto(bad, cred["server"])
             if i % 100 == 99:
                 await asyncio.sleep(0.05)  # ~1 s in all
         await asyncio.sleep(0.5)
+        took = time.monotonic() - started
         errors, error_bytes = count(victim, "stun_error")
         errors -= before
-        assert errors <= 10 + 10 * 3, errors  # burst + 10/s for the time it took
+        assert errors <= 10 + 10 * took + 2, (errors, took)  # burst + 10/s for the time it took
         assert error_bytes / (flood * len(bad)) < 0.05
         health = sfu.health()
         assert health["drops"].get("stun_error_ratelimited", 0) >= flood - errors - 50
