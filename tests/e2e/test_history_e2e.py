@@ -52,7 +52,7 @@ def history_cli(*args: str) -> subprocess.CompletedProcess:
 
 async def test_history_matches_what_happened_across_a_kill_9(tmp_path, netns):
     sfu = SfuProcess(tmp_path, "--heartbeat-interval", str(HEARTBEAT), "--grace-period", "30").start()
-    alice_token = sfu.token("standup", ALICE, "Alice", publish=True, subscribe=False)
+    alice_token = sfu.token("standup", ALICE, "Alice", publish=True, subscribe=False, host=True)
     bob_token = sfu.token("standup", BOB, "Bob", publish=False, subscribe=True)
     pub = Publisher(sfu.url, "standup", token=alice_token)
     bob1 = Viewer(sfu.url, "standup", token=bob_token)
@@ -137,7 +137,7 @@ async def test_history_matches_what_happened_across_a_kill_9(tmp_path, netns):
 
 async def test_graceful_stop_closes_sessions_as_server_stopped(tmp_path, netns):
     sfu = SfuProcess(tmp_path).start()
-    token = sfu.token("r1", "carol", "Carol", publish=True)
+    token = sfu.token("r1", "carol", "Carol", publish=True, host=True)
     pub = Publisher(sfu.url, "r1", token=token)
     try:
         await pub.start()

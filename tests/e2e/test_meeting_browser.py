@@ -111,12 +111,12 @@ async def test_page_asks_for_a_token_without_dev_mode(sfu, chromium):
     assert "access token" in (await page.evaluate("window.meetingState.error"))
     assert await page.evaluate("document.getElementById('token-field').hidden") is False
     # with a token minted for the room (sfu token), the same page joins
-    token = sfu.token("tokens", identity="carol@example.com", name="Carol")
+    token = sfu.token("tokens", identity="carol@example.com", name="Carol", host=True)
     page = await open_meeting(chromium, sfu, room="tokens", name="Carol", token=token, autojoin=1)
     assert await page.wait_for("window.meetingState.joined || window.meetingState.error", 15), \
         await diagnose(page, sfu)
     assert await page.evaluate("window.meetingState.error") is None
-    # the host (its creator) may end the meeting: the page says so and leaves
+    # a host (her token's host grant) may end the meeting: the page says so and leaves
     assert await page.evaluate("document.getElementById('end').hidden") is False
     await page.evaluate("document.getElementById('end').click()")
     assert await page.wait_for("window.meetingState.ended", 10), await diagnose(page, sfu)

@@ -194,6 +194,7 @@ async def test_uplink_loss_is_nacked_to_the_publisher(sfu):
 async def test_delete_unknown_session_is_404(sfu):
     assert await delete(sfu.url + "/whip/room1/doesnotexist") == 404
     assert await delete(sfu.url + "/whep/room1/doesnotexist") == 404
+    assert await delete(sfu.url + "/whip/room1/doesnotexist", token="") == 401  # a token first
 
 
 async def test_silent_peer_is_dropped_after_consent_timeout(tmp_path, netns):
