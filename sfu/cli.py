@@ -24,9 +24,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
+        from .history import StoreUnavailable
         from .server import run
 
-        return run(config.from_args(args))
+        cfg = config.from_args(args)
+        try:
+            return run(cfg)
+        except StoreUnavailable as exc:
+            return _store_unavailable(exc)
     if args.command == "token":
         from .auth import keyring_from_config, token_command
 
@@ -38,6 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         return history_command(args, cfg.db, cfg.data_dir)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _store_unavailable(exc) -> int:
+    """One JSON log line and one plain line on stderr instead of a traceback."""
+    import logging
+
+    from . import log
+    from .history import EXIT_STORE_UNAVAILABLE
+
+    log.event(logging.getLogger("sfu.server"), "history database unavailable", logging.ERROR,
+              database=exc.where, problem=exc.problem, advice=exc.advice, exit_code=EXIT_STORE_UNAVAILABLE)
+    print(f"sfu serve: {exc}", file=sys.stderr, flush=True)
+    return EXIT_STORE_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import datetime as _dt
 import io
 import json
 import os
+import re
 import secrets
 import sqlite3
 from dataclasses import asdict, dataclass
@@ -98,6 +99,39 @@ class DuplicateMeeting(Exception):
 
 # -- backends: synchronous, used from the store's one worker thread only -----------------
 
+EXIT_STORE_UNAVAILABLE = 3  # `sfu serve` / `sfu history` exit code when the store cannot be opened
+
+
+class StoreUnavailable(Exception):
+    """The history database cannot be opened or is not a valid database.  ``where``
+    names the file (or the database URL without its password), ``problem`` says what
+    is wrong, ``advice`` what to do; ``str()`` is all three on one line."""
+
+    def __init__(self, where: str, problem: str, advice: str) -> None:
+        self.where = where
+        self.problem = problem
+        self.advice = advice
+        super().__init__(f"history database {where}: {problem}; {advice}")
+
+
+def _sqlite_unavailable(path: str, exc: BaseException) -> StoreUnavailable:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    low = text.lower()
+    who = f"uid {os.getuid()}" if hasattr(os, "getuid") else "this user"
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in low or "malformed" in low
+                                                    or "corrupt" in low or "integrity" in low):
+        return StoreUnavailable(path, f"not a valid SQLite database ({text})",
+                                "restore it from a backup, or move it away to start with an empty history")
+    if "readonly" in low or "read-only" in low:
+        return StoreUnavailable(path, f"read-only ({text})",
+                                f"the file and its directory must be writable by {who}")
+    if isinstance(exc, sqlite3.DatabaseError) and "disk i/o" in low:
+        return StoreUnavailable(path, f"cannot be read or written ({text})",
+                                "check the disk and the file system (dmesg), then the file's permissions")
+    return StoreUnavailable(path, f"cannot be opened ({text})",
+                            f"check that its directory exists and that both are readable and writable by {who}")
+
+
 class _Backend:
     placeholder = "?"
 
@@ -144,9 +178,33 @@ class SqliteBackend(_Backend):
         self.path = path
 
     def open(self) -> None:
+        """Open, check (``PRAGMA quick_check``) and set up the file; StoreUnavailable
+        naming it when it cannot be opened, written or is not a valid database."""
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:
+            self.close_quietly()
+            raise _sqlite_unavailable(os.path.abspath(self.path), exc) from None
+
+    def close_quietly(self) -> None:
+        try:
+            self.close()
+        except sqlite3.Error:
+            self.conn = None
+
+    def _open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(20, "a parent of it is not a directory") from None
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(21, "is a directory")
         self.conn = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
+        # a corrupt or truncated file must fail here, not in the middle of a meeting
+        problems = [row[0] for row in self.conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("integrity check failed: " + "; ".join(problems)[:200])
         self.conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed join survives a power cut too, not only a kill -9
         self.conn.execute("PRAGMA synchronous=FULL")
@@ -181,10 +239,20 @@ class PostgresBackend(_Backend):
         import psycopg  # only needed for this backend
 
         self._psycopg = psycopg
-        self.conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
-        for statement in SCHEMA:
-            self.conn.execute(statement)
-        self.conn.commit()
+        try:
+            self.conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
+            for statement in SCHEMA:
+                self.conn.execute(statement)
+            self.conn.commit()
+        except psycopg.Error as exc:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            where = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.dsn)  # never the password
+            where = re.sub(r"password=\S+", "password=***", where)
+            raise StoreUnavailable(where, f"cannot be used ({text})",
+                                   "check that the server is up and the URL, user and password are right") from None
 
     def is_duplicate(self, exc: Exception) -> bool:
         return isinstance(exc, self._psycopg.errors.UniqueViolation)
@@ -223,9 +291,15 @@ class HistoryStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
+        """StoreUnavailable (one line naming the database and what to do) when it cannot be used."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="history")
-        await self._run(self.backend.open)
+        try:
+            await self._run(self.backend.open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
 
     async def close(self) -> None:
         if self._executor is None:
@@ -474,7 +548,7 @@ def export(report: dict, fmt: str) -> tuple[str, str]:
 __all__ = [
     "END_REASONS", "DuplicateMeeting", "HistoryStore", "Meeting", "SessionRecord", "asdict",
     "attendance", "export", "export_csv", "export_json", "iso", "meeting_dict", "open_backend",
-    "session_dict",
+    "session_dict", "StoreUnavailable", "EXIT_STORE_UNAVAILABLE",
 ]
 
 
@@ -544,6 +618,12 @@ async def _history(args, db: str | None, data_dir: str, out) -> int:
 
 
 def history_command(args, db: str | None, data_dir: str, out=None) -> int:
+    """Exit code 0, 1 (no such meeting, not allowed), 2 (usage) or 3 (the database
+    cannot be opened: one line on stderr naming it and what to do)."""
     import sys
 
-    return asyncio.run(_history(args, db, data_dir, out or sys.stdout))
+    try:
+        return asyncio.run(_history(args, db, data_dir, out or sys.stdout))
+    except StoreUnavailable as exc:
+        print(f"sfu history: {exc}", file=sys.stderr)
+        return EXIT_STORE_UNAVAILABLE
