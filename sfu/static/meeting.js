@@ -10,7 +10,8 @@
 // to join without them; &token=T to use a given token). window.meetingState
 // reports {status, joined, participantId, meetingId, participants, error, ended,
 // recording, mutedByHost} and window.meetingStats() resolves to what is received from each
-// participant. A host sees a "Mute" button on every other participant's tile.
+// participant. A host (the server says so in permissions: the token's host grant, never
+// coming first) sees a "Mute" button on every other participant's tile and "End meeting".
 "use strict";
 
 (() => {
@@ -352,7 +353,7 @@
     });
     if (response.status !== 200) {
       ui.tokenField.hidden = false;
-      throw new Error(`this server needs an access token (sfu token --room ${room} --name ... --publish --subscribe)`);
+      throw new Error(`this server needs an access token (sfu token --room ${room} --name ... --publish --subscribe, and --host for a host)`);
     }
     return (await response.json()).token;
   }
