@@ -593,7 +593,7 @@ async def _history(args, db: str | None, data_dir: str, out) -> int:
         if meeting is None:
             print(f"no such meeting: {args.meeting_id}", file=out)
             return 1
-        if not args.admin and meeting.creator_identity != args.identity:
+        if not args.admin and (not meeting.creator_identity or meeting.creator_identity != args.identity):
             print("403: only the meeting's creator or an admin may read its history", file=out)
             return 1
         report = attendance(meeting, await store.sessions(meeting.meeting_id), now)
