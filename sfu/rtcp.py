@@ -59,6 +59,9 @@ _report_block = struct.Struct("!IB3sIIII")
 _sender_info = struct.Struct("!IQIII")
 _two_ssrcs = struct.Struct("!II")
 _nack_entry = struct.Struct("!HH")  # RFC 4585 §6.2.1 FCI: PID, BLP
+# offsets from the PID of the numbers a BLP byte names (bit i of the BLP: PID + i + 1)
+_BLP_LOW = [tuple(bit + 1 for bit in range(8) if byte >> bit & 1) for byte in range(256)]
+_BLP_HIGH = [tuple(bit + 9 for bit in range(8) if byte >> bit & 1) for byte in range(256)]
 
 
 # ------------------------------------------------------------------ helpers
@@ -370,16 +373,18 @@ class Nack:
             raise ValueError("RTCP NACK FCI is not a whole number of entries")
         lost: list[int] = []
         ignored = 0
-        for pid, blp in _nack_entry.iter_unpack(fci):
-            if ignored or len(lost) >= NACK_MAX_SEQS:
-                ignored += 1 + blp.bit_count()
-                continue
+        for index, (pid, blp) in enumerate(_nack_entry.iter_unpack(fci)):
             lost.append(pid)
             if blp:
-                lost.extend((pid + bit + 1) & 0xFFFF for bit in range(16) if blp >> bit & 1)
-            if len(lost) > NACK_MAX_SEQS:
+                lost.extend([(pid + offset) & 0xFFFF for offset in _BLP_LOW[blp & 0xFF] + _BLP_HIGH[blp >> 8]])
+            if len(lost) >= NACK_MAX_SEQS:
                 ignored = len(lost) - NACK_MAX_SEQS
                 del lost[NACK_MAX_SEQS:]
+                rest = fci[4 * index + 4:]
+                if rest:  # one per entry and one per BLP bit, without expanding them
+                    mask = int.from_bytes(b"\x00\x00\xff\xff" * (len(rest) // 4), "big")
+                    ignored += len(rest) // 4 + (int.from_bytes(rest, "big") & mask).bit_count()
+                break
         return cls(sender, media, lost, ignored)
 
     def __bytes__(self) -> bytes:

@@ -240,3 +240,20 @@ def test_parse_caps_the_numbers_of_a_nack():
     small = rtcp.Nack.parse(bytes(rtcp.Nack(1, 2, [1, 2, 3])))
     assert small.lost == [1, 2, 3] and small.ignored == 0
     assert pylibsrtp  # (imported for the SRTP sessions of the harness)
+
+
+def test_capped_parse_matches_a_full_expansion():
+    import random
+
+    rng = random.Random(4585)
+    for _ in range(2000):
+        k = rng.randrange(0, 300)
+        entries = [(rng.randrange(65536), rng.choice([0, 0xFFFF, rng.randrange(65536)])) for _ in range(k)]
+        data = struct.pack("!BBHII", 0x81, 205, 2 + k, 1, 2) + b"".join(struct.pack("!HH", *e) for e in entries)
+        full = []
+        for pid, blp in entries:
+            full.append(pid)
+            full.extend((pid + bit + 1) & 0xFFFF for bit in range(16) if blp >> bit & 1)
+        nack = rtcp.Nack.parse(data)
+        assert nack.lost == full[:rtcp.NACK_MAX_SEQS]
+        assert nack.ignored == max(0, len(full) - rtcp.NACK_MAX_SEQS)
