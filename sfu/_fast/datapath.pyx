@@ -21,8 +21,10 @@ The Python side (``sfu.engine``, ``sfu.router``) owns the objects and changes
 the tables through a small API: ``Datapath.new_peer(owner)`` -> ``Peer``
 (``set_address``, ``set_srtp``, ``add_stream``, ``subscription``, ``close``),
 ``Stream`` (``set_subscriptions``, ``cached``, ``stats``, ``drain_events``,
-``close``) and ``Subscription`` (the per-subscriber state, shared with a
-``packet.Rewriter``). Counters are C integers read with ``take_counters()``;
+``close``; its buffers are mapped on the first packet and unmapped on close)
+and ``Subscription`` (the per-subscriber state, shared with a
+``packet.Rewriter``; ``retransmit`` answers a parsed NACK from the stream's
+cache within the subscriber's budget, in C, see sfu.router.NackBudget). Counters are C integers read with ``take_counters()``;
 the latency of each forwarded packet -- from the kernel's receive timestamp
 (SO_TIMESTAMPNS, so time queued in the socket counts) to the return of the
 sendmmsg that sent its copies -- goes into a histogram (``latency()``).
