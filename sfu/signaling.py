@@ -139,7 +139,7 @@ class Signaling:
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         try:
             if handler is None:
-                raise ProtocolError("unknown_type", f"unknown message type {message.get('type')!r}")
+                raise ProtocolError("unknown_type", f"unknown message type {repr(message.get('type'))[:40]}")
             if participant.gone:
                 raise ProtocolError("closed", "this connection has left the meeting")
             if not participant.joined and handler != self._join and handler != self._ping:

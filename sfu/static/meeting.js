@@ -210,6 +210,12 @@
       personTile(person, ev.track.source);
       scheduleNegotiation();
     },
+    tracks_published(ev) {  // a burst of track_published, merged by the server
+      for (const track of ev.tracks) EVENTS.track_published({ participant_id: ev.participant_id, track });
+    },
+    tracks_unpublished(ev) {
+      for (const trackId of ev.track_ids) EVENTS.track_unpublished({ participant_id: ev.participant_id, track_id: trackId });
+    },
     track_unpublished(ev) {
       const person = people.get(ev.participant_id);
       if (!person) return;
@@ -381,7 +387,7 @@
     ws = await openSocket(token);
     ws.onmessage = onMessage;
     ws.onclose = onClose;
-    const joined = await request("join");
+    const joined = await request("join", { batch_events: true });  // bursts come merged (protocol 5.1)
     state.joined = true;
     state.participantId = joined.participant_id;
     state.meetingId = joined.meeting.id;

@@ -66,7 +66,8 @@ class MeetingClient:
         self.joined: dict | None = None
         self.participant_id: str | None = None
         self.participants: dict[str, dict] = {}  # id -> {"name", "tracks": {track id: track}}
-        self.events: list[dict] = []
+        self.events: list[dict] = []  # merged bursts (batch_events) as the single events they stand for
+        self.merged = 0  # merged bursts received
         self.published: dict[str, str] = {}  # mid -> own track id
         self.receivers: list[dict] = []  # {"transceiver", "kind", "track_id"}
         self.frames: Counter[str] = Counter()  # remote track id -> frames decoded
@@ -108,8 +109,10 @@ class MeetingClient:
                 if future is not None and not future.done():
                     future.set_result(message)
             elif message.get("type") == "event":
-                self.events.append(message)
-                self._on_event(message)
+                self.merged += message["event"] in ("tracks_published", "tracks_unpublished")
+                for ev in _unmerged(message):
+                    self.events.append(ev)
+                    self._on_event(ev)
         self.closed = self.ws.close_code
         for future in self._pending.values():
             if not future.done():
@@ -145,7 +148,7 @@ class MeetingClient:
     async def join(self) -> dict:
         if self.ws is None:
             await self.connect()
-        self.joined = await self.request("join")
+        self.joined = await self.request("join", batch_events=True)
         self.participant_id = self.joined["participant_id"]
         for info in self.joined["participants"]:
             self.participants[info["id"]] = {"name": info["name"],
@@ -249,3 +252,13 @@ class MeetingClient:
         await self.pc.close()
         if self.http is not None:
             await self.http.close()
+
+
+def _unmerged(ev: dict) -> list[dict]:
+    """tracks_published / tracks_unpublished (docs/protocol.md 5.1) as one event per track."""
+    base = {"type": "event", "participant_id": ev.get("participant_id")}
+    if ev["event"] == "tracks_published":
+        return [{**base, "event": "track_published", "track": track} for track in ev["tracks"]]
+    if ev["event"] == "tracks_unpublished":
+        return [{**base, "event": "track_unpublished", "track_id": track_id} for track_id in ev["track_ids"]]
+    return [ev]
