@@ -40,6 +40,7 @@ class Config:
     max_room_tracks: int = 10_000  # tracks of all sessions of one room
     max_server_tracks: int = 50_000  # tracks of all rooms of this server
     max_pending_sessions: int = 1_000  # sessions whose ICE/DTLS is not done yet (reaped by consent_timeout)
+    max_room_pending_sessions: int = 500  # the same in one room
     # meetings, access tokens and history
     auth_secret: str | None = None  # default: <data_dir>/auth_secret, created on first start
     auth_kid: str | None = None  # key id written in tokens signed with auth_secret (rotation)
@@ -82,6 +83,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "max_room_tracks": (int, "tracks allowed in one room (all its sessions)"),
     "max_server_tracks": (int, "tracks allowed on this server (all its rooms)"),
     "max_pending_sessions": (int, "sessions not connected yet (ICE/DTLS not done) allowed at once"),
+    "max_room_pending_sessions": (int, "sessions not connected yet allowed at once in one room"),
     "auth_secret": (str, "HS256 secret that signs access tokens (default: <data-dir>/auth_secret)"),
     "auth_kid": (str, "key id of --auth-secret, written in the header of the tokens it signs"),
     "auth_keys": (str, "older keys still accepted, kid:secret,... (also <data-dir>/auth_keys)"),

@@ -109,6 +109,7 @@ class MediaEngine:
         self.rooms: dict[str, Room] = {}
         self.track_totals: Counter[str] = Counter()  # producers and consumers of all rooms (kept by Room)
         self.pending: dict[str, Transport] = {}  # sessions not connected yet, oldest first
+        self.pending_by_room: dict[str, dict[str, Transport]] = {}  # the same by room
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self._listeners: list[Callable[[dict], None]] = []
@@ -224,7 +225,7 @@ class MediaEngine:
         section stays silent until a renegotiation maps it). LimitExceeded when a
         limit of the config refuses it (README.md, "Limits"); nothing is built then."""
         now = self.now()
-        self._check_pending(now)
+        self._check_pending(room_name, now)
         offer = sdp.parse_sdp(offer_sdp, self.config.max_offer_sections)
         _validate(offer, role, creating=True)
         if role == "meeting" and subscriptions is None:
@@ -257,6 +258,7 @@ class MediaEngine:
         self.transports[transport.id] = transport
         self.by_ufrag[transport.local_ufrag] = transport
         self.pending[transport.id] = transport
+        self.pending_by_room.setdefault(room_name, {})[transport.id] = transport
         transport.on_close = self._transport_closed
         transport.order = next(self._transport_order)
         self.schedule(transport, now)
@@ -266,17 +268,29 @@ class MediaEngine:
         self._emit({"type": "session_created", "room": room_name, "session": transport.id, "role": role})
         return SessionInfo(transport.id, room_name, role, answer_sdp)
 
-    def _check_pending(self, now: float) -> None:
-        """LimitExceeded (503) while max_pending_sessions sessions are still connecting;
-        they connect or are reaped by the consent timeout, the oldest first."""
-        limit = self.config.max_pending_sessions
-        if limit <= 0 or len(self.pending) < limit:
-            return
-        oldest = next(iter(self.pending.values()))
-        wait = min(max(1.0, oldest.created + self.config.consent_timeout - now), self.config.consent_timeout)
-        self._refuse(LimitExceeded(
-            SERVER_BUSY, f"{len(self.pending)} sessions are still connecting, at most {limit} are allowed: "
-                         "try again later", retry_after=wait))
+    def _check_pending(self, room_name: str, now: float) -> None:
+        """LimitExceeded (503) while max_pending_sessions sessions of the server, or
+        max_room_pending_sessions of the room, are still connecting; they connect or are
+        reaped by the consent timeout, the oldest first."""
+        in_room = self.pending_by_room.get(room_name, {})
+        for pending, limit, where in ((self.pending, self.config.max_pending_sessions, ""),
+                                      (in_room, self.config.max_room_pending_sessions, " in this room")):
+            if 0 < limit <= len(pending):
+                oldest = next(iter(pending.values()))
+                timeout = self.config.consent_timeout
+                wait = min(max(1.0, oldest.created + timeout - now), timeout)
+                self._refuse(LimitExceeded(
+                    SERVER_BUSY, f"{len(pending)} sessions{where} are still connecting, at most {limit} are "
+                                 "allowed: try again later", retry_after=wait))
+
+    def _connected_or_closed(self, transport: Transport) -> None:
+        """It does not count as connecting any more (max_pending_sessions)."""
+        if self.pending.pop(transport.id, None) is not None:
+            in_room = self.pending_by_room.get(transport.room_name)
+            if in_room is not None:
+                in_room.pop(transport.id, None)
+                if not in_room:
+                    del self.pending_by_room[transport.room_name]
 
     def _check_tracks(self, room: Room, published: int, received: int,
                       had_tracks: int = 0, had_published: int = 0) -> None:
@@ -583,7 +597,7 @@ class MediaEngine:
 
     # -- callbacks from transports ---------------------------------------------------
     def _transport_closed(self, transport: Transport, reason: str) -> None:
-        self.pending.pop(transport.id, None)
+        self._connected_or_closed(transport)
         if transport.peer is not None:
             transport.peer.close()  # out of the C tables before its SRTP sessions go
         self.transports.pop(transport.id, None)
@@ -624,7 +638,7 @@ class MediaEngine:
             transport.peer.set_address(new)
 
     def transport_connected(self, transport: Transport, now: float) -> None:
-        self.pending.pop(transport.id, None)
+        self._connected_or_closed(transport)
         if transport.peer is not None and transport.srtp is not None:
             transport.peer.set_srtp(transport.srtp)  # RTP of this peer now stays in C
         for consumer in transport.consumers:

@@ -178,6 +178,22 @@ def test_unconnected_sessions_are_capped_until_they_connect_or_are_reaped(make_e
     engine.create_session("r", "subscribe", OfferPeer().offer(AV_RECV))
 
 
+def test_unconnected_sessions_of_one_room_are_capped_apart(make_engine):
+    engine = make_engine(max_pending_sessions=5, max_room_pending_sessions=2)
+    a = [engine.create_session("a", "subscribe", OfferPeer().offer(AV_RECV)) for _ in range(2)]
+    with pytest.raises(LimitExceeded, match="2 sessions in this room are still connecting, at most 2") as refused:
+        engine.create_session("a", "subscribe", OfferPeer().offer(AV_RECV))
+    assert refused.value.status == 503 and refused.value.retry_after_header() is not None
+    for _ in range(2):  # other rooms still connect
+        engine.create_session("b", "subscribe", OfferPeer().offer(AV_RECV))
+    engine.transport_connected(engine.transports[a[0].id], engine.transports[a[0].id].created)
+    engine.create_session("a", "subscribe", OfferPeer().offer(AV_RECV))
+    assert {room: len(p) for room, p in engine.pending_by_room.items()} == {"a": 2, "b": 2}
+    for info in list(engine.transports):
+        engine.close_session(info)
+    assert engine.pending == {} and engine.pending_by_room == {}
+
+
 def test_closed_unconnected_session_frees_its_slot(make_engine):
     engine = make_engine(max_pending_sessions=1)
     info = engine.create_session("r", "publish", OfferPeer().offer(AV_SEND))
