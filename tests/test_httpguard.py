@@ -11,12 +11,10 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
 import time
 
 import aiohttp
-import pytest
 
 from sfu.httpguard import ConnectionGuard, head_complete, raise_fd_limit, source_of
 
@@ -51,7 +49,7 @@ def nofile(pid: int) -> tuple[str, str]:
     raise AssertionError("no Max open files line")
 
 
-async def half_open(port: int, source: str, drip: bool = False):
+async def half_open(port: int, source: str):
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: sfu\r\n")
     return reader, writer
@@ -107,7 +105,8 @@ async def test_half_open_connections_are_capped_and_reaped_while_clients_are_ser
         timed_out = sum(1 for r in results if r.startswith(b"HTTP/1.1 408"))
         # each was refused at accept (its source had CAP open) or closed after the timeout; on a
         # slow machine some of the first ones time out before the last ones arrive, so fewer 429
-        assert refused + timed_out == len(attack), [r for r in results if not r.startswith(b"HTTP/1.1 4") and r != b"reset"][:3]
+        others = [r for r in results if not r.startswith(b"HTTP/1.1 4") and r != b"reset"]
+        assert refused + timed_out == len(attack), others[:3]
         assert refused >= 1 and timed_out >= len(SOURCES) * CAP
         for _r, w in attack:
             w.close()
@@ -172,3 +171,19 @@ def test_cap_counts_per_source_and_releases():
 def test_raise_fd_limit_is_idempotent():
     before, now, hard = raise_fd_limit()
     assert now >= before and raise_fd_limit()[1] == now
+
+
+async def test_a_websocket_outlives_the_header_and_idle_timeouts(tmp_path):
+    server = SfuProcess(tmp_path, "--http-header-timeout", "0.5", "--http-idle-timeout", "1").start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(server.url + "/ws", params={"token": server.token("r1")},
+                                       heartbeat=None) as ws:
+                await ws.send_str(json.dumps({"id": 1, "type": "join"}))
+                assert json.loads((await ws.receive(timeout=10)).data)["ok"]
+                await asyncio.sleep(2.5)  # both timeouts have passed: the socket is in use, not idle
+                await ws.send_str(json.dumps({"id": 2, "type": "ping"}))
+                response = json.loads((await ws.receive(timeout=10)).data)
+                assert response["id"] == 2 and response["ok"]
+    finally:
+        server.stop()

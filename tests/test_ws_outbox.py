@@ -17,7 +17,7 @@ import time
 import aiohttp
 
 from sfu.outbox import Outbox
-from sfu.signaling import MAX_ID_LENGTH, OUTBOX_BYTES
+from sfu.signaling import MAX_ID_LENGTH
 
 from .conftest import SfuProcess
 
@@ -109,13 +109,16 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
 def frame(text: str) -> bytes:
     """A masked client text frame (RFC 6455 §5.2)."""
     payload = text.encode()
-    mask = os.urandom(4)
     n = len(payload)
-    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
-                            if n < 65536 else bytes([0x80 | 127]) + struct.pack("!Q", n))
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
-        (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
-    return head + mask + masked
+    if n < 126:
+        head = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x81, 0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 async def raw_websocket(port: int, token: str):
