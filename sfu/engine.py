@@ -212,6 +212,17 @@ class MediaEngine:
         if when < transport.timer_at:
             transport.timer_at = when
             heapq.heappush(self._timers, (when, next(self._pushes), transport))
+            if len(self._timers) > 2 * len(self.transports) + 64:
+                self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop the entries that tick would skip: those of closed transports (which would
+        otherwise keep them, their DTLS and SRTP state, until due: up to consent_timeout
+        after a close) and those superseded by an earlier one. Amortised: it runs when
+        the heap is twice the live transports, and leaves at most one entry each."""
+        self._timers = [entry for entry in self._timers
+                        if entry[0] == entry[2].timer_at and entry[2].state != "closed"]
+        heapq.heapify(self._timers)
 
     def now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()

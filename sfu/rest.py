@@ -80,7 +80,7 @@ async def _json_body(request: web.Request) -> dict:
         return {}
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep for the decoder
         raise _BadRequest("body must be a JSON object") from None
     if not isinstance(body, dict):
         raise _BadRequest("body must be a JSON object")

@@ -598,7 +598,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if msg.type == WSMsgType.TEXT:
                 try:
                     message = json.loads(msg.data)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested too deep for the decoder
                     send(_error_response(None, ProtocolError("bad_request", "not JSON")))
                     continue
                 if isinstance(message, dict) and message.get("type") == "join" and not participant.joined:
@@ -638,7 +638,7 @@ async def recording_handler(request: web.Request) -> web.Response:
         return web.json_response({"error": exc.reason}, status=exc.status)
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
         return web.json_response({"error": 'body must be {"active": true|false}'}, status=400)

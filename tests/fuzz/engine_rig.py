@@ -1,0 +1,138 @@
+"""A MediaEngine on a fake clock with real, connected peers and no socket, for
+the fuzz targets that go through the engine (fuzz_demux.py, fuzz_datapath.py).
+
+Each peer connects for real: its offer (bench.loadgen.build_offer) goes
+through ``create_session``, a signed STUN Binding request selects its address
+(sfu.ice), a DTLS handshake with a client ``DtlsEndpoint`` runs through the
+engine's receive path, and the exported keys give the peer its own
+``SrtpPair``. What the engine sends is captured (C path: ``Datapath`` with
+``capture=True``; Python path: a fake UDP transport) and handed to the peers
+by address during the handshake, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from aioice import stun
+
+from bench.loadgen import build_offer
+from sfu.config import Config
+from sfu.dtls import Certificate, DtlsEndpoint, HandshakeComplete
+from sfu.engine import MediaEngine
+from sfu.srtp import SrtpPair
+
+CLIENT_CERT = Certificate.generate()
+
+
+class FakeUdp:
+    def __init__(self, out: list) -> None:
+        self.out = out
+
+    def sendto(self, data, addr) -> None:
+        self.out.append((bytes(data), addr))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+@dataclass
+class Peer:
+    name: str
+    role: str
+    addr: tuple
+    ufrag: str
+    pwd: str
+    session: str
+    srtp: SrtpPair
+    ssrcs: tuple[int, ...]
+
+
+class Rig:
+    def __init__(self, mode: str) -> None:
+        from sfu._fast.datapath import Datapath
+
+        random.seed(9)
+        self.mode = mode
+        self.now = 1000.0
+        self.engine = MediaEngine(Config(consent_timeout=1e9, datapath=mode))
+        self.engine._loop = SimpleNamespace(time=lambda: self.now)
+        if mode == "c":
+            self.engine.datapath = Datapath(self.engine.datagram_received, self.engine._unknown_ssrc,
+                                            capture=True)
+            self.out = self.engine.datapath.captured
+        else:
+            self.out = []
+            self.engine._udp = FakeUdp(self.out)
+        self.peers: dict[str, Peer] = {}
+
+    # -- driving ---------------------------------------------------------------------------
+    def feed(self, data: bytes, addr: tuple) -> None:
+        if self.mode == "c":
+            self.engine.datapath.feed(data, addr, self.now)
+        else:
+            self.engine.datagram_received(data, addr)
+
+    def flush(self) -> None:
+        if self.mode == "c":
+            self.engine.datapath.flush()
+
+    def take(self) -> list[tuple[bytes, tuple]]:
+        self.flush()
+        out = list(self.out)
+        self.out.clear()
+        return out
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.engine.tick(self.now)
+
+    # -- peers -----------------------------------------------------------------------------
+    def connect(self, name: str, role: str, port: int, room: str = "room") -> Peer:
+        """A peer that publishes (audio and video SSRCs) or views, connected for real."""
+        ufrag, pwd = secrets.token_hex(4), secrets.token_hex(12)
+        ssrcs = (random.getrandbits(32), random.getrandbits(32)) if role == "publish" else ()
+        offer = build_offer(role, ufrag, pwd, CLIENT_CERT.fingerprint(),
+                            audio_ssrc=ssrcs[0] if ssrcs else None, video_ssrc=ssrcs[1] if ssrcs else None)
+        info = self.engine.create_session(room, role, offer)
+        transport = self.engine.transports[info.id]
+        addr = ("127.0.0.1", port)
+        check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        check.attributes["USERNAME"] = f"{transport.local_ufrag}:{ufrag}"
+        check.attributes["PRIORITY"] = 1853824767
+        check.attributes["ICE-CONTROLLING"] = 1
+        check.attributes["USE-CANDIDATE"] = None
+        check.add_message_integrity(transport.local_pwd.encode())
+        self.feed(bytes(check), addr)
+        client = DtlsEndpoint(CLIENT_CERT, "client", [("sha-256", self.engine.certificate.fingerprint())])
+        client.start(self.now)
+        for _ in range(20):
+            moved = False
+            for datagram in client.datagrams_to_send():
+                moved = True
+                self.feed(datagram, addr)
+            for datagram, to in self.take():
+                if to == addr and datagram and 20 <= datagram[0] <= 63:
+                    moved = True
+                    client.receive(datagram, self.now)
+            if not moved:
+                break
+        done = None
+        while (ev := client.next_event()) is not None:
+            if isinstance(ev, HandshakeComplete):
+                done = ev
+        if done is None or transport.state != "connected":
+            raise RuntimeError(f"{name} did not connect: {transport.state}")
+        peer = Peer(name, role, addr, ufrag, pwd, info.id,
+                    SrtpPair(done.srtp_profile, done.local_key, done.remote_key), ssrcs)
+        self.peers[name] = peer
+        self.tick(0.02)
+        self.take()
+        return peer
+
+    def alive(self, name: str) -> bool:
+        peer = self.peers.get(name)
+        return peer is not None and self.engine.has_session(peer.session)

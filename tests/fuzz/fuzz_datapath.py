@@ -1,0 +1,167 @@
+"""Fuzz target: the C data path, ``Datapath.feed(data, addr, now)``
+(sfu/_fast/datapath.pyx), with the engine's slow path behind it.
+
+A MediaEngine with ``datapath="c"`` and two peers connected for real (ICE,
+DTLS, SRTP; tests/fuzz/engine_rig.py): a publisher (audio + video) and a
+viewer. ``FUZZ_DATAPATH=python`` runs the same target through the Python
+path (``MediaEngine.datagram_received``) instead.
+
+Input: one control byte, then the datagram.
+
+- bits 0-1, who sends: the publisher, the viewer, an unknown address (from
+  the datagram's last bytes), the publisher again;
+- bits 2-3, how: 0 as is; 1 SRTP-protected with the sender's keys (the RTP
+  header from the input; with bit 6 its sequence number becomes a running
+  counter plus a small offset from the input, so that replay protection does
+  not eat everything); 2 SRTCP-protected (compound RTCP: NACK, PLI, SR, ...);
+  3 a signed STUN Binding request with the sender's credentials, the
+  attributes between USERNAME and MESSAGE-INTEGRITY from the input;
+- bits 4-5: clock advance (0, 5 ms, 20 ms, 200 ms); bit 7: run the engine's
+  timers (NACKs, reports, consent) after the datagram.
+
+SSRCs are mapped onto a fixed set of 16 (the publisher's two and 14 others)
+so that the peers' own libsrtp sessions stay bounded.
+
+Property: ``feed`` never raises and the engine logs no error (its
+catch-alls), hostile datagrams end in drop counters; the tables stay
+bounded (transports, C peers, send queue); the bytes the SFU sends stay
+within ``FUZZ_AMPLIFICATION`` (default 4) times the bytes fed to it plus a
+1 MiB allowance, over the whole run (no amplification). The C code is not
+instrumented: coverage comes from the Python it calls; an ASan build of the
+extension (``make fuzz-asan``) catches memory errors.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hmac
+import os
+import struct
+import sys
+
+from harness import fuzz_imports, run
+
+with fuzz_imports():
+    import sfu.engine  # noqa: F401  (the slow path: STUN, DTLS, RTCP, SSRC learning)
+    import sfu.transport  # noqa: F401
+    from aioice import stun
+
+from engine_rig import Rig
+from pylibsrtp import Error as SrtpError
+
+MODE = os.environ.get("FUZZ_DATAPATH", "c")
+AMPLIFICATION = float(os.environ.get("FUZZ_AMPLIFICATION", "4"))
+ALLOWANCE = 1 << 20
+
+rig = Rig(MODE)
+NAMES = ("pub", "viewer", None, "pub")
+STEPS = (0.0, 0.005, 0.02, 0.2)
+totals = {"in": 0, "out": 0, "reconnects": 0}
+counter = [0]
+
+
+def connect_all() -> None:
+    port = 5000 + 2 * totals["reconnects"]
+    if not rig.alive("pub"):
+        rig.connect("pub", "publish", port)
+        totals["reconnects"] += 1
+    if not rig.alive("viewer"):
+        rig.connect("viewer", "subscribe", port + 1)
+        totals["reconnects"] += 1
+
+
+connect_all()
+totals["reconnects"] = 0
+SSRCS = rig.peers["pub"].ssrcs + tuple(0x5EED0000 + i for i in range(14))
+
+
+def protect_rtp(peer, data: bytes, counted: bool) -> bytes | None:
+    if len(data) < 12:
+        return None
+    buf = bytearray(data)
+    struct.pack_into("!I", buf, 8, SSRCS[buf[11] & 15])
+    if counted:
+        counter[0] += 1
+        struct.pack_into("!H", buf, 2, (counter[0] + (buf[3] & 0x3F) - 32) & 0xFFFF)
+    try:
+        return peer.srtp.protect(bytes(buf))
+    except (SrtpError, ValueError):
+        return None
+
+
+def protect_rtcp(peer, data: bytes) -> bytes | None:
+    if len(data) < 8:
+        return None
+    buf = bytearray(data)
+    struct.pack_into("!I", buf, 4, SSRCS[buf[7] & 15])
+    try:
+        return peer.srtp.protect_rtcp(bytes(buf))
+    except (SrtpError, ValueError):
+        return None
+
+
+def signed_check(peer, data: bytes) -> bytes:
+    """A Binding request to the peer's transport, signed with its password (RFC 8489 §14.5)."""
+    transport = rig.engine.transports[peer.session]
+    username = f"{transport.local_ufrag}:{peer.ufrag}".encode()
+    attrs = struct.pack("!HH", 0x0006, len(username)) + username + bytes(-len(username) % 4)
+    body = data[12:]
+    attrs += body[: len(body) & ~3]
+    transaction = (data[:12] + bytes(12))[:12]
+    header = struct.pack("!HHI", 0x0001, len(attrs) + 24, stun.COOKIE) + transaction
+    mac = hmac.digest(transport.local_pwd.encode(), header + attrs, "sha1")
+    message = header[:2] + struct.pack("!H", len(attrs) + 32) + header[4:] + attrs \
+        + struct.pack("!HH", 0x0008, 20) + mac
+    return message + struct.pack("!HHI", 0x8028, 4, binascii.crc32(message) ^ 0x5354554E)
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    control, datagram = data[0], data[1:]
+    name = NAMES[control & 3]
+    peer = rig.peers[name] if name is not None else None
+    if peer is None:
+        tail = (datagram[-3:] + b"\x00\x00\x00")[:3]
+        addr = (f"10.{tail[0]}.{tail[1]}.{tail[2]}", 1024 + tail[0] * 251 + tail[1])
+        peer = rig.peers["pub"]  # keys to protect with, sent from an address nobody has
+    else:
+        addr = peer.addr
+    how = (control >> 2) & 3
+    wire = None
+    if how == 1:
+        wire = protect_rtp(peer, datagram, bool(control & 0x40))
+    elif how == 2:
+        wire = protect_rtcp(peer, datagram)
+    elif how == 3:
+        wire = signed_check(peer, datagram)
+    if wire is None:
+        wire = datagram
+    rig.now += STEPS[(control >> 4) & 3]
+    rig.feed(wire, addr)
+    if control & 0x80:
+        rig.engine.tick(rig.now)
+    sent = rig.take()
+    totals["in"] += len(wire)
+    totals["out"] += sum(len(d) for d, _ in sent)
+    if totals["out"] > AMPLIFICATION * totals["in"] + ALLOWANCE:
+        raise AssertionError(f"amplification: {totals['out']} bytes sent for {totals['in']} bytes received "
+                             f"(last input: {data[:200].hex()})")
+    if not (rig.alive("pub") and rig.alive("viewer")):
+        connect_all()  # a peer may be closed by what it sent (e.g. consent, BYE): start over
+
+
+def bounded() -> None:
+    engine = rig.engine
+    assert len(engine.transports) <= 2, len(engine.transports)
+    assert len(engine.by_addr) <= 2 + 16, len(engine.by_addr)  # ICE may hold a candidate address
+    if engine.datapath is not None:
+        assert engine.datapath.peers <= 2, engine.datapath.peers
+        assert engine.datapath.queued == 0, engine.datapath.queued
+        engine._fold_datapath()
+    assert totals["reconnects"] <= 1000, totals
+
+
+if __name__ == "__main__":
+    run(one_input, bounded=bounded)
+    sys.exit(0)
