@@ -37,8 +37,10 @@ _IPV6 = re.compile(
 )
 # e-mail (RFC 5322 §3.4.1): a dot-atom or "quoted string" local part; a domain with or
 # without dots (alice@localhost) or an address literal (bob@[192.0.2.1])
+# (a dot-atom starts only where the run of local-part characters starts: one attempt per
+# run, so a long word costs O(n), not O(n^2))
 _EMAIL = re.compile(
-    r"""(?:[\w!#$%&*+?^~-]+(?:\.[\w!#$%&*+?^~-]+)*|"(?:[^"\\\r\n]|\\.)*")"""
+    r"""(?:(?<![\w!#$%&*+?^~.-])[\w!#$%&*+?^~-]+(?:\.[\w!#$%&*+?^~-]+)*|"(?:[^"\\\r\n]|\\.)*")"""
     r"@(?:[\w-]+(?:\.[\w-]+)*|\[[^\]\s]+\])"
 )
 # phone numbers: international (+, 7-15 digits, E.164) with any single separators
@@ -59,7 +61,8 @@ def _intl_phone(match: re.Match) -> str:
 
 def redact(text: str) -> str:
     """Mask IP addresses, e-mail addresses and phone numbers in ``text``."""
-    text = _EMAIL.sub("<email>", text)
+    if "@" in text:
+        text = _EMAIL.sub("<email>", text)
     text = _IPV6.sub("<ip>", text)  # before IPv4: ::ffff:192.0.2.1 is one address
     text = _IPV4.sub("<ip>", text)
     text = _PHONE_INTL.sub(_intl_phone, text)
