@@ -18,6 +18,7 @@ from sfu.sdp import (
     SessionDescription,
     answer_setup,
     build_answer,
+    count_media_sections,
     parse_fmtp,
     parse_sdp,
     select_codecs,
@@ -641,3 +642,16 @@ def test_answer_offer_without_mid():
     assert parse_sdp(answer_text).media[0].codecs[0].payload_type == 96
     positional = build_answer(offer, LOCAL, [AnswerMedia(None, "audio", "recvonly", codecs, {})])
     assert positional == answer_text.replace(answer_text.split("\r\n")[1], positional.split("\r\n")[1])
+
+
+@pytest.mark.parametrize("name", ["chromium_publish", "firefox_view", "aiortc_sendrecv_datachannel",
+                                  "gstreamer_vp8_opus"])
+def test_media_section_limit_counts_what_the_parser_finds(name):
+    """The limit is checked on the raw text (before any object is built) and counts
+    exactly the sections the parser finds; at the limit the offer parses."""
+    text = load(name)
+    sections = len(parse_sdp(text).media)
+    assert sections >= 2 and count_media_sections(text) == sections
+    assert len(parse_sdp(text, max_sections=sections).media) == sections
+    with pytest.raises(SdpError, match=f"offer has {sections} media sections, at most {sections - 1} are allowed"):
+        parse_sdp(text, max_sections=sections - 1)
