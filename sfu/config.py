@@ -38,7 +38,7 @@ class Config:
     max_session_tracks: int = 128  # tracks one session publishes and receives
     max_session_published: int = 16  # tracks one session publishes
     max_room_tracks: int = 10_000  # tracks of all sessions of one room
-    max_server_tracks: int = 50_000  # tracks of all rooms of this server
+    max_server_tracks: int = 20_000  # tracks of all rooms of this server (one worker)
     max_pending_sessions: int = 1_000  # sessions whose ICE/DTLS is not done yet (reaped by consent_timeout)
     max_room_pending_sessions: int = 500  # the same in one room
     # meetings, access tokens and history
