@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test install system-deps bench clean
+.PHONY: serve test install system-deps bench fuzz fuzz-asan clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -40,6 +40,23 @@ bench: install
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	bash scripts/netns-run.sh $(PY) -m pytest bench --benchmark-enable $(PYTEST_ARGS)
 	bash scripts/netns-run.sh $(PY) -m bench.sweep $(ARGS)
+
+# coverage-guided fuzzing (atheris, in the test extra): FUZZ_SECONDS per target, new
+# inputs and crash reproducers under build/fuzz/<target>/ (tests/fuzz/README.md)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= stun dtls rtp rtcp sdp demux signaling datapath
+fuzz: install
+	$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install --quiet "atheris>=2.3"
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh $(PY) build/fuzz $(FUZZ_TARGETS)
+
+# the targets that run the Cython/C extension (packet.pyx, datapath.pyx) against a copy of it
+# built with AddressSanitizer (gcc; run under atheris' ASan runtime), in build/asan
+FUZZ_ASAN_TARGETS ?= rtp datapath
+fuzz-asan: install
+	$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install --quiet "atheris>=2.3"
+	CC="gcc -fsanitize=address -fno-omit-frame-pointer -g" LDSHARED="gcc -shared" \
+	  $(PY) setup.py --quiet build_ext --build-lib build/asan --build-temp build/asan-tmp
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_ASAN_EXT=build/asan bash tests/fuzz/run.sh $(PY) build/fuzz-asan $(FUZZ_ASAN_TARGETS)
 
 clean:
 	rm -rf build sfu/_fast/*.so sfu/_fast/*.c bench/*.so bench/*.c *.egg-info

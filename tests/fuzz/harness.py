@@ -53,6 +53,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tests.*, bench.* when run as a script
     sys.path.insert(0, str(ROOT))
 
+EXT_DIR = os.environ.get("FUZZ_EXT_DIR")
+if EXT_DIR:  # another build of the extension (make fuzz-asan): its sfu/_fast/*.so before the in-place ones
+    import sfu._fast
+
+    sfu._fast.__path__.insert(0, os.path.join(os.path.abspath(EXT_DIR), "sfu", "_fast"))
+
 try:
     import atheris
 except ImportError:  # the fallback loop below
