@@ -33,6 +33,9 @@ SDES_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 # peer's close_notify is then not seen: ICE consent or signalling ends the
 # session instead (sfu.dtls, module docstring).
 DTLS_RELEASE_AFTER = 0.0
+# libsrtp keeps an inbound stream (~370 bytes) for every SSRC it authenticated: a peer may
+# send RTCP from this many SSRCs it did not announce; beyond, each is forgotten at once
+MAX_RTCP_SSRCS = 32
 
 
 class Transport:
@@ -88,6 +91,7 @@ class Transport:
         self.order = 0  # creation order, set by the engine
         self._dtls_started = False
         self.rtcp_errors = 0
+        self._rtcp_ssrcs: set[int] = set()  # unannounced RTCP senders whose SRTP stream is kept
 
     # -- sending ---------------------------------------------------------------
     def _flush_dtls(self) -> None:
@@ -198,6 +202,7 @@ class Transport:
         if producer is None:
             producer = self._learn_ssrc(plain, ssrc)
             if producer is None:
+                self.srtp.remove_inbound_stream(ssrc)  # else one libsrtp stream per made-up SSRC
                 self.engine.drop("unknown_ssrc")
                 return
         if pt != producer.codec.payload_type:
@@ -239,6 +244,12 @@ class Transport:
         except ValueError:  # longer than pylibsrtp's buffer (1500 bytes), as the C path's "too_long"
             self.engine.drop("too_long")
             return
+        ssrc = int.from_bytes(data[4:8], "big")  # the stream libsrtp authenticated it with
+        if ssrc not in self.producers_by_ssrc and ssrc not in self._rtcp_ssrcs:
+            if len(self._rtcp_ssrcs) < MAX_RTCP_SSRCS:
+                self._rtcp_ssrcs.add(ssrc)
+            else:
+                self.srtp.remove_inbound_stream(ssrc)
         try:
             packets = rtcp.parse_compound(plain)
         except ValueError:

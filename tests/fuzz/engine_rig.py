@@ -49,6 +49,7 @@ class Peer:
     session: str
     srtp: SrtpPair
     ssrcs: tuple[int, ...]
+    keys: tuple[str, bytes, bytes]  # profile, local key, remote key: another SrtpPair like srtp
 
 
 class Rig:
@@ -127,7 +128,8 @@ class Rig:
         if done is None or transport.state != "connected":
             raise RuntimeError(f"{name} did not connect: {transport.state}")
         peer = Peer(name, role, addr, ufrag, pwd, info.id,
-                    SrtpPair(done.srtp_profile, done.local_key, done.remote_key), ssrcs)
+                    SrtpPair(done.srtp_profile, done.local_key, done.remote_key), ssrcs,
+                    (done.srtp_profile, done.local_key, done.remote_key))
         self.peers[name] = peer
         self.tick(0.02)
         self.take()
@@ -136,3 +138,36 @@ class Rig:
     def alive(self, name: str) -> bool:
         peer = self.peers.get(name)
         return peer is not None and self.engine.has_session(peer.session)
+
+
+def made_up_ssrcs(mode: str, kind: str, batches: int = 60) -> float:
+    """RSS growth (MiB) while a connected viewer sends ``batches`` x 1,000 authenticated
+    SRTP ("rtp") or SRTCP ("rtcp") packets, each from another SSRC. Run it in a fresh
+    process (tests/test_fuzz_smoke.py does): free heap left by others would hide growth."""
+    import gc
+    import os
+    import struct
+
+    from sfu import rtcp
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    rig = Rig(mode)
+    rig.connect("pub", "publish", 5000)
+    viewer = rig.connect("viewer", "subscribe", 5001)
+    before = rss_mb()
+    for batch in range(batches):
+        client = SrtpPair(*viewer.keys)  # a fresh one per batch: the sender's side stays small
+        for i in range(1000):
+            ssrc = 0x10000000 + batch * 1000 + i
+            if kind == "rtp":
+                rig.feed(client.protect(struct.pack("!BBHII", 0x80, 96, i, 0, ssrc) + bytes(100)), viewer.addr)
+            else:
+                rig.feed(client.protect_rtcp(rtcp.serialize([rtcp.ReceiverReport(ssrc, [])])), viewer.addr)
+        del client
+        rig.take()
+    gc.collect()
+    assert rig.alive("viewer")
+    return rss_mb() - before
