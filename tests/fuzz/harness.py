@@ -177,6 +177,7 @@ def _fallback(target: Callable[[bytes], None], argv: list[str],
     max_len = int(flags.get("max_len", "4096"))
     rng = random.Random(int(flags.get("seed", "0")) or None)
     seeds: list[bytes] = []
+    paths = [p for p in paths if p.exists()]
     for path in paths:
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
         seeds += [p.read_bytes() for p in files]
