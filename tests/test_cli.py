@@ -192,3 +192,9 @@ def test_store_unavailable_in_process_names_the_file(tmp_path):
 
     exc = asyncio.run(go())
     assert exc.where == str(db) and "\n" not in str(exc) and str(db) in str(exc)
+
+
+def test_unreachable_postgresql_is_one_line_without_the_password():
+    hist = _sfu("history", "list", "--admin", "--db", "postgresql://bob:hunter2@127.0.0.1:1/db")
+    line = _assert_one_line_naming(hist, "postgresql://bob:***@127.0.0.1:1/db", "cannot be used")
+    assert "hunter2" not in hist.stderr + hist.stdout and "server is up" in line
