@@ -327,7 +327,9 @@ async def run(args) -> dict:
         try:
             sfu.start()
             timeout = aiohttp.ClientTimeout(total=30)
-            async with aiohttp.ClientSession(timeout=timeout) as http:
+            # no keep-alive: the server's descriptor count is then its own, not our idle pool
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
                 await wait_healthy(http, sfu)
                 soak = Soak(http, sfu, Certificate.generate(), args)
                 try:
