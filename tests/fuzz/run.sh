@@ -25,8 +25,9 @@ for target in "$@"; do
   if [ -n "${FUZZ_ASAN_EXT:-}" ]; then
     runtime="$("$python" -c 'import atheris; print(atheris.path())')/asan_with_fuzzer.so"
     # detect_odr_violation: gcc registers Cython's file-static globals twice (a false report);
-    # a small quarantine and no RSS bound: ASan's own memory is not what is checked here
-    env=(LD_PRELOAD="$runtime" FUZZ_EXT_DIR="$FUZZ_ASAN_EXT" FUZZ_RSS_SLACK_MB=4096
+    # a small quarantine and no RSS bound: ASan's own memory is not what is checked here;
+    # PYTHONMALLOC=malloc: Python's objects (the packets' bytes) get redzones too
+    env=(LD_PRELOAD="$runtime" FUZZ_EXT_DIR="$FUZZ_ASAN_EXT" FUZZ_RSS_SLACK_MB=4096 PYTHONMALLOC=malloc
          ASAN_OPTIONS="detect_leaks=0:detect_odr_violation=0:quarantine_size_mb=32:allocator_may_return_null=1")
   fi
   env "${env[@]}" "$python" "$here/fuzz_$target.py" -max_total_time="$seconds" -max_len=16384 \
