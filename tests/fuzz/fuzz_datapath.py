@@ -13,14 +13,17 @@ Input: one control byte, then the datagram.
 - bits 2-3, how: 0 as is; 1 SRTP-protected with the sender's keys (the RTP
   header from the input; with bit 6 its sequence number becomes a running
   counter plus a small offset from the input, so that replay protection does
-  not eat everything); 2 SRTCP-protected (compound RTCP: NACK, PLI, SR, ...);
+  not eat everything, and the payload type the one negotiated for the SSRC);
+  2 SRTCP-protected (compound RTCP: NACK, PLI, SR, ...; the media SSRC of
+  feedback mapped onto the viewer's consumers and the publisher's streams);
   3 a signed STUN Binding request with the sender's credentials, the
   attributes between USERNAME and MESSAGE-INTEGRITY from the input;
 - bits 4-5: clock advance (0, 5 ms, 20 ms, 200 ms); bit 7: run the engine's
   timers (NACKs, reports, consent) after the datagram.
 
-SSRCs are mapped onto a fixed set of 16 (the publisher's two and 14 others)
-so that the peers' own libsrtp sessions stay bounded.
+SSRCs are mapped onto a fixed set of 16 (the publisher's two and 14 others,
+by the low 4 bits of the SSRC) so that the peers' own libsrtp sessions stay
+bounded.
 
 Property: ``feed`` never raises and the engine logs no error (its
 catch-alls), hostile datagrams end in drop counters; the tables stay
@@ -73,16 +76,30 @@ def connect_all() -> None:
 connect_all()
 totals["reconnects"] = 0
 SSRCS = rig.peers["pub"].ssrcs + tuple(0x5EED0000 + i for i in range(14))
+PUBLISHED_PT = (111, 96)  # build_offer: Opus on the audio SSRC, VP8 on the video SSRC
+sequence = [0] * 16  # per SSRC of SSRCS, for the counted mode
+
+
+def media_ssrcs() -> tuple[int, ...]:
+    """What feedback may name: the viewer's consumers (its NACK/PLI), the publisher's streams."""
+    viewer = rig.engine.transports.get(rig.peers["viewer"].session)
+    consumers = tuple(c.ssrc for c in viewer.consumers) if viewer is not None else ()
+    return (consumers + SSRCS + (0, 0, 0, 0, 0, 0, 0, 0))[:8]
 
 
 def protect_rtp(peer, data: bytes, counted: bool) -> bytes | None:
     if len(data) < 12:
         return None
     buf = bytearray(data)
-    struct.pack_into("!I", buf, 8, SSRCS[buf[11] & 15])
-    if counted:
-        counter[0] += 1
-        struct.pack_into("!H", buf, 2, (counter[0] + (buf[3] & 0x3F) - 32) & 0xFFFF)
+    index = buf[11] & 15
+    struct.pack_into("!I", buf, 8, SSRCS[index])
+    if counted:  # a stream the SFU can take: version 2, the negotiated PT, a running sequence
+        sequence[index] += 1
+        buf[0] = 0x80 | (buf[0] & 0x3F)
+        if index < 2 and not buf[1] & 0x40:
+            buf[1] = (buf[1] & 0x80) | PUBLISHED_PT[index]
+        struct.pack_into("!HI", buf, 2, (sequence[index] + (buf[3] & 0x1F) - 16) & 0xFFFF,
+                         (sequence[index] * 3000 + buf[7]) & 0xFFFFFFFF)
     try:
         return peer.srtp.protect(bytes(buf))
     except (SrtpError, ValueError):
@@ -94,6 +111,8 @@ def protect_rtcp(peer, data: bytes) -> bytes | None:
         return None
     buf = bytearray(data)
     struct.pack_into("!I", buf, 4, SSRCS[buf[7] & 15])
+    if len(buf) >= 12 and buf[1] in (205, 206):  # RTPFB/PSFB: the media source it is about
+        struct.pack_into("!I", buf, 8, media_ssrcs()[buf[11] & 7])
     try:
         return peer.srtp.protect_rtcp(bytes(buf))
     except (SrtpError, ValueError):

@@ -150,6 +150,18 @@ def datapath_seeds() -> list[bytes]:
         seeds += [bytes([0x04 | 0x40]) + v, bytes([0x05 | 0x40 | 0x80]) + v, bytes([0x00]) + v]
     for v in rtcp_vectors():
         seeds += [bytes([0x09]) + v, bytes([0x08 | 0x80]) + v, bytes([0x02]) + v]
+    # a video stream of the publisher (SSRC index 1, counted mode) and the viewer's feedback on it
+    from sfu import rtcp
+
+    for seq in range(24):
+        packet = struct.pack("!BBHII", 0x90 if seq % 5 == 0 else 0x80, 96 | (0x80 if seq % 3 == 2 else 0),
+                             seq, seq * 3000, 1) + bytes(range(seq, seq + 80))
+        if seq % 5 == 0:  # an RFC 8285 one-byte extension block (mid = "1")
+            packet = packet[:12] + bytes.fromhex("bede0001" "9031" "0000") + packet[12:]
+        seeds.append(bytes([0x44 | (0x80 if seq % 4 == 0 else 0) | (0x10 if seq % 6 == 0 else 0)]) + packet)
+    for packet in (rtcp.Nack(1, 0, [3, 4, 5, 9]), rtcp.Pli(1, 0), rtcp.Fir(1, [(0, 1)]),
+                   rtcp.ReceiverReport(1, [])):
+        seeds.append(bytes([0x09 | 0x80]) + rtcp.serialize([packet]))
     for check in stun_checks()[:2]:
         seeds += [bytes([0x0C]) + check, bytes([0x0E]) + check]
     for d in dtls_flights()[:2]:
