@@ -146,10 +146,7 @@ async def test_json_nested_too_deep_is_bad_request_not_an_error(tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode, kind", [
     ("python", "rtp"), ("python", "rtcp"), ("c", "rtcp"),
-    pytest.param("c", "rtp", marks=pytest.mark.xfail(strict=True, reason=(
-        "sfu/_fast/datapath.pyx: after srtp_unprotect of a packet whose SSRC no stream has, the "
-        "drop (unknown_ssrc) keeps the libsrtp inbound stream; it needs srtp_remove_stream there "
-        "(as Transport.receive_rtp does on the Python path)"))),
+    ("c", "rtp"),
 ])
 def test_made_up_ssrcs_cost_no_memory(mode, kind):
     """A connected viewer (any subscribe token) sends authenticated SRTP/SRTCP, each packet

@@ -55,12 +55,12 @@ from posix.uio cimport iovec
 
 from sfu._fast.includes.mmsg cimport (
     AF_INET, AF_INET6, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, INET6_ADDRSTRLEN, MSG_DONTWAIT, MSG_TRUNC,
-    SCM_TIMESTAMPNS, SO_TIMESTAMPNS, SOL_SOCKET, cmsghdr, htons, inet_ntop, inet_pton, mmsghdr, msghdr,
+    SCM_TIMESTAMPNS, SO_TIMESTAMPNS, SOL_SOCKET, cmsghdr, htonl, htons, inet_ntop, inet_pton, mmsghdr, msghdr,
     ntohs, recvmmsg, sendmmsg, sendto, setsockopt, sockaddr, sockaddr_in, sockaddr_in6, socklen_t,
 )
 from sfu._fast.includes.srtp cimport (
-    SFU_SRTP_FN_CTYPE, SRTP_ERR_STATUS_REPLAY_FAIL, SRTP_ERR_STATUS_REPLAY_OLD, SRTP_MAX_TRAILER_LEN,
-    sfu_srtp_fn,
+    SFU_SRTP_FN_CTYPE, SFU_SRTP_REMOVE_FN_CTYPE, SRTP_ERR_STATUS_REPLAY_FAIL, SRTP_ERR_STATUS_REPLAY_OLD,
+    SRTP_MAX_TRAILER_LEN, sfu_srtp_fn, sfu_srtp_remove_fn,
 )
 from sfu._fast.packet cimport Rewriter, _header_length, _rd16, _rd32, _wr16, _wr32
 
@@ -157,11 +157,12 @@ _init_bounds()
 
 cdef sfu_srtp_fn _srtp_protect = NULL
 cdef sfu_srtp_fn _srtp_unprotect = NULL
+cdef sfu_srtp_remove_fn _srtp_remove_stream = NULL
 
 
 def _load_libsrtp():
     """Take srtp_protect/srtp_unprotect from pylibsrtp's cffi module; fail loudly if they changed."""
-    global _srtp_protect, _srtp_unprotect
+    global _srtp_protect, _srtp_unprotect, _srtp_remove_stream
     from pylibsrtp._binding import ffi, lib
 
     expected = SFU_SRTP_FN_CTYPE.decode()
@@ -177,6 +178,14 @@ def _load_libsrtp():
         pointers[name] = int(ffi.cast("uintptr_t", fn))
     _srtp_protect = <sfu_srtp_fn><uintptr_t>pointers["srtp_protect"]
     _srtp_unprotect = <sfu_srtp_fn><uintptr_t>pointers["srtp_unprotect"]
+    fn = ffi.addressof(lib, "srtp_remove_stream")
+    ctype = ffi.typeof(fn).cname
+    if ctype != SFU_SRTP_REMOVE_FN_CTYPE.decode():
+        raise ImportError(
+            f"pylibsrtp's srtp_remove_stream has type {ctype!r}, the fast path expects "
+            f"{SFU_SRTP_REMOVE_FN_CTYPE.decode()!r}; update sfu/_fast/includes/srtp.pxd"
+        )
+    _srtp_remove_stream = <sfu_srtp_remove_fn><uintptr_t>int(ffi.cast("uintptr_t", fn))
 
 
 _load_libsrtp()
@@ -1391,6 +1400,9 @@ cdef class Datapath:
             if self._learn(peer, buf, length, ssrc):
                 stream = peer._find(ssrc)
             if stream is None:
+                # libsrtp made an inbound stream for this SSRC when it authenticated the
+                # packet: forget it, or a peer sending made-up SSRCs grows memory (~370 B each)
+                _srtp_remove_stream(peer._rx, htonl(ssrc))
                 self._counters[D_UNKNOWN_SSRC] += 1
                 return
         if (buf[1] & 0x7F) != stream.payload_type:

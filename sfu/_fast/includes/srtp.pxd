@@ -14,6 +14,15 @@ cdef extern from *:
     """
     ctypedef int (*sfu_srtp_fn)(void* ctx, void* hdr, int* len_ptr) noexcept nogil
 
+#   srtp_err_status_t srtp_remove_stream(srtp_t session, uint32_t ssrc);  (ssrc in network order)
+cdef extern from *:
+    """
+    typedef int (*sfu_srtp_remove_fn)(void *ctx, unsigned int ssrc_be);
+    #define SFU_SRTP_REMOVE_FN_CTYPE "srtp_err_status_t(*)(struct srtp_ctx_t_ *, unsigned int)"
+    """
+    ctypedef int (*sfu_srtp_remove_fn)(void* ctx, unsigned int ssrc_be) noexcept nogil
+    const char* SFU_SRTP_REMOVE_FN_CTYPE
+
 # the cffi type string pylibsrtp 1.0 declares for all four functions
 cdef extern from *:
     """
