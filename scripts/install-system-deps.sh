@@ -6,6 +6,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# Node runs the pages' scripts against a fake DOM (tests/test_static_origin.py)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 # Prometheus and promtool: the deploy/ config and alert rules are checked, and a real
 # Prometheus scrapes the SFU, in tests/test_deploy.py and tests/e2e/test_metrics_e2e.py
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)

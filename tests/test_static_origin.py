@@ -110,8 +110,7 @@ setTimeout(() => {
 
 
 def run_page(script: str, query: dict, tmp_path: pathlib.Path, source: str | None = None) -> list[dict]:
-    if NODE is None:
-        pytest.skip("node is not installed")
+    assert NODE is not None, "node is not installed: run `make test` (scripts/install-system-deps.sh installs nodejs)"
     harness = tmp_path / "harness.js"
     harness.write_text(HARNESS)
     path = STATIC / script
