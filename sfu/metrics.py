@@ -41,7 +41,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from . import __version__
+from . import __version__, limits
 
 logger = logging.getLogger("sfu.metrics")
 
@@ -59,8 +59,10 @@ FEEDBACK_TYPES = ("nack", "pli", "fir")
 DROP_REASONS = (
     "unknown_source", "unknown_ufrag", "srtp_auth", "srtp_replay", "malformed",
     "no_subscriber", "send_buffer_full", "receive_buffer_overflow",
-    "nack_repeat", "nack_budget", "nack_overflow",
+    "nack_repeat", "nack_budget", "nack_overflow", "stun_error_ratelimited", "too_long",
 )
+# sessions refused by a limit (sfu.limits.LimitExceeded.code), counted from zero
+REFUSAL_REASONS = tuple(limits.STATUS)
 LEAVE_REASONS = {  # engine close reasons -> a bounded label value
     "closed by client": "client",
     "ice consent timeout": "consent_timeout",
@@ -314,6 +316,7 @@ class Metrics:
     ) -> None:
         self.engine = engine
         self.worker = worker
+        self.http_guard = None  # sfu.httpguard.ConnectionGuard of the HTTP site, set by sfu.server
         self.clock = clock
         self.thread_cpu = thread_cpu
         self.proc = proc or ProcReader()
@@ -606,6 +609,17 @@ class _EngineCollector:
         drops["receive_buffer_overflow"] += m.kernel_drops
         yield counter("sfu_packets_dropped", "Datagrams the SFU dropped, by reason", ["reason"],
                       (([reason], value) for reason, value in sorted(drops.items())))
+        refused = Counter({reason: 0 for reason in REFUSAL_REASONS})
+        refused.update({key[len("sessions_refused_"):]: n for key, n in st.items()
+                        if key.startswith("sessions_refused_")})
+        yield counter("sfu_sessions_refused", "Session requests refused by a limit (README, Limits), by reason",
+                      ["reason"], (([reason], n) for reason, n in sorted(refused.items())))
+        guard = m.http_guard
+        if guard is not None:
+            yield counter("sfu_http_connections_refused",
+                          "HTTP connections closed by the guard: over the cap per source, or no request "
+                          "head within the header timeout", ["reason"],
+                          [(["per_source_cap"], guard.refused), (["header_timeout"], guard.timed_out)])
         yield counter("sfu_dtls_handshake_failures", "DTLS handshakes that failed", [],
                       [([], st.get("dtls_failures", 0))])
         yield counter("sfu_ice_consent_timeouts", "Sessions closed because ICE consent expired (RFC 7675)", [],

@@ -15,6 +15,7 @@ from .auth import keyring_from_config
 from .config import Config
 from .engine import MediaEngine
 from .history import HistoryStore
+from .metrics import METRICS_KEY
 from .httpguard import ConnectionGuard, GuardedSite, raise_fd_limit
 from .meetings import MeetingService
 
@@ -42,6 +43,7 @@ class Server:
         await self.meetings.start()  # closes what a crash left open, before anyone joins
         await self.engine.start()
         app = make_app(self.engine, self.meetings, self.auth_secret, dev=self.config.dev)
+        app[METRICS_KEY].http_guard = self.http_guard  # its refusals in /metrics
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.http_idle_timeout)
         await self._runner.setup()

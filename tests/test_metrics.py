@@ -570,3 +570,44 @@ async def test_server_serves_metrics_and_feeds_meeting_durations(tmp_path):
     finally:
         await server.stop()
     assert m._task is None
+
+
+async def test_refused_sessions_and_http_connections_are_counted(tmp_path):
+    """A WHIP offer over the per-session limit and a connection that never sends its request
+    head show up as sfu_sessions_refused / sfu_http_connections_refused (README, Limits)."""
+    import aiohttp
+
+    from sfu.auth import Grants, mint_token
+    from sfu.config import Config
+    from sfu.metrics import METRICS_KEY
+    from sfu.server import Server
+
+    from .sdp_offers import OfferPeer
+
+    config = Config(host="127.0.0.1", http_port=0, rtc_port=0, data_dir=str(tmp_path / "data"),
+                    auth_secret="metrics-secret", max_session_published=1, http_header_timeout=0.3)
+    server = Server(config)
+    await server.start()
+    try:
+        m = server._runner.app[METRICS_KEY]
+        before = scrape(m)
+        assert before[("sfu_sessions_refused_total", (("reason", "too_many_tracks"), W))] == 0
+        assert before[("sfu_http_connections_refused_total", (("reason", "header_timeout"), W))] == 0
+        token = mint_token("metrics-secret", "pub", "Pub", "r", Grants(publish=True), ttl=600.0)
+        offer = OfferPeer().offer([("0", "audio", "sendonly"), ("1", "video", "sendonly")])
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.url + "/whip/r", data=offer,
+                                 headers={"Content-Type": "application/sdp",
+                                          "Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 400, await r.text()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its head
+        await writer.drain()
+        assert b"408" in await asyncio.wait_for(reader.read(), 10.0)  # then closed
+        writer.close()
+        m.engine._fold_datapath()
+        after = scrape(m)
+        assert after[("sfu_sessions_refused_total", (("reason", "too_many_tracks"), W))] == 1
+        assert after[("sfu_http_connections_refused_total", (("reason", "header_timeout"), W))] == 1
+    finally:
+        await server.stop()
