@@ -762,7 +762,11 @@ class MediaEngine:
                 continue
             if not consumer.synced:
                 consumer.sync(seq, ts, now)
-            n = consumer.rewriter.rewrite(plain, buf)
+            try:
+                n = consumer.rewriter.rewrite(plain, buf)
+            except ValueError:  # a header extension element overruns its block (RFC 8285)
+                self.drop("malformed")
+                break
             if n < 0:
                 continue
             held = hold_ts and consumer.last_out_ts is not None
@@ -832,7 +836,11 @@ class MediaEngine:
                 self.drops["nack_budget"] += 1
                 continue
             budget.answered(out_seq, now)
-            n = consumer.rewriter.rewrite(plain, buf)
+            try:
+                n = consumer.rewriter.rewrite(plain, buf)
+            except ValueError:  # a cached packet with a malformed RFC 8285 element (forward dropped it)
+                self.drop("malformed")
+                continue
             if n < 0:
                 continue
             if consumer.last_out_ts is not None and self._padding_only(plain):

@@ -159,3 +159,49 @@ def test_made_up_ssrcs_cost_no_memory(mode, kind):
     assert result.returncode == 0, result.stderr[-3000:]
     grown = float(result.stdout.split()[-1])
     assert grown < 8, f"RSS grew by {grown:.0f} MiB for 60,000 made-up SSRCs"
+
+
+@pytest.mark.parametrize("mode", [
+    "python",
+    pytest.param("c", marks=pytest.mark.xfail(strict=True, reason=(
+        "sfu/_fast/datapath.pyx: when Rewriter._rewrite fails on a malformed RFC 8285 element "
+        "(m < 0 after the header check passed) the fan-out counts D_INTERNAL_ERROR once per "
+        "subscriber; it is a malformed packet: D_MALFORMED, once, before the fan-out"))),
+])
+def test_malformed_extension_element_is_a_malformed_drop(mode):
+    """A publisher's RTP packet whose header extension block fits the packet but whose
+    element overruns the block (found by fuzz_datapath): the Python path logged a
+    traceback per packet (engine catch-all), the C path counts internal_error."""
+    import struct
+
+    sys.path.insert(0, str(FUZZ))
+    try:
+        from engine_rig import Rig
+    finally:
+        sys.path.remove(str(FUZZ))
+    from sfu import rtcp
+
+    rig = Rig(mode)
+    pub = rig.connect("pub", "publish", 5000)
+    viewer = rig.connect("viewer", "subscribe", 5001)
+    video = pub.ssrcs[1]
+    good = struct.pack("!BBHII", 0x80, 96, 1, 3000, video) + bytes(100)
+    bad = struct.pack("!BBHII", 0x90, 96, 2, 6000, video) + bytes.fromhex("bede0001" "9016" "37ff") + bytes(100)
+    rig.feed(pub.srtp.protect(good), pub.addr)
+    rig.feed(pub.srtp.protect(bad), pub.addr)
+    rig.take()
+    rig.engine._fold_datapath()
+    assert rig.engine.stats["rtp_forwarded"] == 1, dict(rig.engine.stats)
+    # the viewer asks for it again: the cached packet is just as malformed
+    consumer = next(c for c in rig.engine.transports[viewer.session].consumers if c.kind == "video")
+    lost = (2 + consumer.rewriter.seq_delta) & 0xFFFF
+    rig.now += 0.5
+    rig.feed(viewer.srtp.protect_rtcp(rtcp.serialize([rtcp.Nack(1, consumer.ssrc, [lost])])), viewer.addr)
+    rig.tick(0.02)
+    rig.take()
+    rig.engine._fold_datapath()
+    drops = rig.engine.drops
+    assert drops["internal_error"] == 0, dict(drops)
+    assert drops["malformed"] >= 1, dict(drops)
+    if mode == "python":  # once in forward, once in retransmit
+        assert drops["malformed"] == 2, dict(drops)
