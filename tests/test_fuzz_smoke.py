@@ -163,10 +163,7 @@ def test_made_up_ssrcs_cost_no_memory(mode, kind):
 
 @pytest.mark.parametrize("mode", [
     "python",
-    pytest.param("c", marks=pytest.mark.xfail(strict=True, reason=(
-        "sfu/_fast/datapath.pyx: when Rewriter._rewrite fails on a malformed RFC 8285 element "
-        "(m < 0 after the header check passed) the fan-out counts D_INTERNAL_ERROR once per "
-        "subscriber; it is a malformed packet: D_MALFORMED, once, before the fan-out"))),
+    "c",
 ])
 def test_malformed_extension_element_is_a_malformed_drop(mode):
     """A publisher's RTP packet whose header extension block fits the packet but whose

@@ -473,8 +473,8 @@ cdef class Subscription:
             m = rw._rewrite(plain, plain_len, slot, TX_SLOT - SRTP_MAX_TRAILER_LEN - 2)
             if m == -1:
                 continue  # payload type not mapped for this subscriber
-            if m < 0:
-                dp._counters[D_INTERNAL_ERROR] += 1
+            if m < 0:  # a cached packet with a malformed RFC 8285 element
+                dp._counters[D_MALFORMED] += 1
                 continue
             if self._has_last and plain[0] & 0x20 and _header_length(plain, plain_len) + plain[plain_len - 1] == plain_len:
                 _wr32(slot + 4, self._last_ts)  # a padding-only packet, as _forward sent it
@@ -1445,8 +1445,8 @@ cdef class Datapath:
             m = sub.rewriter._rewrite(buf, n, slot, TX_SLOT - SRTP_MAX_TRAILER_LEN)
             if m == -1:
                 continue  # payload type not mapped for this subscriber
-            if m < 0:
-                self._counters[D_INTERNAL_ERROR] += 1  # the Python path raises here
+            if m < 0:  # a header extension element overruns its block (RFC 8285)
+                self._counters[D_MALFORMED] += 1  # once, as MediaEngine.forward
                 return
             length = <int>m
             held = hold_ts and sub._has_last
