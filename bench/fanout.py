@@ -497,6 +497,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_loop(coro):
+    """Run ``coro`` to completion on uvloop (asyncio's loop where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def reexec_in_loopback_namespace(module: str, argv: list[str]) -> int | None:
     """Participants stay confined to loopback: outside a loopback-only network namespace,
     run ``python -m module argv`` again inside one and return its exit code; None when
@@ -517,11 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     args = parse_args(argv)
     print(_HEADER, flush=True)
-    try:
-        import uvloop
-        result = uvloop.run(run(args))
-    except ImportError:
-        result = asyncio.run(run(args))
+    result = run_loop(run(args))
     if result.get("marginal"):
         m = result["marginal"]
         print(f"marginal: {m['us_per_forwarded']:.1f} µs per forwarded packet, fixed {m['fixed_cpu_percent']:.1f}% CPU")

@@ -48,6 +48,7 @@ from bench.fanout import (
     _git_commit,
     proc_rss_kib,
     reexec_in_loopback_namespace,
+    run_loop,
     wait_healthy,
 )
 from bench.loadgen import Participant
@@ -384,11 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     args = parse_args(argv)
-    try:
-        import uvloop
-        result = uvloop.run(run(args))
-    except ImportError:
-        result = asyncio.run(run(args))
+    result = run_loop(run(args))
     summ = result.get("summary") or {}
     if summ:
         print(f"RSS {summ['rss_kib_start'] / 1024:.1f} -> {summ['rss_kib_end'] / 1024:.1f} MiB "

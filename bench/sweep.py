@@ -54,6 +54,7 @@ from pathlib import Path
 
 from bench.fanout import (
     BENCH_AUTH_SECRET, CLK_TCK, ROOT, SfuProcess, _git_commit, _health, percentile, reexec_in_loopback_namespace, proc_cpu_ns,
+    run_loop,
     proc_cpu_ticks, proc_rss_kib, wait_healthy,
 )
 
@@ -772,11 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     args = parse_args(argv)
-    try:
-        import uvloop
-        result = uvloop.run(run(args))
-    except ImportError:
-        result = asyncio.run(run(args))
+    result = run_loop(run(args))
     print(json.dumps(result["summary"], indent=2))
     print(f"results: {Path(args.out) / 'sweep.json'}, sweep.md and plots", flush=True)
     return 1 if result.get("errors") else 0

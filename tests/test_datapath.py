@@ -130,7 +130,10 @@ class Harness:
 
     def join(self, name: str, room: str, role: str, port: int, **offer_args):
         info = self.engine.create_session(room, role, offer(role, **offer_args))
-        transport = self.engine.transports[info.id]
+        return self.connect(name, self.engine.transports[info.id], port)
+
+    def connect(self, name: str, transport, port: int):
+        """A created session through ICE and DTLS, as if ``name`` connected from ``port``."""
         addr = ("127.0.0.1", port)
         # what Transport.receive_stun and _drain_dtls_events do once ICE and DTLS are through
         transport.addr = addr

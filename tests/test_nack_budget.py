@@ -51,7 +51,7 @@ def script(h: Harness) -> dict:
     pub = h.join("pub", "room", "publish", 6000, audio_ssrc=1111, video_ssrc=2222)
     info = h.engine.create_session("room", "subscribe", with_rtx(offer("subscribe")))
     v1 = h.engine.transports[info.id]
-    h._connect("v1", v1, 6001)
+    h.connect("v1", v1, 6001)
     v2 = h.join("v2", "room", "subscribe", 6002)
     h.advance(0.04)
     c1 = h.video_consumer(v1)
@@ -93,25 +93,6 @@ def script(h: Harness) -> dict:
         h.advance(0.01, tick=k % 2 == 1)
     h.advance(0.5)
     return {"c1": c1, "c2": c2, "v1": v1, "v2": v2, "pub": pub}
-
-
-def _connect(self, name, transport, port):
-    """Harness.join for a session created by hand (the RTX offer)."""
-    from sfu.srtp import SrtpPair
-    from tests.test_datapath import keys
-
-    addr = ("127.0.0.1", port)
-    transport.addr = addr
-    self.engine.address_changed(transport, None, addr)
-    local, remote = keys(port, self.profile)
-    transport.srtp = SrtpPair(self.profile, local, remote)
-    transport.state = "connected"
-    self.engine.transport_connected(transport, self.now)
-    self.clients[name] = SrtpPair(self.profile, remote, local)
-    self.addrs[name] = addr
-
-
-Harness._connect = _connect
 
 
 def sent_to(h: Harness, name: str) -> list[bytes]:
