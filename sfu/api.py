@@ -80,7 +80,13 @@ async def _read_offer(request: web.Request, max_bytes: int) -> str:
         raise _HttpError(415, "Content-Type must be application/sdp")
     if request.content_length is not None and request.content_length > max_bytes:
         raise _HttpError(413, f"SDP offer larger than {max_bytes} bytes")
-    body = await request.content.read(max_bytes + 1)
+    # read(n) returns what has arrived so far (at most n): read to the end, or past the limit
+    body = bytearray()
+    while len(body) <= max_bytes:
+        chunk = await request.content.read(max_bytes + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
     if len(body) > max_bytes:
         raise _HttpError(413, f"SDP offer larger than {max_bytes} bytes")
     try:
