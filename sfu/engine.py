@@ -44,7 +44,7 @@ from .log import event
 from .router import (
     NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, Consumer, Producer, Room, load_packet_impl,
 )
-from .transport import Transport, build_rtx
+from .transport import SDES_MID_URI, Transport, build_rtx
 
 logger = logging.getLogger("sfu.engine")
 
@@ -262,9 +262,13 @@ class MediaEngine:
                 else "offer has no audio or video section to receive" if role == "subscribe"
                 else "offer has no audio or video section to send or receive"
             )
+        _check_ssrcs(producers, ())
         answer_sdp = self._answer(transport, offer, answers)
 
-        # commit: nothing above left state behind if it raised
+        # commit: nothing above left state behind if it raised (the transport and its
+        # tracks are only built; its C peer enters the data path's tables when ICE selects
+        # an address, its tracks' streams in _add_tracks)
+        transport.sdp_version += 1
         self.rooms[room_name] = room
         self.transports[transport.id] = transport
         self.by_ufrag[transport.local_ufrag] = transport
@@ -341,14 +345,19 @@ class MediaEngine:
             port=self.port or self.config.rtc_port,
         )
         # RFC 3264 §8: each new answer keeps the o= session id and increments its version
-        transport.sdp_version += 1
+        # (transport.sdp_version, counted by the commit: a refused offer leaves it)
         answer = sdp.build_answer(offer, local, answers, session_id=transport.sdp_session_id)
         return answer.replace(f"o=- {transport.sdp_session_id} 2 ",
-                              f"o=- {transport.sdp_session_id} {transport.sdp_version} ", 1)
+                              f"o=- {transport.sdp_session_id} {transport.sdp_version + 1} ", 1)
 
     def _add_tracks(self, transport: Transport, room: Room, producers: list[Producer],
                     consumers: list[Consumer], binds: list[tuple[Consumer, Producer | None]]) -> None:
+        """Commit the tracks an accepted offer made (built by _negotiate, which changed nothing)."""
         for producer in producers:
+            for ext_id, uri in producer.extensions.items():
+                if uri == SDES_MID_URI:
+                    transport.mid_ext_id = ext_id
+            producer.open()  # the C data path receives its SSRC from now on
             transport.producers.append(producer)
             transport.producers_by_mid[producer.mid] = producer
             if producer.ssrc is not None:
@@ -470,9 +479,13 @@ class MediaEngine:
                 continue
             answers.append(self._negotiate(media, "meeting", room, transport, new_producers, new_consumers,
                                            subscriptions, binds))
+        _check_ssrcs(new_producers, kept_producers)
         answer_sdp = self._answer(transport, offer, answers)
 
-        # commit: removals first (a mid may change from publishing to receiving)
+        # commit, in one step now that the whole offer is accepted (nothing above changed
+        # the transport, the room or a data path): removals first (a mid may change from
+        # publishing to receiving, an SSRC move to another mid)
+        transport.sdp_version += 1
         kept_consumers = {c for c, _, _ in rebinds}
         for producer in [p for p in transport.producers if p not in kept_producers]:
             self._remove_producer(transport, room, producer, "unpublished")
@@ -537,9 +550,6 @@ class MediaEngine:
             ssrc = _media_ssrc(media)
             producer = Producer(transport, media.kind, media.mid, codec, ssrc, extensions, self.impl)
             producers.append(producer)
-            for ext_id, uri in extensions.items():
-                if uri == "urn:ietf:params:rtp-hdrext:sdes:mid":
-                    transport.mid_ext_id = ext_id
             return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="recvonly",
                                    codecs=[codec], extensions=extensions)
         # subscribe
@@ -900,6 +910,20 @@ def _planned_tracks(offer: sdp.SessionDescription, role: str) -> tuple[int, int]
         elif media.direction == "recvonly":
             received += 1
     return published, received
+
+
+def _check_ssrcs(new: list[Producer], kept) -> None:
+    """SdpError when a new published section announces an SSRC that another one sends
+    too (one SSRC is one source on the bundled transport, RFC 3550 §8):
+    checked while deciding, so that the commit cannot fail half-way on it."""
+    taken = {p.ssrc: p for p in kept if p.ssrc is not None}
+    for producer in new:
+        if producer.ssrc is None:
+            continue
+        other = taken.setdefault(producer.ssrc, producer)
+        if other is not producer:
+            raise sdp.SdpError(f"m={producer.kind} mid {producer.mid}: SSRC {producer.ssrc} is already "
+                               f"sent in mid {other.mid}")
 
 
 def _codec_preference(codec: sdp.Codec) -> str:

@@ -223,6 +223,11 @@ class Producer:
             dlsr=dlsr,
         )
 
+    def open(self) -> None:
+        """Start receiving: called when the offer that made this producer is committed
+        (MediaEngine._add_tracks). Building one changes nothing on any data path, so a
+        refused offer leaves nothing behind; the C data path registers its stream here."""
+
     def set_consumers(self, consumers: Iterable["Consumer"]) -> None:
         self.consumers = tuple(consumers)
 
@@ -606,8 +611,10 @@ class FastProducer(Producer):
 
     def __init__(self, transport, kind, mid, codec, ssrc, extensions, impl) -> None:
         self.stream = None
-        self._ready = False
+        self._ready = False  # opened (committed): until then no C stream, whatever its SSRC
         super().__init__(transport, kind, mid, codec, ssrc, extensions, impl)
+
+    def open(self) -> None:
         self._ready = True
         self._open_stream()
 

@@ -330,3 +330,103 @@ class SeqUnwrapper:
         else:
             extended = highest + delta - 0x10000
         return extended
+
+
+# -- keyframes ------------------------------------------------------------------------
+# A video subscriber that starts, resumes or moves to another track waits for the start
+# of a keyframe (sfu.router.Consumer.keyframe_wait). The codec ids are shared with the
+# C data path (sfu._fast.packet.is_keyframe, datapath.Subscription.keyframe_codec).
+
+CODEC_OTHER = 0  # no detector: never gated
+CODEC_VP8 = 1
+CODEC_VP9 = 2
+CODEC_H264 = 3
+CODEC_AV1 = 4
+
+_CODEC_IDS = {"vp8": CODEC_VP8, "vp9": CODEC_VP9, "h264": CODEC_H264, "av1": CODEC_AV1}
+
+
+def codec_id(name: str) -> int:
+    """The keyframe detector's id of an SDP codec name (CODEC_OTHER when there is none)."""
+    return _CODEC_IDS.get(name.lower(), CODEC_OTHER)
+
+
+def is_keyframe(codec: int, packet: Buffer) -> bool:
+    """True if the RTP ``packet`` starts a keyframe of ``codec`` (a CODEC_* id).
+
+    Reads only the payload descriptor and the first bytes of the payload; a
+    malformed or truncated packet is not a keyframe (never an error):
+
+    - VP8 (RFC 7741 §4.2, §4.3): S=1 and PID=0 (start of partition 0), then the
+      first octet of the VP8 payload header has P (inverse key frame flag) = 0.
+    - VP9 (RFC 9628 §4.2): B=1 (start of a frame) and P=0 (not inter-picture
+      predicted), and when L is set, spatial layer SID=0 (the base layer).
+    - H.264 (RFC 6184 §5.6-5.8): a single NAL unit of type 5 (IDR) or 7 (SPS),
+      a STAP-A (24) containing one, or the start (S=1) of an FU-A (28) of one.
+    - AV1 (AV1 RTP payload format §4.4): the aggregation header's N bit (first
+      packet of a coded video sequence, which begins with a keyframe).
+    """
+    n = len(packet)
+    if n < FIXED_HEADER_LENGTH:
+        return False
+    b0 = packet[0]
+    if b0 >> 6 != RTP_VERSION:
+        return False
+    i = FIXED_HEADER_LENGTH + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if i + 4 > n:
+            return False
+        i += 4 + 4 * ((packet[i + 2] << 8) | packet[i + 3])
+    if b0 & 0x20 and n:
+        n -= packet[n - 1]
+    if i >= n:
+        return False
+    d = packet[i]
+    if codec == CODEC_VP8:
+        if d & 0x1F != 0x10:  # S=1, PID=0
+            return False
+        i += 1
+        if d & 0x80:  # X: extension octet I L T K
+            if i >= n:
+                return False
+            x = packet[i]
+            i += 1
+            if x & 0x80:  # I: PictureID, 7 or 15 bits (M)
+                if i >= n:
+                    return False
+                i += 2 if packet[i] & 0x80 else 1
+            if x & 0x40:  # L: TL0PICIDX
+                i += 1
+            if x & 0x30:  # T or K: TID/Y/KEYIDX
+                i += 1
+        return i < n and not packet[i] & 0x01
+    if codec == CODEC_VP9:
+        if d & 0x48 != 0x08:  # P=0, B=1
+            return False
+        if not d & 0x20:  # L: no layer indices, one layer
+            return True
+        i += 1
+        if d & 0x80:  # I: picture ID, 7 or 15 bits (M)
+            if i >= n:
+                return False
+            i += 2 if packet[i] & 0x80 else 1
+        return i < n and (packet[i] >> 1) & 0x07 == 0
+    if codec == CODEC_H264:
+        nal = d & 0x1F
+        if nal == 5 or nal == 7:
+            return True
+        if nal == 28:  # FU-A: the FU header's S bit and type
+            return i + 1 < n and packet[i + 1] & 0x80 != 0 and packet[i + 1] & 0x1F in (5, 7)
+        if nal == 24:  # STAP-A: 16-bit size, NAL unit, ...
+            i += 1
+            while i + 2 < n:
+                size = (packet[i] << 8) | packet[i + 1]
+                if size == 0 or i + 2 + size > n:
+                    return False
+                if packet[i + 2] & 0x1F in (5, 7):
+                    return True
+                i += 2 + size
+        return False
+    if codec == CODEC_AV1:
+        return d & 0x08 != 0
+    return False

@@ -112,6 +112,24 @@ class SfuProcess:
         return self.proc.returncode
 
 
+# The data paths a MediaEngine forwards on: the C fast path (the default of `sfu serve`)
+# and the pure-Python reference. The engine, meeting and signaling suites run on both.
+DATAPATHS = ["c", "pure"]
+
+
+@pytest.fixture(params=DATAPATHS)
+def datapath_mode(request) -> str:
+    return request.param
+
+
+def new_engine(config, mode: str):
+    """A MediaEngine on ``mode`` that is not started: it negotiates, no socket (a C
+    data path without a socket still keeps its peers and streams)."""
+    from sfu.engine import MediaEngine
+
+    return MediaEngine(config, pure_python=True) if mode == "pure" else MediaEngine(config)
+
+
 @pytest.fixture
 def netns():
     """WebRTC clients must not see any interface but loopback."""

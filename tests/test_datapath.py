@@ -74,8 +74,13 @@ def offer(role: str, *, audio_ssrc=None, video_ssrc=None, extensions=(), vp8_pt=
     return "\r\n".join(out)
 
 
-def rtp(pt, seq, ts, ssrc, *, size=200, marker=False, extensions=(), two_byte=False) -> bytes:
-    """An RTP packet (RFC 3550 §5.1) with RFC 8285 one-byte extension elements."""
+def rtp(pt, seq, ts, ssrc, *, size=200, marker=False, extensions=(), two_byte=False,
+        keyframe=True) -> bytes:
+    """An RTP packet (RFC 3550 §5.1) with RFC 8285 one-byte extension elements.
+
+    ``keyframe``: the payload starts like a VP8 keyframe (RFC 7741 §4.2 descriptor
+    0x10: S=1, PID=0; then P=0), so that a video subscriber's keyframe gate opens at
+    any packet (tests/test_keyframe.py covers the gate itself)."""
     header = bytearray(struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF,
                                    ts & 0xFFFFFFFF, ssrc))
     if extensions:
@@ -86,7 +91,10 @@ def rtp(pt, seq, ts, ssrc, *, size=200, marker=False, extensions=(), two_byte=Fa
             body.append(0)
         header[0] |= 0x10
         header += struct.pack("!HH", 0xBEDE, len(body) // 4) + body
-    payload = random.Random(seq * 7919 + ssrc).randbytes(max(0, size - len(header)))
+    payload = bytearray(random.Random(seq * 7919 + ssrc).randbytes(max(0, size - len(header))))
+    if len(payload) >= 2:
+        payload[0] = 0x10 if keyframe else 0x00  # VP8 descriptor: S=1 PID=0 (or S=0)
+        payload[1] &= 0xFE  # VP8 payload header: P=0, a keyframe
     return bytes(header) + payload
 
 

@@ -1,7 +1,8 @@
 """Meeting sessions in the media engine: one transport that publishes and
 receives, recvonly sections bound to explicit producers, renegotiation on the
 same transport (RFC 9429 §5.2.2, RFC 3264 §8). No sockets: the engine is not
-started, only negotiated with."""
+started, only negotiated with. Every test runs on both data paths (C and pure
+Python); an offer that is refused changes nothing on either."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import pytest
 
 from sfu import sdp
 from sfu.config import Config
-from sfu.engine import MediaEngine
+from sfu.limits import LimitExceeded
 
+from .conftest import new_engine
 from .sdp_offers import OfferPeer
 
 
 @pytest.fixture
-def engine():
-    eng = MediaEngine(Config(rtc_port=40000), pure_python=True)
+def engine(datapath_mode):
+    eng = new_engine(Config(rtc_port=40000), datapath_mode)
     eng.events = []
     eng.add_listener(eng.events.append)
     return eng
@@ -190,3 +192,170 @@ def test_closing_a_meeting_session_unpublishes_its_tracks(engine):
     engine.close_session(a.id)
     assert [e["type"] for e in engine.events] == ["track_unpublished", "track_unpublished", "session_closed"]
     assert engine.snapshot()["producers"] == 0 and engine.rooms == {}
+
+
+# -- a refused offer changes nothing, on either data path -------------------------------------
+
+
+def with_codec_changed(offer: str, mid: str) -> str:
+    """``offer`` with the video section ``mid`` offering VP9 instead of VP8 (another codec)."""
+    head, *sections = offer.split("m=")
+    out = []
+    for section in sections:
+        if f"a=mid:{mid}\r\n" in section:
+            section = (section.replace("SAVPF 96 97", "SAVPF 98 99").replace("a=rtpmap:96 VP8/", "a=rtpmap:98 VP9/")
+                       .replace("a=rtcp-fb:96 ", "a=rtcp-fb:98 ").replace("a=rtpmap:97 rtx/", "a=rtpmap:99 rtx/")
+                       .replace("a=fmtp:97 apt=96", "a=fmtp:99 apt=98"))
+            assert "VP8" not in section
+        out.append(section)
+    return "m=".join([head] + out)
+
+
+def engine_state(engine) -> dict:
+    """Everything an offer could change: sessions, rooms, counts, the transports' tables
+    and, on the C data path, its peers and the streams registered on each."""
+    transports = engine.transports.values()
+    return {
+        "sessions": {t.id: engine.describe_session(t.id) for t in transports},
+        "rooms": {name: (list(room.producers), sorted(c.id for c in room.consumers))
+                  for name, room in engine.rooms.items()},
+        "totals": dict(engine.track_totals),
+        "transports": {t.id: (t.sdp_version, t.mid_ext_id, sorted(t.producers_by_ssrc), sorted(t.producers_by_mid),
+                              sorted(t.consumers_by_ssrc)) for t in transports},
+        "peers": engine.datapath.peers if engine.datapath is not None else None,
+        "streams": {t.id: sorted(s.ssrc for s in t.peer.streams) if t.peer is not None else None
+                    for t in transports},
+    }
+
+
+def connect(engine, info, port: int):
+    """As if ICE selected an address: on the C path the peer enters the address table."""
+    transport = engine.transports[info.id]
+    transport.addr = ("127.0.0.1", port)
+    engine.address_changed(transport, None, transport.addr)
+    return transport
+
+
+AV_NEW_VIDEO_BEFORE_1 = [("0", "audio", "sendonly"), ("2", "video", "sendonly"), ("1", "video", "sendonly")]
+AV_NEW_VIDEO = [("0", "audio", "sendonly"), ("1", "video", "sendonly"), ("2", "video", "sendonly")]
+
+
+def test_refused_renegotiation_leaves_nothing_and_the_retry_publishes(engine, datapath_mode):
+    """The issue's case: mids 0, a new sendonly video 2, then 1 with its codec changed is
+    refused (bad_sdp) after mid 2 was negotiated; the C stream of mid 2 must not stay
+    registered, or the correct retry fails with "SSRC ... already has a stream"."""
+    peer, info = publish(engine)
+    viewer_peer, viewer = publish(engine)
+    connect(engine, info, 5000)
+    connect(engine, viewer, 5001)
+    engine.events.clear()
+    before = engine_state(engine)
+    assert before["peers"] == (2 if datapath_mode == "c" else None)
+    with pytest.raises(sdp.SdpError, match="cannot change codec"):
+        engine.update_session(info.id, with_codec_changed(peer.offer(AV_NEW_VIDEO_BEFORE_1), "1"), {})
+    assert engine_state(engine) == before
+    assert engine.events == []
+
+    answer = engine.update_session(info.id, peer.offer(AV_NEW_VIDEO), {})
+    assert [s["direction"] for s in sections_of(answer)] == ["recvonly"] * 3
+    producers = engine.describe_session(info.id)["producers"]
+    assert list(producers) == ["0", "1", "2"]
+    transport = engine.transports[info.id]
+    if datapath_mode == "c":  # the new track is received in C
+        assert sorted(s.ssrc for s in transport.peer.streams) == sorted(peer.ssrcs.values())
+    assert transport.producers_by_ssrc[peer.ssrcs["2"]].mid == "2"
+    # and another participant can receive it
+    v = engine.update_session(viewer.id, viewer_peer.offer(
+        [("0", "audio", "sendonly"), ("1", "video", "sendonly"), ("2", "video", "recvonly")]),
+        {"2": producers["2"]["id"]})
+    assert sdp.parse_sdp(v).media[2].ssrcs
+    assert engine.describe_session(viewer.id)["consumers"]["2"]["producer"] == producers["2"]["id"]
+
+
+def test_two_sections_with_one_ssrc_are_refused_before_anything_is_built(engine, monkeypatch):
+    """A refused create leaves nothing: no session, no room, and the peer it built (a C
+    Peer on the C path) has no stream and is in no table of the data path."""
+    import sfu.engine
+
+    built = []
+
+    class Spy(sfu.engine.Transport):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(sfu.engine, "Transport", Spy)
+    before = engine_state(engine)
+    same = OfferPeer(ssrcs={"0": 4242, "1": 4242})
+    with pytest.raises(sdp.SdpError, match="SSRC 4242 is already sent in mid 0"):
+        engine.create_session("r", "meeting", same.offer([("0", "video", "sendonly"), ("1", "video", "sendonly")]))
+    # a refusal that comes after the transport was built: no codec the config allows
+    engine.config.audio_codecs = ["PCMU"]
+    with pytest.raises(sdp.SdpError, match="no audio or video section"):
+        engine.create_session("r", "meeting", OfferPeer().offer([("0", "audio", "sendonly")]))
+    assert len(built) == 2
+    for transport in built:
+        assert transport.peer is None or (transport.peer.streams == () and not transport.peer.registered)
+    assert engine_state(engine) == before and engine.rooms == {} and engine.pending == {}
+
+    # in a renegotiation: a new section may not take the SSRC of a kept track, but may
+    # take that of a track the same offer unpublishes
+    engine.config.audio_codecs = Config().audio_codecs
+    peer, info = publish(engine)
+    connect(engine, info, 5000)
+    before = engine_state(engine)
+    peer.ssrcs["2"] = peer.ssrcs["1"]
+    with pytest.raises(sdp.SdpError, match=f"SSRC {peer.ssrcs['1']} is already sent in mid 1"):
+        engine.update_session(info.id, peer.offer(AV_NEW_VIDEO), {})
+    assert engine_state(engine) == before
+    engine.update_session(info.id, peer.offer(
+        [("0", "audio", "sendonly"), ("1", "video", "inactive"), ("2", "video", "sendonly")]), {})
+    transport = engine.transports[info.id]
+    assert transport.producers_by_ssrc[peer.ssrcs["2"]].mid == "2"
+    if transport.peer is not None:
+        assert sorted(s.ssrc for s in transport.peer.streams) == sorted({peer.ssrcs["0"], peer.ssrcs["2"]})
+
+
+def test_an_update_refused_by_a_limit_changes_nothing(engine):
+    engine.config.max_session_tracks = 3
+    peer, info = publish(engine)
+    _, other = publish(engine)
+    connect(engine, info, 5000)
+    other_video = engine.describe_session(other.id)["producers"]["1"]["id"]
+    before = engine_state(engine)
+    engine.events.clear()
+    with pytest.raises(LimitExceeded) as refused:
+        engine.update_session(info.id, peer.offer(AV_NEW_VIDEO + [("3", "video", "recvonly")]), {"3": other_video})
+    assert refused.value.code == "too_many_tracks"
+    assert engine_state(engine) == before and engine.events == []
+    # within the limit it goes through
+    engine.update_session(info.id, peer.offer(AV_NEW_VIDEO), {})
+    assert list(engine.describe_session(info.id)["producers"]) == ["0", "1", "2"]
+
+
+def test_after_a_refused_renegotiation_the_new_track_reaches_a_viewer(datapath_mode):
+    """The same case driven with packets (tests/test_datapath.Harness): after the retry,
+    RTP of the new track (mid 2) is forwarded to a participant who subscribed to it."""
+    from .test_datapath import PROFILES, Harness, rtp
+
+    h = Harness(datapath_mode, PROFILES[0])
+    engine = h.engine
+    peer = OfferPeer()
+    info = engine.create_session("r", "meeting", peer.offer([("0", "audio", "sendonly"), ("1", "video", "sendonly")]))
+    pub = h.connect("pub", engine.transports[info.id], 5000)
+    with pytest.raises(sdp.SdpError, match="cannot change codec"):
+        engine.update_session(info.id, with_codec_changed(peer.offer(AV_NEW_VIDEO_BEFORE_1), "1"), {})
+    engine.update_session(info.id, peer.offer(AV_NEW_VIDEO), {})
+    new_track = pub.producers_by_mid["2"].id
+    viewer = OfferPeer()
+    v = engine.create_session("r", "meeting", viewer.offer([("0", "video", "recvonly")]), {"0": new_track})
+    h.connect("viewer", engine.transports[v.id], 5001)
+    h.out.clear()
+    for seq in range(10):
+        h.send_rtp("pub", rtp(96, 100 + seq, 3000 * seq, peer.ssrcs["2"], size=300))
+    to_viewer = [h.clients["viewer"].unprotect(data) for data, addr in h.out
+                 if addr == h.addrs["viewer"] and not 192 <= data[1] <= 223]
+    assert len(to_viewer) == 10
+    consumer = engine.transports[v.id].consumers[0]
+    assert {int.from_bytes(p[8:12], "big") for p in to_viewer} == {consumer.ssrc}
+    assert engine.drops["unknown_ssrc"] == 0

@@ -15,9 +15,10 @@ import pytest
 from sfu import rtcp
 from sfu.router import NACK_RETRY_INTERVAL
 from sfu.transport import Transport
+from tests.conftest import DATAPATHS
 from tests.test_datapath import PROFILES, Harness, rtp
 
-MODES = ["c", "pure"]
+MODES = DATAPATHS  # every test on both data paths
 
 
 @pytest.fixture
@@ -124,10 +125,33 @@ def test_consent_expiry_closes_on_time(mode):
     assert v.state == "closed" and h.engine.stats["consent_timeouts"] == 1
 
 
-def test_stale_timer_entries_never_tick_twice(ticks):
-    h = Harness("pure", PROFILES[0])
+@pytest.mark.parametrize("mode", MODES)
+def test_stale_timer_entries_never_tick_twice(mode, ticks):
+    h = Harness(mode, PROFILES[0])
     v = h.join("v", "room", "subscribe", 5001)
     for _ in range(5):  # many wake-ups for the same tick
         h.engine.schedule(v, h.now)
     h.advance(0.02)
     assert ticks[v.id] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_track_added_by_renegotiation_is_nacked_like_the_first(mode):
+    """A producer published by an update (committed after the answer) gets the same
+    timers as one of the first offer: a gap in it is NACKed on the next tick."""
+    from tests.sdp_offers import OfferPeer
+
+    h = Harness(mode, PROFILES[0])
+    peer = OfferPeer()
+    info = h.engine.create_session("room", "meeting", peer.offer([("0", "audio", "sendonly")]))
+    pub = h.connect("pub", h.engine.transports[info.id], 5000)
+    h.engine.update_session(info.id, peer.offer([("0", "audio", "sendonly"), ("1", "video", "sendonly")]), {})
+    h.advance(0.5)
+    ssrc = peer.ssrcs["1"]
+    for seq in (100, 101, 104):  # 102 and 103 are lost
+        h.send_rtp("pub", rtp(96, seq, 3000 * seq, ssrc, size=500))
+    h.out.clear()
+    h.advance(0.02)
+    nacks = [p for p in rtcp_sent_to(h, "pub") if isinstance(p, rtcp.Nack)]
+    assert [(n.media_ssrc, n.lost) for n in nacks] == [(ssrc, [102, 103])]
+    assert pub.producers_by_mid["1"].packets == 3

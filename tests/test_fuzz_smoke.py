@@ -182,7 +182,8 @@ def test_malformed_extension_element_is_a_malformed_drop(mode):
     pub = rig.connect("pub", "publish", 5000)
     viewer = rig.connect("viewer", "subscribe", 5001)
     video = pub.ssrcs[1]
-    good = struct.pack("!BBHII", 0x80, 96, 1, 3000, video) + bytes(100)
+    # a VP8 keyframe (RFC 7741 §4.2 descriptor S=1 PID=0, then P=0): opens the viewer's keyframe gate
+    good = struct.pack("!BBHII", 0x80, 96, 1, 3000, video) + b"\x10\x00" + bytes(98)
     bad = struct.pack("!BBHII", 0x90, 96, 2, 6000, video) + bytes.fromhex("bede0001" "9016" "37ff") + bytes(100)
     rig.feed(pub.srtp.protect(good), pub.addr)
     rig.feed(pub.srtp.protect(bad), pub.addr)

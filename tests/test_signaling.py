@@ -1,6 +1,7 @@
 """The meeting protocol core (sfu/signaling.py) without sockets: a real media
-engine that only negotiates (not started), a fake meeting service that records
-what it was asked, and participants whose outgoing messages land in lists."""
+engine that only negotiates (not started), on each data path (C and pure Python),
+a fake meeting service that records what it was asked, and participants whose
+outgoing messages land in lists."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import pytest
 
 from sfu.auth import AuthError, Claims, Grants
 from sfu.config import Config
-from sfu.engine import MediaEngine
 from sfu.history import Meeting
 from sfu.meetings import can_end
 from sfu.signaling import CLOSE_LEFT, CLOSE_MEETING_ENDED, CLOSE_SERVER_STOPPED, Signaling
 
+from .conftest import new_engine
 from .sdp_offers import OfferPeer
+from .test_engine_meeting import engine_state, with_codec_changed
 
 EVERYTHING = Grants(publish=True, subscribe=True)
 HOST = Grants(publish=True, subscribe=True, host=True)
@@ -96,8 +98,8 @@ class Client:
 
 
 @pytest.fixture
-def engine():
-    return MediaEngine(Config(), pure_python=True)
+def engine(datapath_mode):
+    return new_engine(Config(), datapath_mode)
 
 
 @pytest.fixture
@@ -329,6 +331,33 @@ async def test_bad_offer_changes_nothing(signaling, engine):
     assert len(alice.participant.tracks) == 2
 
 
+async def test_a_refused_renegotiation_changes_nothing_and_the_retry_publishes(signaling, engine):
+    """The issue's sequence through the protocol: a new camera (mid 2) offered before
+    mid 1, whose codec changed: bad_sdp and nothing changes (no track announced, no C
+    stream left); the correct offer then publishes the new track (not internal_error)."""
+    alice = await joined(signaling, "a", "Alice")
+    bob = await joined(signaling, "b", "Bob")
+    assert (await alice.request("offer", sdp=alice.peer.offer(AV), tracks=SOURCES))["ok"]
+    a = alice.participant.id
+    before = engine_state(engine)
+    announced = len(bob.events("track_published"))
+    bad = with_codec_changed(alice.peer.offer(
+        [("0", "audio", "sendonly"), ("2", "video", "sendonly"), ("1", "video", "sendonly")]), "1")
+    response = await alice.request("offer", sdp=bad, tracks={"2": {"source": "screen"}})
+    assert (response["ok"], response["code"]) == (False, "bad_sdp"), response
+    assert "cannot change codec" in response["error"]
+    assert engine_state(engine) == before
+    assert len(bob.events("track_published")) == announced and len(alice.participant.tracks) == 2
+    response = await alice.request("offer", sdp=alice.peer.offer(AV + [("2", "video", "sendonly")]),
+                                   tracks={"2": {"source": "screen"}})
+    assert response["ok"], response
+    assert response["published"] == {"0": f"{a}-0", "1": f"{a}-1", "2": f"{a}-2"}
+    assert bob.events("track_published")[-1]["track"]["id"] == f"{a}-2"
+    response = await bob.request("offer", sdp=bob.peer.offer([("0", "video", "recvonly")]),
+                                 subscriptions={"0": f"{a}-2"})
+    assert response["ok"] and response["subscriptions"] == {"0": f"{a}-2"}
+
+
 async def test_garbage_never_escapes_as_an_exception(signaling):
     """Like h11's fuzzer: any JSON value gets a response (ok or an error code), never an exception."""
     import random
@@ -517,7 +546,7 @@ async def test_recording_state_reaches_everyone_and_later_joiners(signaling, mee
 # -- through the server: POST /api/meetings/{id}/recording, and WHIP into a meeting ----------
 
 
-async def test_recording_api_and_whip_publisher_over_http(tmp_path):
+async def test_recording_api_and_whip_publisher_over_http(tmp_path, datapath_mode):
     import pathlib
 
     import aiohttp
@@ -527,7 +556,7 @@ async def test_recording_api_and_whip_publisher_over_http(tmp_path):
 
     secret = "signaling-test-secret"
     server = Server(Config(http_port=0, rtc_port=0, data_dir=str(tmp_path / "data"), auth_secret=secret,
-                           grace_period=0.05))
+                           grace_period=0.05, datapath=datapath_mode))
     await server.start()
 
     def tok(identity, **grants):

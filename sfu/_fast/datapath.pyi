@@ -32,6 +32,9 @@ class Subscription:
     last_out_ts: int | None
     rtx_seq: int
     retransmissions: int
+    keyframe_wait: bool
+    keyframe_codec: int
+    sync_seq: int | None
     @property
     def nack_tokens(self) -> float | None:
         """Bytes of retransmission the NACK budget allows now (None before the first NACK)."""

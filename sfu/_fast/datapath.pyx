@@ -62,7 +62,7 @@ from sfu._fast.includes.srtp cimport (
     SFU_SRTP_FN_CTYPE, SFU_SRTP_REMOVE_FN_CTYPE, SRTP_ERR_STATUS_REPLAY_FAIL, SRTP_ERR_STATUS_REPLAY_OLD,
     SRTP_MAX_TRAILER_LEN, sfu_srtp_fn, sfu_srtp_remove_fn,
 )
-from sfu._fast.packet cimport Rewriter, _header_length, _rd16, _rd32, _wr16, _wr32
+from sfu._fast.packet cimport Rewriter, _header_length, _is_keyframe, _rd16, _rd32, _wr16, _wr32
 
 import logging
 
@@ -107,6 +107,7 @@ cdef enum:  # counters
     C_BATCHES_FORWARDING
     C_RETRANSMISSIONS
     C_NACK_MISSES
+    C_KEYFRAME_WAITS
     # drops (MediaEngine.drops), same names as the Python path
     D_UNKNOWN_SOURCE
     D_NOT_CONNECTED
@@ -129,6 +130,7 @@ cdef enum:  # counters
 STAT_NAMES = (
     "rtp_forwarded", "rx_packets", "rx_bytes", "rx_rtp", "tx_packets", "tx_bytes", "slow_path",
     "recv_calls", "send_calls", "batches_forwarding", "retransmissions", "nack_misses",
+    "keyframe_waits",
 )
 DROP_NAMES = (
     "unknown_source", "not_connected", "srtp_auth", "srtp_replay", "malformed", "unknown_ssrc",
@@ -330,6 +332,12 @@ cdef class Subscription:
     cdef uint32_t _last_ts
     cdef bint _has_first
     cdef double _first_time
+    # keyframe gate (sfu.router.Consumer.keyframe_wait): nothing is sent, nor numbered,
+    # until a packet of keyframe_codec starts a keyframe
+    cdef public bint keyframe_wait
+    cdef public int keyframe_codec
+    cdef bint _has_sync
+    cdef uint16_t _sync_seq      # output seq of the first packet since the last _sync
     # answers to NACKs (sfu.router.NackBudget, field for field)
     cdef public uint16_t rtx_seq
     cdef public uint64_t retransmissions
@@ -381,6 +389,17 @@ cdef class Subscription:
         if value is not None:
             self._last_ts = <uint32_t>(int(value) & 0xFFFFFFFF)
 
+    @property
+    def sync_seq(self):
+        """Output seq of the first packet since the numbering was last synced (None before)."""
+        return self._sync_seq if self._has_sync else None
+
+    @sync_seq.setter
+    def sync_seq(self, value):
+        self._has_sync = value is not None
+        if value is not None:
+            self._sync_seq = <uint16_t>(int(value) & 0xFFFF)
+
     cdef inline void _sync(self, uint16_t seq, uint32_t ts, double now) noexcept:
         """Continue the output numbering where it left off (sfu.router.Consumer.sync)."""
         cdef uint16_t out_seq
@@ -400,6 +419,8 @@ cdef class Subscription:
         self.rewriter._seq_delta = <uint16_t>(out_seq - seq)
         self.rewriter._ts_delta = out_ts - ts
         self.synced = True
+        self._has_sync = True
+        self._sync_seq = out_seq
 
     @property
     def nack_tokens(self):
@@ -451,6 +472,12 @@ cdef class Subscription:
             value = obj
             out_seq = <uint16_t>(value & 0xFFFF)
             i = out_seq & (NACK_SLOTS - 1)
+            if self.keyframe_wait or not self.synced or not self._has_sync \
+                    or <uint16_t>(out_seq - self._sync_seq) >= 0x8000:
+                # before this numbering started (before the keyframe gate opened, or of
+                # another producer): the cache holds no packet of this subscriber for it
+                dp._counters[C_NACK_MISSES] += 1
+                continue
             if self._nack_seq != NULL and self._nack_seq[i] == out_seq and now - self._nack_time[i] < window:
                 dp._counters[D_NACK_REPEAT] += 1
                 continue
@@ -1424,6 +1451,7 @@ cdef class Datapath:
         cdef uint16_t seq = _rd16(buf + 2)
         cdef uint32_t ts = _rd32(buf + 4)
         cdef bint hold_ts = False, held
+        cdef int key = -1            # does this packet start a keyframe (-1: not looked at)
         if count == 0:
             self._counters[D_NO_SUBSCRIBER] += 1
             return
@@ -1436,6 +1464,14 @@ cdef class Datapath:
             dest = sub.peer
             if dest._tx == NULL or sub.paused or not dest.registered or sub.rewriter is None:
                 continue
+            if sub.keyframe_wait:  # sfu.engine.MediaEngine.forward: the keyframe gate
+                if key < 0:
+                    key = _is_keyframe(sub.keyframe_codec, buf, n)
+                if not key:
+                    self._counters[C_KEYFRAME_WAITS] += 1
+                    continue
+                sub.keyframe_wait = False
+                sub.synced = False
             if not sub.synced:
                 sub._sync(seq, ts, now)
             slot = self._slot()

@@ -10,6 +10,12 @@ def parse_rtp_header(buf: Buffer) -> tuple[int, bool, int, int, int, int]:
 def get_extension(buf: Buffer, ext_id: int) -> bytes | None:
     """Data of the first RFC 8285 header extension element ``ext_id``; ValueError if malformed."""
 
+def is_keyframe(codec: int, packet: Buffer) -> bool:
+    """True if the RTP ``packet`` starts a keyframe of ``codec`` (see sfu.rtp.is_keyframe)."""
+
+def codec_id(name: str) -> int:
+    """The keyframe detector's id of an SDP codec name (see sfu.rtp.codec_id)."""
+
 class Rewriter:
     """Per-subscriber rewrite of one published stream (see sfu.rtp.Rewriter)."""
 

@@ -310,3 +310,18 @@ cdef class Rewriter:
         _wr32(d + 4, ts + self._ts_delta)
         _wr32(d + 8, self._ssrc)
         return offset + n - header_length
+
+
+def is_keyframe(int codec, object packet):
+    """True if the RTP ``packet`` starts a keyframe of ``codec`` (see sfu.rtp.is_keyframe)."""
+    cdef Py_buffer view
+    cdef bint release = _acquire(packet, &view, PyBUF_SIMPLE)
+    cdef bint result = _is_keyframe(codec, <const uint8_t*>view.buf, view.len)
+    if release:
+        PyBuffer_Release(&view)
+    return result
+
+
+def codec_id(str name):
+    """The keyframe detector's id of an SDP codec name (see sfu.rtp.codec_id)."""
+    return {"vp8": CODEC_VP8, "vp9": CODEC_VP9, "h264": CODEC_H264, "av1": CODEC_AV1}.get(name.lower(), CODEC_OTHER)
