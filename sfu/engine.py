@@ -585,8 +585,11 @@ class MediaEngine:
         if transport is None:
             return False
         for consumer in transport.consumers:
+            was = consumer.paused
             consumer.held = paused
             consumer.update_paused()
+            if was and not consumer.paused and consumer.keyframe_wait:
+                self._consumer_attached(consumer)  # resumed video: ask for a keyframe at once
         return True
 
     def pause_producer(self, producer_id: str, paused: bool) -> bool:
@@ -765,11 +768,22 @@ class MediaEngine:
         buf = self._buf
         sent = 0
         hold_ts = self._padding_only(plain)
+        key = None  # does this packet start a keyframe (looked at once, when someone waits)
         for consumer in consumers:
             transport = consumer.transport
             srtp = transport.srtp
             if srtp is None or consumer.paused or transport.addr is None:
                 continue
+            if consumer.keyframe_wait:
+                # the keyframe gate (Consumer.keyframe_wait): nothing sent or numbered before
+                # the producer's next keyframe; from it the numbering continues (sync)
+                if key is None:
+                    key = self.impl.is_keyframe(consumer.keyframe_codec, plain)
+                if not key:
+                    self.stats["keyframe_waits"] += 1
+                    continue
+                consumer.keyframe_wait = False
+                consumer.synced = False
             if not consumer.synced:
                 consumer.sync(seq, ts, now)
             try:
@@ -834,6 +848,13 @@ class MediaEngine:
         budget.refill(producer.bytes, now)
         buf = bytearray(2048)
         for out_seq in lost_seqs:
+            sync_seq = consumer.sync_seq
+            if consumer.keyframe_wait or not consumer.synced or sync_seq is None \
+                    or (out_seq - sync_seq) & 0xFFFF >= 0x8000:
+                # before this numbering started (before the keyframe gate opened, or of
+                # another producer): the cache holds no packet of this subscriber for it
+                self.stats["nack_misses"] += 1
+                continue
             if budget.repeated(out_seq, now, window):
                 self.drops["nack_repeat"] += 1
                 continue

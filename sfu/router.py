@@ -14,7 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import rtcp
-from .rtp import SeqUnwrapper
+from .rtp import CODEC_OTHER, SeqUnwrapper, codec_id
 from .sdp import Codec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -275,6 +275,12 @@ class Consumer:
         self.synced = False
         self.paused = False  # what forwarding obeys: held, or its producer is paused
         self.held = False  # paused by its subscriber's side (MediaEngine.set_paused)
+        # keyframe gate: a video consumer that starts, resumes or moves to another producer
+        # sends nothing (and numbers nothing) until a packet starts a keyframe of its
+        # producer's codec (sfu.rtp.is_keyframe; CODEC_OTHER: no detector, never gated)
+        self.keyframe_codec = CODEC_OTHER
+        self.keyframe_wait = False
+        self.sync_seq: int | None = None  # output seq of the first packet since the last sync
         self.last_out_seq: int | None = None
         self.last_out_ts: int | None = None
         # where the output numbering starts (random, RFC 3550 §5.1), drawn here so that
@@ -306,6 +312,9 @@ class Consumer:
     def attach(self, producer: Producer | None) -> None:
         self.producer = producer
         self.synced = False
+        self.keyframe_codec = codec_id(producer.codec.name) if producer is not None and self.kind == "video" \
+            else CODEC_OTHER
+        self.keyframe_wait = self.keyframe_codec != CODEC_OTHER
         self.update_paused()
         if producer is None:
             return
@@ -321,6 +330,7 @@ class Consumer:
         paused = self.held or (self.producer is not None and self.producer.paused)
         if self.paused and not paused:
             self.synced = False
+            self.keyframe_wait = self.keyframe_codec != CODEC_OTHER
         self.paused = paused
 
     def sync(self, seq: int, ts: int, now: float) -> None:
@@ -336,6 +346,7 @@ class Consumer:
         self.rewriter.seq_delta = (out_seq - seq) & 0xFFFF
         self.rewriter.ts_delta = (out_ts - ts) & 0xFFFFFFFF
         self.synced = True
+        self.sync_seq = out_seq
 
 
 class NackBudget:
@@ -721,4 +732,7 @@ class FastConsumer(Consumer):
     initial_ts = _on_subscription("initial_ts")
     first_packet_time = _on_subscription("first_packet_time")
     rtx_seq = _on_subscription("rtx_seq")
+    keyframe_codec = _on_subscription("keyframe_codec")
+    keyframe_wait = _on_subscription("keyframe_wait")
+    sync_seq = _on_subscription("sync_seq")
     retransmissions = _on_subscription("retransmissions")
