@@ -20,6 +20,11 @@ seconds (one batched write), so that after a crash :meth:`start` closes them
 at their last heartbeat with reason "server stopped".  Meetings that ended
 more than ``retention_days`` ago are purged at start and once a day.
 
+Every timer (grace periods, heartbeats, purges) runs on ``clock``
+(:mod:`sfu.clock`): the event loop's in production, a
+:class:`~sfu.clock.ManualClock` in tests, which move time with ``advance`` and
+then ``await service.wait_idle()`` for the writes it started.
+
 Listeners get event dicts: ``meeting_started``, ``meeting_ended``,
 ``participant_joined``, ``participant_left``.
 """
@@ -30,12 +35,12 @@ import asyncio
 import logging
 import math
 import secrets
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .auth import AuthError, Claims
+from .clock import Clock, Timer, as_clock
 from .history import END_REASONS, DuplicateMeeting, HistoryStore, Meeting, SessionRecord
 from .log import event
 
@@ -65,7 +70,7 @@ class _Live:
 
     meeting: Meeting
     sessions: set[str] = field(default_factory=set)
-    end_timer: asyncio.TimerHandle | None = None
+    end_timer: Timer | None = None
 
 
 @dataclass
@@ -111,15 +116,15 @@ class TooMany(Exception):
 class CreateLimiter:
     """Per identity: at most ``max_running`` running meetings it created, and at most
     ``per_minute`` creations a minute (a token bucket of that size, refilled evenly).
-    0 turns a limit off.  Admins are not limited (a backend creating for others)."""
+    0 turns a limit off.  Admins are not limited (a backend creating for others).
+    Time is ``clock.now()`` (monotonic; :mod:`sfu.clock`)."""
 
     MAX_TRACKED = 10_000  # identities remembered; full buckets are forgotten first
 
-    def __init__(self, max_running: int = 10, per_minute: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_running: int = 10, per_minute: float = 10.0, clock: Clock | None = None) -> None:
         self.max_running = max_running
         self.per_minute = per_minute
-        self.clock = clock
+        self.clock = as_clock(clock)
         self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, at)
 
     def check(self, claims: Claims, running: int) -> None:
@@ -131,7 +136,7 @@ class CreateLimiter:
                           "end one first", 60)
         if self.per_minute <= 0:
             return
-        now = self.clock()
+        now = self.clock.now()
         rate = self.per_minute / 60.0
         tokens, at = self._buckets.get(claims.identity, (self.per_minute, now))
         tokens = min(self.per_minute, tokens + (now - at) * rate)
@@ -153,19 +158,23 @@ class CreateLimiter:
 
 class MeetingService:
     def __init__(self, store: HistoryStore, grace_period: float = 30.0, heartbeat_interval: float = 10.0,
-                 retention_days: float = 180.0, clock: Callable[[], float] = time.time) -> None:
+                 retention_days: float = 180.0, clock: Clock | Callable[[], float] | None = None) -> None:
         self.store = store
         self.grace_period = grace_period
         self.heartbeat_interval = heartbeat_interval
         self.retention_days = retention_days
-        self.clock = clock
+        # clock() is wall time (what the store records), clock.now() and call_later the timers';
+        # a plain callable is wall time with the loop's timers (sfu.clock.as_clock)
+        self.clock: Clock = as_clock(clock)
         self._by_room: dict[str, _Live] = {}
         self._by_id: dict[str, _Live] = {}
         self._sessions: dict[str, _LiveSession] = {}
         self._listeners: list[Callable[[dict], None]] = []
         self._lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task] = []
-        self._ending: set[asyncio.Task] = set()
+        self._timers: dict[str, Timer] = {}  # "heartbeat", "retention" -> the next one
+        self._ending: set[asyncio.Task] = set()  # writes started by timers or sync code
+        self._beating: asyncio.Task | None = None
+        self._beat_again = False
         self.started = False
 
     # -- life cycle --------------------------------------------------------------------
@@ -176,21 +185,15 @@ class MeetingService:
             event(logger, "history recovered after an unclean stop", logging.WARNING,
                   sessions_closed=closed, meetings_ended=ended)
         await self.purge_expired()
-        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="history-heartbeat"),
-                       asyncio.create_task(self._retention_loop(), name="history-retention")]
+        self._every("heartbeat", self.heartbeat_interval, self._heartbeat_due)
+        self._every("retention", RETENTION_CHECK_INTERVAL, self._retention_due)
         self.started = True
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        self._tasks = []
-        if self._ending:
-            await asyncio.gather(*self._ending, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        await self.wait_idle()
         for session_id in list(self._sessions):
             await self.leave(session_id, "server stopped", schedule_end=False)
         for live in list(self._by_id.values()):
@@ -295,9 +298,19 @@ class MeetingService:
         """:meth:`leave` from synchronous code (an engine event); :meth:`stop` waits for it."""
         if session_id not in self._sessions:
             return
-        task = asyncio.get_running_loop().create_task(self.leave(session_id, reason))
+        self._spawn(self.leave(session_id, reason))
+
+    async def wait_idle(self) -> None:
+        """Until the writes started from timers or synchronous code (a leave, a meeting's
+        end after its grace period, a heartbeat, a purge) are done, those they started too."""
+        while self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+        return task
 
     async def end_meeting(self, meeting_id: str, by: Claims) -> list[str]:
         """A host ends the meeting now; returns the session ids the caller must disconnect."""
@@ -356,17 +369,13 @@ class MeetingService:
               creator=creator.identity)
 
     def _schedule_end(self, live: _Live, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-
         def fire() -> None:
             live.end_timer = None
             if live.sessions or self._by_id.get(live.meeting.meeting_id) is not live:
                 return
-            task = loop.create_task(self._end_if_empty(live))
-            self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
+            self._spawn(self._end_if_empty(live))
 
-        live.end_timer = loop.call_later(delay, fire)
+        live.end_timer = self.clock.call_later(delay, fire)
 
     async def _end_if_empty(self, live: _Live) -> None:
         async with self._lock:
@@ -410,21 +419,39 @@ class MeetingService:
             event(logger, "history purged", meetings=count, retention_days=self.retention_days)
         return count
 
-    async def _heartbeat_loop(self) -> None:
+    def _every(self, name: str, interval: float, callback: Callable[[], None]) -> None:
+        """``callback`` every ``interval`` seconds of ``clock``, on time however long it takes."""
+
+        def fire() -> None:
+            self._every(name, interval, callback)
+            callback()
+
+        self._timers[name] = self.clock.call_later(interval, fire)
+
+    def _heartbeat_due(self) -> None:
+        if self._beating is not None and not self._beating.done():
+            self._beat_again = True  # a slow store: one more write when this one is done
+            return
+        self._beating = self._spawn(self._heartbeats())
+
+    async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            self._beat_again = False
             try:
                 await self.beat()
             except Exception:
                 logger.exception("history heartbeat failed")
+            if not self._beat_again:
+                return
 
-    async def _retention_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RETENTION_CHECK_INTERVAL)
-            try:
-                await self.purge_expired()
-            except Exception:
-                logger.exception("history purge failed")
+    def _retention_due(self) -> None:
+        self._spawn(self._purge_logged())
+
+    async def _purge_logged(self) -> None:
+        try:
+            await self.purge_expired()
+        except Exception:
+            logger.exception("history purge failed")
 
 
 __all__ = ["Conflict", "CreateLimiter", "Meeting", "MeetingService", "NotFound", "TooMany", "can_end",

@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 
 from . import sdp
 from .auth import AuthError, Claims, authorize, token_from_request, verify_token
+from .clock import Clock, as_clock
 from .limits import LimitExceeded
 from .log import event
 from .meetings import can_end
@@ -83,10 +84,10 @@ class ProtocolError(Exception):
 class Signaling:
     """Participants of every room on this server, and the protocol's requests."""
 
-    def __init__(self, engine, meetings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine, meetings, clock: Clock | Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.meetings = meetings
-        self.clock = clock
+        self.clock: Clock = as_clock(clock)  # clock() for pong; the protocol's timers (sfu.clock)
         self.rooms: dict[str, dict[str, Participant]] = {}  # room -> participant id -> participant
         self._by_media: dict[str, Participant] = {}  # engine transport id -> participant
         self._by_producer: dict[str, tuple[Participant, PublishedTrack]] = {}
@@ -464,7 +465,7 @@ class Signaling:
             # its history session is closed already; meeting_ended normally follows at once
             self._by_history.pop(participant.session_id, None)
             participant.session_id = None
-            asyncio.get_running_loop().call_later(KICK_GRACE, self._kick, participant)
+            self.clock.call_later(KICK_GRACE, self._kick, participant)
 
     def _end_for(self, participant: Participant, reason: str) -> None:
         """meeting_ended to one participant, then its socket closes."""
@@ -533,7 +534,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     transport = request.transport
-    loop = asyncio.get_running_loop()
     outbox = Outbox(OUTBOX_BYTES)  # bounded in bytes; merges bursts if the client asks at join
     wake = asyncio.Event()
     closing: list[tuple[int, str]] = []
@@ -568,7 +568,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             closing.append((code, reason))
             wake.set()
             # a client that does not read cannot get the close frame: cut it after a grace
-            grace.append(loop.call_later(CLOSE_GRACE, lambda: writer_task.done() or abort()))
+            grace.append(signaling.clock.call_later(CLOSE_GRACE, lambda: writer_task.done() or abort()))
 
     async def writer() -> None:
         while True:

@@ -1,4 +1,8 @@
-"""The meeting life cycle (sfu/meetings.py) over the history store, both backends."""
+"""The meeting life cycle (sfu/meetings.py) over the history store, both backends.
+
+Grace periods, heartbeats and purges run on a ManualClock (sfu/clock.py): a test moves
+time with ``clock.advance`` and awaits ``service.wait_idle()`` for the writes that started;
+one test runs them on the real event loop clock."""
 
 from __future__ import annotations
 
@@ -7,24 +11,16 @@ import asyncio
 import pytest
 
 from sfu.auth import AuthError, Claims, Grants
+from sfu.clock import LoopClock, ManualClock
 from sfu.history import HistoryStore, Meeting, SessionRecord
-from sfu.meetings import (ID_ALPHABET, Conflict, CreateLimiter, MeetingService, NotFound, TooMany, can_end,
-                          can_read_history, new_meeting_id)
+from sfu.meetings import (ID_ALPHABET, RETENTION_CHECK_INTERVAL, Conflict, CreateLimiter, MeetingService,
+                          NotFound, TooMany, can_end, can_read_history, new_meeting_id)
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_800_000_000.0
-GRACE = 0.05
-
-
-class Clock:
-    """Wall-clock stand-in: every reading moves one second on, so order is visible."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
+GRACE = 30.0
+HEARTBEAT = 10.0
+DAY = 86400.0
 
 
 def person(identity, room="r1", **grants) -> Claims:
@@ -32,9 +28,15 @@ def person(identity, room="r1", **grants) -> Claims:
 
 
 @pytest.fixture
-async def service(history_db, tmp_path):
+def clock():
+    return ManualClock(wall=T0)
+
+
+@pytest.fixture
+async def service(history_db, tmp_path, clock):
     svc = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), grace_period=GRACE,
-                         heartbeat_interval=3600, clock=Clock())
+                         heartbeat_interval=HEARTBEAT, clock=clock)
+    svc.clock_ = clock
     svc.events = []
     svc.add_listener(svc.events.append)
     await svc.start()
@@ -61,8 +63,9 @@ def test_meeting_ids_are_short_and_typeable():
     assert not set("01ilo") & set(ID_ALPHABET)
 
 
-async def test_first_join_creates_the_meeting_with_a_host_joiner_as_creator(service):
+async def test_first_join_creates_the_meeting_with_a_host_joiner_as_creator(service, clock):
     m, s1 = await service.join(person("alice", host=True), "r1")
+    clock.advance(1)
     m2, s2 = await service.join(person("bob"), "r1")
     assert m is m2 and s1 != s2
     assert (m.room, m.creator_identity, m.creator_name, m.ended_at) == ("r1", "alice", "Alice", None)
@@ -82,36 +85,50 @@ async def test_concurrent_first_joins_make_one_meeting(service):
     assert len(await service.store.sessions(results[0][0].meeting_id)) == 8
 
 
-async def test_last_leave_ends_the_meeting_after_the_grace_period(service):
+async def advance(service, seconds):
+    """Move the service's clock on, then let the writes its timers started finish."""
+    service.clock_.advance(seconds)
+    await service.wait_idle()
+
+
+async def test_last_leave_ends_the_meeting_after_the_grace_period(service, clock):
     m, s1 = await service.join(person("alice"), "r1")
     _, s2 = await service.join(person("bob"), "r1")
+    await advance(service, 5)
     await service.leave(s1, "left")
     await service.leave(s1, "left")  # idempotent
+    await advance(service, 5)
     await service.leave(s2, "timed out")
+    await advance(service, GRACE - 0.5)
     assert service.active_meeting("r1") is m, "still in its grace period"
-    await until(lambda: service.active_meeting("r1") is None)
+    await advance(service, 0.5)
+    assert service.active_meeting("r1") is None
     stored = await service.store.get_meeting(m.meeting_id)
     rows = {r.session_id: r for r in await service.store.sessions(m.meeting_id)}
-    assert rows[s1].end_reason == "left" and rows[s2].end_reason == "timed out"
-    assert stored.ended_at is not None and stored.ended_at >= rows[s2].left_at
+    assert (rows[s1].left_at, rows[s1].end_reason) == (T0 + 5, "left")
+    assert (rows[s2].left_at, rows[s2].end_reason) == (T0 + 10, "timed out")
+    assert stored.ended_at == T0 + 10 + GRACE
     assert service.events[-1] == {"type": "meeting_ended", "meeting_id": m.meeting_id, "room": "r1",
                                   "reason": "empty"}
     left = [e for e in service.events if e["type"] == "participant_left"]
     assert [(e["session_id"], e["reason"]) for e in left] == [(s1, "left"), (s2, "timed out")]
 
 
-async def test_rejoin_in_the_grace_period_keeps_the_meeting_with_a_new_session(service):
+async def test_rejoin_in_the_grace_period_keeps_the_meeting_with_a_new_session(service, clock):
     m, s1 = await service.join(person("alice"), "r1")
     await service.leave(s1)
+    await advance(service, GRACE - 1)
     m2, s2 = await service.join(person("alice"), "r1")
     assert m2 is m and s2 != s1
-    await asyncio.sleep(GRACE * 3)
+    assert clock.pending() == [HEARTBEAT * 3, RETENTION_CHECK_INTERVAL], "the end timer is cancelled"
+    await advance(service, GRACE * 3)
     assert service.active_meeting("r1") is m
     rows = await service.store.sessions(m.meeting_id)
     assert [(r.session_id, r.end_reason) for r in rows] == [(s1, "left"), (s2, None)]
     # after the meeting ends, the next join starts a new meeting
     await service.leave(s2)
-    await until(lambda: service.active_meeting("r1") is None)
+    await advance(service, GRACE)
+    assert service.active_meeting("r1") is None
     m3, _ = await service.join(person("bob", host=True), "r1")
     assert m3.meeting_id != m.meeting_id and m3.creator_identity == "bob"
 
@@ -190,8 +207,8 @@ async def test_a_host_claims_the_running_meeting_a_viewer_started(service):
 
 
 def test_create_limiter_caps_running_meetings_and_the_rate_per_identity():
-    now = [1000.0]
-    limiter = CreateLimiter(max_running=3, per_minute=6, clock=lambda: now[0])
+    clock = ManualClock(start=1000.0)
+    limiter = CreateLimiter(max_running=3, per_minute=6, clock=clock)
     alice, bob = person("alice", host=True), person("bob", host=True)
     with pytest.raises(TooMany) as err:
         limiter.check(alice, running=3)
@@ -202,7 +219,7 @@ def test_create_limiter_caps_running_meetings_and_the_rate_per_identity():
         limiter.check(alice, running=0)
     assert err.value.retry_after == 10 and "per minute" in str(err.value)  # 6/min: one every 10 s
     limiter.check(bob, running=0)  # per identity
-    now[0] += 10.0
+    clock.advance(10.0)
     limiter.check(alice, running=0)
     with pytest.raises(TooMany):
         limiter.check(alice, running=0)
@@ -214,12 +231,12 @@ def test_create_limiter_caps_running_meetings_and_the_rate_per_identity():
 
 
 def test_create_limiter_memory_is_bounded():
-    now = [0.0]
-    limiter = CreateLimiter(max_running=0, per_minute=10, clock=lambda: now[0])
+    clock = ManualClock()
+    limiter = CreateLimiter(max_running=0, per_minute=10, clock=clock)
     limiter.MAX_TRACKED = 50
     for i in range(500):
         limiter.check(person(f"p{i}", host=True), running=0)
-        now[0] += 0.01
+        clock.advance(0.01)
     assert len(limiter._buckets) <= 51
 
 
@@ -257,31 +274,105 @@ async def test_leave_later_from_synchronous_code_is_awaited_by_stop(service):
         await service.store.close()
 
 
+async def last_heartbeat(store, meeting_id):
+    return [r.last_heartbeat for r in await store.sessions(meeting_id)]
+
+
 async def test_heartbeat_then_crash_then_recovery(history_db, tmp_path):
-    clock = Clock()
+    clock = ManualClock(wall=T0)
     svc = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), grace_period=GRACE,
-                         heartbeat_interval=0.02, clock=clock)
+                         heartbeat_interval=HEARTBEAT, clock=clock)
     await svc.start()
+    clock.advance(4)
     m, s1 = await svc.join(person("alice"), "r1")
-    await asyncio.sleep(0.1)  # a few heartbeats
-    beat = (await svc.store.sessions(m.meeting_id))[0].last_heartbeat
-    assert beat > m.started_at + 1
-    # crash: no stop(), the tasks just die with the process
-    for task in svc._tasks:
-        task.cancel()
-    await asyncio.sleep(0)
+    assert await last_heartbeat(svc.store, m.meeting_id) == [T0 + 4]
+    for beat in (1, 2, 3):  # on the interval's grid, whenever the session joined
+        clock.advance(HEARTBEAT * beat - clock.now())
+        await svc.wait_idle()
+        assert await last_heartbeat(svc.store, m.meeting_id) == [T0 + HEARTBEAT * beat]
+    clock.advance(HEARTBEAT - 0.5)
+    await svc.wait_idle()
+    assert await last_heartbeat(svc.store, m.meeting_id) == [T0 + 3 * HEARTBEAT]
+    # crash: no stop(); the store goes, the service's timers never run again
     await svc.store.close()
-    clock.now += 1000
-    svc2 = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), clock=clock)
+    later = ManualClock(wall=T0 + 1000)
+    svc2 = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), clock=later)
     await svc2.start()
     try:
         rows = await svc2.store.sessions(m.meeting_id)
         assert rows[0].end_reason == "server stopped"
-        assert beat <= rows[0].left_at < clock.now - 900, "closed at its last heartbeat, not at restart"
+        assert rows[0].left_at == T0 + 3 * HEARTBEAT, "closed at its last heartbeat, not at restart"
         assert (await svc2.store.get_meeting(m.meeting_id)).ended_at == rows[0].left_at
         assert svc2.active_meeting("r1") is None
     finally:
         await svc2.stop()
+
+
+async def test_a_slow_heartbeat_is_not_overtaken_and_the_next_one_is_written(service, clock):
+    """Heartbeats do not pile up behind a slow store: those due during a write make one more."""
+    m, s1 = await service.join(person("alice"), "r1")
+    writes = []
+    heartbeat = service.store.heartbeat
+
+    async def slow(session_ids, at):
+        writes.append(at)
+        if len(writes) == 1:
+            clock.advance(HEARTBEAT * 3)  # three more fall due while this write is under way
+        await heartbeat(session_ids, at)
+
+    service.store.heartbeat = slow
+    clock.advance(HEARTBEAT)
+    await service.wait_idle()
+    assert writes == [T0 + HEARTBEAT, T0 + 4 * HEARTBEAT]
+    assert await last_heartbeat(service.store, m.meeting_id) == [T0 + 4 * HEARTBEAT]
+    clock.advance(HEARTBEAT * 2)  # two due before a write starts: one write, at the latest time
+    await service.wait_idle()
+    assert writes[2:] == [T0 + 6 * HEARTBEAT]
+
+
+async def test_a_created_meeting_nobody_joins_ends_after_an_hour(service, clock):
+    m = await service.create_meeting(None, "Standup", person("alice", room=None, host=True))
+    await advance(service, 3600 - 1)
+    assert service.active_meeting(m.room) is m
+    await advance(service, 1)
+    assert service.active_meeting(m.room) is None
+    assert (await service.store.get_meeting(m.meeting_id)).ended_at == T0 + 3600
+    assert service.events[-1]["reason"] == "empty"
+
+
+async def test_real_clock_grace_period_and_heartbeats(history_db, tmp_path):
+    """The production clock (the event loop's timers), with short periods."""
+    svc = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), grace_period=0.05,
+                         heartbeat_interval=0.02)
+    assert isinstance(svc.clock, LoopClock)
+    await svc.start()
+    try:
+        m, s1 = await svc.join(person("alice"), "r1")
+        joined = (await last_heartbeat(svc.store, m.meeting_id))[0]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (await last_heartbeat(svc.store, m.meeting_id))[0] == joined:
+            assert loop.time() < deadline, "no heartbeat"
+            await asyncio.sleep(0.01)
+        await svc.leave(s1)
+        assert svc.active_meeting("r1") is m
+        await until(lambda: svc.active_meeting("r1") is None)
+        assert (await svc.store.get_meeting(m.meeting_id)).ended_at >= m.started_at
+    finally:
+        await svc.stop()
+
+
+async def test_retention_purge_once_a_day(service, clock):
+    m, s1 = await service.join(person("alice"), "r1")
+    await service.leave(s1)
+    await advance(service, GRACE)
+    assert (await service.store.get_meeting(m.meeting_id)).ended_at == T0 + GRACE
+    service.retention_days = 2
+    await advance(service, 2 * DAY - 1)  # the first daily check: ended 2 days - 31 s ago
+    assert await service.store.get_meeting(m.meeting_id) is not None
+    await advance(service, DAY)  # the second
+    assert await service.store.get_meeting(m.meeting_id) is None
+    assert await service.store.sessions(m.meeting_id) == []
 
 
 async def test_retention_purge_at_start(history_db, tmp_path):
