@@ -9,6 +9,10 @@ stream per SSRC on first use: call `remove_*_stream` when a track goes, or
 memory grows with churn. The outbound session allows repeated sequence
 numbers, so that a NACK (RFC 4585 §6.2.1) can be answered by protecting the
 original packet again when the subscriber has no RTX.
+
+The C data path hands libsrtp the ``srtp_t`` inside a pylibsrtp Session:
+`srtp_session_pointer` reads it where the verified pylibsrtp versions keep it
+(pinned in pyproject.toml) and refuses, saying what to do, if it is not there.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ from __future__ import annotations
 import pylibsrtp
 from pylibsrtp import Policy, Session
 
-__all__ = ["PROFILES", "SrtpPair"]
+__all__ = ["PROFILES", "PYLIBSRTP_VERIFIED", "SrtpPair", "srtp_session_pointer"]
+
+# The pylibsrtp versions whose Session layout srtp_session_pointer was verified with
+# (a private attribute ``_srtp``: an ``srtp_t *`` of pylibsrtp's cffi ``ffi``); keep in
+# step with the pin in pyproject.toml.
+PYLIBSRTP_VERIFIED = ">=1.0,<1.1"
 
 # DTLS-SRTP profile names (RFC 5764 §4.1.2, RFC 7714 §14.2) -> libsrtp.
 PROFILES: dict[str, int] = {
@@ -106,6 +115,36 @@ class SrtpPair:
     def remove_inbound_stream(self, ssrc: int) -> None:
         """Forget the inbound stream of `ssrc` (a producer went away)."""
         _remove(self.rx, ssrc)
+
+
+def srtp_session_pointer(session: Session) -> int:
+    """The address of the ``srtp_t`` (``struct srtp_ctx_t_ *``) of a pylibsrtp Session,
+    for the C data path (sfu/_fast/datapath.pyx), which calls libsrtp with it.
+
+    RuntimeError, naming the pylibsrtp version and what to do, if the session does not
+    keep it as the verified versions do (``_srtp``, an ``srtp_t *`` cdata of pylibsrtp's
+    ``ffi``); ValueError if it holds no context.
+    """
+    ffi = getattr(pylibsrtp, "ffi", None)  # its cffi module, as pylibsrtp/__init__ imports it
+    if ffi is None:
+        raise RuntimeError(_layout_changed("pylibsrtp.ffi is missing"))
+    srtp = getattr(session, "_srtp", None)
+    if not isinstance(srtp, ffi.CData) or ffi.typeof(srtp) is not ffi.typeof("srtp_t *"):
+        if isinstance(srtp, ffi.CData):
+            found = f"a {ffi.typeof(srtp).cname!r} cdata"
+        else:
+            found = "missing" if srtp is None else f"a {type(srtp).__name__}"
+        raise RuntimeError(_layout_changed(f"Session._srtp is {found}, not a 'struct srtp_ctx_t_ * *'"))
+    pointer = int(ffi.cast("uintptr_t", srtp[0]))
+    if pointer == 0:
+        raise ValueError("pylibsrtp session has no srtp_t")
+    return pointer
+
+
+def _layout_changed(what: str) -> str:
+    return (f"pylibsrtp {getattr(pylibsrtp, '__version__', '?')} changed the layout the C data path "
+            f"relies on: {what} (verified with pylibsrtp{PYLIBSRTP_VERIFIED}); install a verified "
+            f"version (pip install 'pylibsrtp{PYLIBSRTP_VERIFIED}') or run with --datapath pure")
 
 
 def _remove(session: Session, ssrc: int) -> None:

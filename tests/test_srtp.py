@@ -217,3 +217,76 @@ def test_keys_from_dtls_handshake(client_profiles):
     # A side can't read its own packets (different keys per direction).
     with pytest.raises(pylibsrtp.Error):
         client_srtp.unprotect(client_srtp.protect(rtp(100, ssrc=77)))
+
+
+# -- the layout the C data path reads (sfu.srtp.srtp_session_pointer) ------------------
+
+
+class _Session:
+    """Stands where a pylibsrtp Session of another layout would: ``_srtp`` is whatever
+    the test gives it (a cdata of pylibsrtp's own ffi, or nothing)."""
+
+    def __init__(self, *srtp) -> None:
+        if srtp:
+            self._srtp = srtp[0]
+
+
+class _Pair:
+    def __init__(self, tx, rx) -> None:
+        self.tx, self.rx = tx, rx
+
+
+def test_the_installed_pylibsrtp_has_the_verified_layout():
+    from packaging.specifiers import SpecifierSet
+
+    from sfu.srtp import PYLIBSRTP_VERIFIED, srtp_session_pointer
+
+    assert pylibsrtp.__version__ in SpecifierSet(PYLIBSRTP_VERIFIED), \
+        f"pylibsrtp {pylibsrtp.__version__} is not in the verified range {PYLIBSRTP_VERIFIED}"
+    pyproject = open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")).read()
+    assert f'"pylibsrtp{PYLIBSRTP_VERIFIED}"' in pyproject, "the pin and PYLIBSRTP_VERIFIED differ"
+    for profile in PROFILE_NAMES:
+        pair = SrtpPair(profile, *keys(profile))
+        tx, rx = srtp_session_pointer(pair.tx), srtp_session_pointer(pair.rx)
+        assert tx and rx and tx != rx
+        assert tx == int(pylibsrtp.ffi.cast("uintptr_t", pair.tx._srtp[0]))
+
+
+@pytest.mark.parametrize("srtp, found", [
+    (pylibsrtp.ffi.new("int *"), "a 'int *' cdata"),
+    (pylibsrtp.ffi.new("srtp_policy_t *"), "a 'struct srtp_policy_t *' cdata"),
+    (pylibsrtp.ffi.new("char[]", 64), "a 'char[]' cdata"),
+    ("srtp", "a str"),
+    (None, "missing"),
+], ids=["int", "policy", "buffer", "str", "missing"])
+def test_another_layout_is_refused_with_what_to_do(srtp, found):
+    from sfu.srtp import PYLIBSRTP_VERIFIED, srtp_session_pointer
+
+    session = _Session() if srtp is None else _Session(srtp)
+    with pytest.raises(RuntimeError) as err:
+        srtp_session_pointer(session)
+    message = str(err.value)
+    assert f"pylibsrtp {pylibsrtp.__version__} changed the layout" in message
+    assert f"Session._srtp is {found}" in message
+    assert f"pip install 'pylibsrtp{PYLIBSRTP_VERIFIED}'" in message and "--datapath pure" in message
+
+
+def test_a_session_without_a_context_is_refused():
+    from sfu.srtp import srtp_session_pointer
+
+    with pytest.raises(ValueError, match="no srtp_t"):
+        srtp_session_pointer(_Session(pylibsrtp.ffi.new("srtp_t *")))  # NULL srtp_t
+
+
+def test_the_c_data_path_refuses_another_layout_before_using_it():
+    """Through the real C peer: the same message, and the peer keeps no sessions."""
+    from sfu._fast.datapath import Datapath
+
+    dp = Datapath(lambda d, a: None, capture=True)
+    peer = dp.new_peer("p")
+    good = SrtpPair(PROFILE_NAMES[0], *keys(PROFILE_NAMES[0]))
+    with pytest.raises(RuntimeError, match=r"Session\._srtp is a 'int \*' cdata.*--datapath pure"):
+        peer.set_srtp(_Pair(good.tx, _Session(pylibsrtp.ffi.new("int *"))))
+    with pytest.raises(RuntimeError, match="Session._srtp is missing"):
+        peer.set_srtp(_Pair(_Session(), good.rx))
+    peer.set_srtp(good)  # the installed layout

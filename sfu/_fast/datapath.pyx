@@ -194,13 +194,10 @@ _load_libsrtp()
 
 
 cdef uintptr_t _srtp_t(object session) except 0:
-    """The srtp_t (struct srtp_ctx_t_ *) of a pylibsrtp.Session."""
-    from pylibsrtp._binding import ffi
+    """The srtp_t (struct srtp_ctx_t_ *) of a pylibsrtp.Session; its layout is checked there."""
+    from sfu.srtp import srtp_session_pointer
 
-    ptr = int(ffi.cast("uintptr_t", session._srtp[0]))
-    if ptr == 0:
-        raise ValueError("pylibsrtp session has no srtp_t")
-    return <uintptr_t>ptr
+    return <uintptr_t>srtp_session_pointer(session)
 
 # -- addresses -------------------------------------------------------------------------
 
