@@ -36,7 +36,6 @@ def clock():
 async def service(history_db, tmp_path, clock):
     svc = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), grace_period=GRACE,
                          heartbeat_interval=HEARTBEAT, clock=clock)
-    svc.clock_ = clock
     svc.events = []
     svc.add_listener(svc.events.append)
     await svc.start()
@@ -87,7 +86,7 @@ async def test_concurrent_first_joins_make_one_meeting(service):
 
 async def advance(service, seconds):
     """Move the service's clock on, then let the writes its timers started finish."""
-    service.clock_.advance(seconds)
+    service.clock.advance(seconds)  # the ManualClock of the fixture
     await service.wait_idle()
 
 
