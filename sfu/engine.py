@@ -42,7 +42,8 @@ from .ice import peek_ufrag
 from .limits import ROOM_FULL, SERVER_BUSY, TOO_MANY_TRACKS, LimitExceeded
 from .log import event
 from .router import (
-    NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, Consumer, Producer, Room, load_packet_impl,
+    KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, Consumer, Producer, Room,
+    load_packet_impl,
 )
 from .transport import SDES_MID_URI, Transport, build_rtx
 
@@ -665,11 +666,19 @@ class MediaEngine:
         self._connected_or_closed(transport)
         if transport.peer is not None and transport.srtp is not None:
             transport.peer.set_srtp(transport.srtp)  # RTP of this peer now stays in C
+        if self.datapath is not None:
+            self.datapath.keyframe_needed = self._keyframe_needed
         for consumer in transport.consumers:
             if consumer.producer is not None:
                 self.request_keyframe(consumer.producer, now)
         self.schedule(transport, now)  # reports, NACKs from now on
         self._emit({"type": "session_connected", "room": transport.room_name, "session": transport.id})
+
+    def _keyframe_needed(self, producer: Producer) -> None:
+        """A subscriber held by the keyframe gate has waited KEYFRAME_RETRY seconds more:
+        ask again (throttled as every request); the C path calls it too."""
+        if producer.room is not None:
+            self.request_keyframe(producer, self.now())
 
     def _consumer_attached(self, consumer: Consumer) -> None:
         if consumer.transport.state == "connected" and consumer.producer is not None:
@@ -781,8 +790,14 @@ class MediaEngine:
                     key = self.impl.is_keyframe(consumer.keyframe_codec, plain)
                 if not key:
                     self.stats["keyframe_waits"] += 1
+                    if consumer.keyframe_since == 0.0:
+                        consumer.keyframe_since = now
+                    elif now - consumer.keyframe_since >= KEYFRAME_RETRY:
+                        consumer.keyframe_since = now  # the request (or its keyframe) was lost: ask again
+                        self._keyframe_needed(producer)
                     continue
                 consumer.keyframe_wait = False
+                consumer.keyframe_since = 0.0
                 consumer.synced = False
             if not consumer.synced:
                 consumer.sync(seq, ts, now)

@@ -36,6 +36,7 @@ NACK_RTT_MAX = 0.5
 NACK_BUDGET_FRACTION = 0.25  # retransmitted bytes <= this share of the bytes the stream received ...
 NACK_BUDGET_FLOOR = 4000.0  # ... plus this many bytes per second ...
 NACK_BUDGET_BURST = 32768.0  # ... from a bucket that holds at most this many bytes
+KEYFRAME_RETRY = 1.0  # seconds a subscriber held by the keyframe gate waits before asking again
 
 # Header extensions forwarded to subscribers (when both sides negotiated them).
 FORWARDED_EXTENSIONS = {
@@ -280,6 +281,7 @@ class Consumer:
         # producer's codec (sfu.rtp.is_keyframe; CODEC_OTHER: no detector, never gated)
         self.keyframe_codec = CODEC_OTHER
         self.keyframe_wait = False
+        self.keyframe_since = 0.0  # when it began to hold packets (0: not yet), or last asked again
         self.sync_seq: int | None = None  # output seq of the first packet since the last sync
         self.last_out_seq: int | None = None
         self.last_out_ts: int | None = None
@@ -315,6 +317,7 @@ class Consumer:
         self.keyframe_codec = codec_id(producer.codec.name) if producer is not None and self.kind == "video" \
             else CODEC_OTHER
         self.keyframe_wait = self.keyframe_codec != CODEC_OTHER
+        self.keyframe_since = 0.0
         self.update_paused()
         if producer is None:
             return
@@ -331,6 +334,7 @@ class Consumer:
         if self.paused and not paused:
             self.synced = False
             self.keyframe_wait = self.keyframe_codec != CODEC_OTHER
+            self.keyframe_since = 0.0
         self.paused = paused
 
     def sync(self, seq: int, ts: int, now: float) -> None:
@@ -734,5 +738,6 @@ class FastConsumer(Consumer):
     rtx_seq = _on_subscription("rtx_seq")
     keyframe_codec = _on_subscription("keyframe_codec")
     keyframe_wait = _on_subscription("keyframe_wait")
+    keyframe_since = _on_subscription("keyframe_since")
     sync_seq = _on_subscription("sync_seq")
     retransmissions = _on_subscription("retransmissions")

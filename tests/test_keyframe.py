@@ -384,6 +384,24 @@ def gate_script(h: Harness) -> dict:
     h.send_rtcp("v1", [rtcp.Nack(sender_ssrc=4242, media_ssrc=c1.ssrc, lost=[first_of_pub2])])
     h.advance(0.02)
     facts["retransmissions_after_new_nack"] = c1.retransmissions
+
+    # a viewer whose keyframe does not come (the request or the keyframe lost): it asks
+    # again after each KEYFRAME_RETRY seconds of waiting, and no more often
+    h.advance(1.0)
+    before = plis_to(h, "pub2", 3333)
+    v3 = h.join("v3", "room", "subscribe", 5003)
+    c3 = h.video_consumer(v3)
+    asked = []
+    for k in range(12, 62):  # 2.5 s of delta frames
+        h.send_rtp("pub2", video(500 + k, 3333, key=False))
+        h.advance(0.05)
+        asked.append(plis_to(h, "pub2", 3333) - before)
+    facts["v3_asked"] = asked
+    facts["v3_before_key"] = len(video_to(h, "v3", c3.ssrc))
+    h.send_rtp("pub2", video(562, 3333, key=True))
+    h.advance(2.0)
+    facts["v3_asked_after_key"] = plis_to(h, "pub2", 3333) - before
+    facts["v3_after_key"] = len(video_to(h, "v3", c3.ssrc))
     facts["c1"], facts["c2"] = c1.ssrc, c2.ssrc
     return facts
 
@@ -427,6 +445,13 @@ def test_gate_holds_until_a_keyframe_and_numbering_stays_continuous(mode):
     assert f["after_unmute_before_key"] == (0, 0)
     assert f["moved_pli"] >= 1
     assert f["moved_before_key"] == (0, 0)
+    # asked at once, then again after each second of waiting (1.05 s, 2.1 s: the clock's
+    # 50 ms steps), not after the keyframe came
+    assert f["v3_asked"][0] == 1 and f["v3_asked"][-1] == 3, f["v3_asked"]
+    first, second = f["v3_asked"].index(2), f["v3_asked"].index(3)
+    assert 20 <= first <= 21 and 40 <= second <= 42, f["v3_asked"]
+    assert f["v3_before_key"] == 0 and f["v3_after_key"] == 1
+    assert f["v3_asked_after_key"] == 3
     # a NACK from before the move is not answered from the new publisher's cache; after it, it is
     assert f["retransmissions_after_old_nack"] == f["retransmissions_before_nack"]
     assert f["retransmissions_after_new_nack"] == f["retransmissions_before_nack"] + 1

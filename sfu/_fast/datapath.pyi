@@ -34,6 +34,7 @@ class Subscription:
     retransmissions: int
     keyframe_wait: bool
     keyframe_codec: int
+    keyframe_since: float
     sync_seq: int | None
     @property
     def nack_tokens(self) -> float | None:
@@ -95,6 +96,7 @@ class Datapath:
 
     capture: bool
     captured: list[tuple[bytes, Address]]
+    keyframe_needed: Callable[[object], None] | None  # (stream owner): a held subscriber asks again
     def __init__(self, slow_path: Callable[[bytes, Address], None],
                  unknown_ssrc: Callable[[object, bytes, int], bool] | None = ...,
                  *, capture: bool = ...) -> None: ...

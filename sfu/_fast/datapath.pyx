@@ -139,6 +139,10 @@ DROP_NAMES = (
 )
 assert len(STAT_NAMES) + len(DROP_NAMES) == N_COUNTERS
 
+# a subscriber held by the keyframe gate asks again after this many seconds of waiting
+# (sfu.router.KEYFRAME_RETRY)
+cdef double KEYFRAME_RETRY = 1.0
+
 # receive->send latency histogram: upper bounds in microseconds (last: +Inf), the
 # same as sfu.metrics.LATENCY_BUCKETS, so the metric is this histogram as it is
 LATENCY_BUCKETS_US = (20, 50, 100, 200, 500, 1000, 1500, 2000, 3000, 5000, 10000, 50000)
@@ -333,6 +337,7 @@ cdef class Subscription:
     # until a packet of keyframe_codec starts a keyframe
     cdef public bint keyframe_wait
     cdef public int keyframe_codec
+    cdef public double keyframe_since  # when it began to hold packets (0: not yet), or last asked again
     cdef bint _has_sync
     cdef uint16_t _sync_seq      # output seq of the first packet since the last _sync
     # answers to NACKs (sfu.router.NackBudget, field for field)
@@ -945,6 +950,7 @@ cdef class Datapath:
     cdef int fd
     cdef object slow_path
     cdef object unknown_ssrc
+    cdef public object keyframe_needed  # (owner) -> None: a subscriber still waits (engine)
     cdef object _loop
     cdef bint _writing
     cdef readonly bint capture
@@ -1383,6 +1389,15 @@ cdef class Datapath:
             self._counters[D_INTERNAL_ERROR] += 1
             logger.exception("slow path failed")
 
+    cdef void _keyframe_needed(self, Stream stream):
+        if self.keyframe_needed is None:
+            return
+        try:
+            self.keyframe_needed(stream.owner)
+        except Exception:
+            self._counters[D_INTERNAL_ERROR] += 1
+            logger.exception("keyframe_needed callback failed")
+
     cdef bint _learn(self, Peer peer, const uint8_t* buf, Py_ssize_t n, uint32_t ssrc):
         if self.unknown_ssrc is None:
             return False
@@ -1466,8 +1481,14 @@ cdef class Datapath:
                     key = _is_keyframe(sub.keyframe_codec, buf, n)
                 if not key:
                     self._counters[C_KEYFRAME_WAITS] += 1
+                    if sub.keyframe_since == 0.0:
+                        sub.keyframe_since = now
+                    elif now - sub.keyframe_since >= KEYFRAME_RETRY:
+                        sub.keyframe_since = now  # the request (or its keyframe) was lost: ask again
+                        self._keyframe_needed(stream)
                     continue
                 sub.keyframe_wait = False
+                sub.keyframe_since = 0.0
                 sub.synced = False
             if not sub.synced:
                 sub._sync(seq, ts, now)
