@@ -15,6 +15,7 @@ import struct
 import time
 
 import aiohttp
+import pytest
 
 from sfu.outbox import Outbox
 from sfu.signaling import MAX_ID_LENGTH
@@ -186,6 +187,7 @@ async def wait_until(predicate, timeout: float) -> bool:
     return predicate()
 
 
+@pytest.mark.timeout(240)
 async def test_a_client_that_never_reads_is_cut_off_with_bounded_memory(tmp_path):
     server = SfuProcess(tmp_path).start()
     try:
@@ -213,11 +215,10 @@ async def test_a_client_that_never_reads_is_cut_off_with_bounded_memory(tmp_path
                 await asyncio.wait_for(writer.drain(), 30)
         except (ConnectionError, asyncio.TimeoutError):
             cut = True
-        if not cut:  # everything went into the socket buffers: the server must still have closed it
-            try:
-                await asyncio.wait_for(reader.read(), 30)
-            except ConnectionError:
-                pass
+        if not cut:  # everything went into the socket buffers: the server must cut it all the same,
+            # while the client still reads nothing (reading here would unblock the server); a busy
+            # machine may take a while to answer the pings still queued in the kernel
+            assert await wait_until(lambda: honest.events("participant_left"), 120)
         peak = rss_kib(pid, "VmHWM")
         grown = rss_kib(pid) - before
 
