@@ -21,6 +21,7 @@ from sfu.outbox import Outbox
 from sfu.signaling import MAX_ID_LENGTH
 
 from .conftest import SfuProcess
+from .waiting import wait_until
 
 # -- the queue on its own ---------------------------------------------------------------------
 
@@ -178,13 +179,6 @@ class Honest:
         self.reading.cancel()
         await asyncio.gather(self.reading, return_exceptions=True)
         await self.http.close()
-
-
-async def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        await asyncio.sleep(0.05)
-    return predicate()
 
 
 @pytest.mark.timeout(240)

@@ -15,19 +15,11 @@ import pytest
 
 from .clients import Publisher
 from .ws_client import MeetingClient, MeetingError
+from ..waiting import wait_until
 
 pytestmark = [pytest.mark.e2e]
 
 MEDIA_TIMEOUT = 30.0
-
-
-async def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return predicate()
 
 
 def everyone_sees_everyone(clients, video: int, audio: int) -> bool:

@@ -12,14 +12,13 @@ failed with internal_error on the C data path."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 
 import pytest
 from aiortc import RTCSessionDescription
 
 from ..conftest import DATAPATHS, SfuProcess
+from ..waiting import wait_until
 from .ws_client import MeetingClient, MeetingError, PacedPatternTrack
 
 pytestmark = [pytest.mark.e2e]
@@ -32,15 +31,6 @@ def sfu_on(request, tmp_path, netns):
     server = SfuProcess(tmp_path, "--datapath", request.param).start()
     yield server
     server.stop()
-
-
-async def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return predicate()
 
 
 def sections(offer: str) -> tuple[str, dict[str, str]]:
