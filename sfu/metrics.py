@@ -592,6 +592,9 @@ class _EngineCollector:
                       ["kind"], (([k], s.retransmitted.get(k, 0)) for k in KINDS))
         yield counter("sfu_nack_cache_misses", "NACKed packets no longer in the packet cache", [],
                       [([], st.get("nack_misses", 0))])
+        yield counter("sfu_keyframe_waits", "Video packets held from subscribers that wait for a keyframe "
+                      "(joined, resumed or switched to another track)", [],
+                      [([], st.get("keyframe_waits", 0))])
         yield counter("sfu_rtcp_packets_received", "SRTCP datagrams received", [],
                       [([], st.get("rtcp_packets_received", 0))])
         yield counter("sfu_rtcp_bytes_received", "SRTCP bytes received", [],

@@ -159,7 +159,7 @@ def test_counters_and_gauges_are_exposed_with_the_worker_label():
     m, e, clock, cpu, proc = make()
     e.stats.update({"nacks_received": 3, "plis_received": 2, "firs_received": 1, "rtcp_nack_sent": 4,
                     "rtcp_pli_sent": 5, "dtls_failures": 1, "consent_timeouts": 2, "rtcp_packets_received": 9,
-                    "rtp_packets_forwarded_video": 42})
+                    "rtp_packets_forwarded_video": 42, "keyframe_waits": 7})
     e.drops.update({"unknown_source": 3, "srtp_auth": 1, "socket_error": 1})
     m.update()
     got = scrape(m)
@@ -172,6 +172,7 @@ def test_counters_and_gauges_are_exposed_with_the_worker_label():
     assert got[("sfu_rtcp_packets_received_total", (W,))] == 9
     assert got[("sfu_dtls_handshake_failures_total", (W,))] == 1
     assert got[("sfu_ice_consent_timeouts_total", (W,))] == 2
+    assert got[("sfu_keyframe_waits_total", (W,))] == 7
     drops = {dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "sfu_packets_dropped_total"}
     # every documented reason has a series, engine-specific ones are passed through
     assert set(metrics.DROP_REASONS) <= set(drops)
