@@ -15,7 +15,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 
-$(STAMP): $(PY) pyproject.toml setup.py $(wildcard sfu/_fast/*.pyx sfu/_fast/*.pxd sfu/_fast/includes/*.pxd bench/*.pyx)
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard sfu/_fast/*.pyx sfu/_fast/*.pxi sfu/_fast/*.pxd sfu/_fast/includes/*.pxd bench/*.pyx)
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) setup.py --quiet build_ext --inplace
 	$(PY) -c "import sfu._fast.packet, sfu._fast.datapath, bench.floor, bench.sink"
@@ -59,4 +59,4 @@ fuzz-asan: install
 	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_ASAN_EXT=build/asan bash tests/fuzz/run.sh $(PY) build/fuzz-asan $(FUZZ_ASAN_TARGETS)
 
 clean:
-	rm -rf build sfu/_fast/*.so sfu/_fast/*.c bench/*.so bench/*.c *.egg-info
+	rm -rf build sfu/_fast/*.so sfu/_fast/*.c bench/*.so bench/*.c *.egg-info $(STAMP)

@@ -38,6 +38,15 @@ those tests; ``on_readable()`` is the socket entry (``loop.add_reader``).
 libsrtp is called through function pointers taken from pylibsrtp's cffi
 module (``ffi.addressof(lib, "srtp_protect")``); their C type is checked at
 import. A Peer keeps the ``SrtpPair`` whose ``srtp_t`` it uses alive.
+
+This file holds the tunables, the counters, libsrtp, ``Peer`` and ``Datapath``;
+the rest is split by concern into files included here (one extension module, so
+the per-packet calls stay inlined C calls):
+
+- ``_latency.pxi``: clocks, kernel receive timestamps, the latency histogram;
+- ``_addrtable.pxi``: ``AddrKey``, sockaddr conversions, the address table;
+- ``_streams.pxi``: ``Subscription`` and ``Stream`` (NACK log, cache, keyframe gate);
+- ``_sendqueue.pxi``: send slots, sendmmsg batching, the queue kept after EAGAIN.
 """
 
 cimport cython
@@ -143,21 +152,9 @@ assert len(STAT_NAMES) + len(DROP_NAMES) == N_COUNTERS
 # (sfu.router.KEYFRAME_RETRY)
 cdef double KEYFRAME_RETRY = 1.0
 
-# receive->send latency histogram: upper bounds in microseconds (last: +Inf), the
-# same as sfu.metrics.LATENCY_BUCKETS, so the metric is this histogram as it is
-LATENCY_BUCKETS_US = (20, 50, 100, 200, 500, 1000, 1500, 2000, 3000, 5000, 10000, 50000)
-cdef enum:
-    N_BUCKETS = 13
-cdef double _BOUNDS[12]
+# -- clocks, latency histogram -------------------------------------------------------
 
-
-cdef void _init_bounds():
-    cdef int i
-    for i in range(N_BUCKETS - 1):
-        _BOUNDS[i] = LATENCY_BUCKETS_US[i] * 1e-6
-
-
-_init_bounds()
+include "_latency.pxi"
 
 # -- libsrtp ----------------------------------------------------------------------
 
@@ -205,627 +202,11 @@ cdef uintptr_t _srtp_t(object session) except 0:
 
 # -- addresses -------------------------------------------------------------------------
 
-
-cdef struct AddrKey:
-    uint32_t family
-    uint32_t port     # host order
-    uint32_t scope
-    uint8_t addr[16]
-
-
-cdef inline bint _key_from_sockaddr(const void* sa, AddrKey* k) noexcept nogil:
-    memset(k, 0, sizeof(AddrKey))
-    cdef const sockaddr_in* sin
-    cdef const sockaddr_in6* sin6
-    if (<const sockaddr*>sa).sa_family == AF_INET:
-        sin = <const sockaddr_in*>sa
-        k.family = AF_INET
-        k.port = ntohs(sin.sin_port)
-        memcpy(k.addr, &sin.sin_addr, 4)
-        return True
-    if (<const sockaddr*>sa).sa_family == AF_INET6:
-        sin6 = <const sockaddr_in6*>sa
-        k.family = AF_INET6
-        k.port = ntohs(sin6.sin6_port)
-        k.scope = sin6.sin6_scope_id
-        memcpy(k.addr, &sin6.sin6_addr, 16)
-        return True
-    return False
-
-
-cdef inline uint64_t _key_hash(const AddrKey* k) noexcept nogil:
-    # FNV-1a over the key bytes
-    cdef const uint8_t* p = <const uint8_t*>k
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef size_t i
-    for i in range(sizeof(AddrKey)):
-        h = (h ^ p[i]) * 1099511628211ULL
-    return h
-
-
-cdef socklen_t _sockaddr_from_tuple(object addr, sockaddr_in6* out) except 0:
-    """Fill ``out`` (large enough for either family) from a socket-module address tuple."""
-    memset(out, 0, sizeof(sockaddr_in6))
-    host = addr[0]
-    port = int(addr[1])
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"bad port {port}")
-    cdef bytes h = host.encode("ascii") if isinstance(host, str) else bytes(host)
-    cdef sockaddr_in* sin = <sockaddr_in*>out
-    if b":" not in h:
-        if inet_pton(AF_INET, h, &sin.sin_addr) != 1:
-            raise ValueError(f"bad IPv4 address {host!r}")
-        sin.sin_family = AF_INET
-        sin.sin_port = htons(<uint16_t>port)
-        return sizeof(sockaddr_in)
-    if b"%" in h:
-        h = h.split(b"%")[0]
-    if inet_pton(AF_INET6, h, &out.sin6_addr) != 1:
-        raise ValueError(f"bad IPv6 address {host!r}")
-    out.sin6_family = AF_INET6
-    out.sin6_port = htons(<uint16_t>port)
-    if len(addr) >= 4:
-        out.sin6_scope_id = <uint32_t>int(addr[3])
-    return sizeof(sockaddr_in6)
-
-
-cdef object _tuple_from_sockaddr(const void* sa):
-    cdef char text[INET6_ADDRSTRLEN + 1]
-    cdef const sockaddr_in* sin
-    cdef const sockaddr_in6* sin6
-    if (<const sockaddr*>sa).sa_family == AF_INET:
-        sin = <const sockaddr_in*>sa
-        inet_ntop(AF_INET, &sin.sin_addr, text, sizeof(text))
-        return (text.decode("ascii"), ntohs(sin.sin_port))
-    if (<const sockaddr*>sa).sa_family == AF_INET6:
-        sin6 = <const sockaddr_in6*>sa
-        inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof(text))
-        return (text.decode("ascii"), ntohs(sin6.sin6_port), sin6.sin6_flowinfo, sin6.sin6_scope_id)
-    return None
-
-
-cdef inline double _monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline double _realtime() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline double _kernel_rx_time(msghdr* hdr) noexcept nogil:
-    """The SCM_TIMESTAMPNS of a received datagram (CLOCK_REALTIME seconds), 0 if none."""
-    cdef cmsghdr* c = CMSG_FIRSTHDR(hdr)
-    cdef timespec ts
-    while c != NULL:
-        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
-            memcpy(&ts, CMSG_DATA(c), sizeof(timespec))
-            return ts.tv_sec + ts.tv_nsec * 1e-9
-        c = CMSG_NXTHDR(hdr, c)
-    return 0.0
+include "_addrtable.pxi"
 
 # -- routing objects ---------------------------------------------------------------
 
-
-@cython.final
-cdef class Subscription:
-    """One subscriber's copy of a stream: its Rewriter, destination Peer and send state.
-
-    Mirrors the fields of ``sfu.router.Consumer`` that the forwarding loop
-    reads and writes (``FastConsumer`` exposes them as properties).
-    """
-
-    cdef readonly Peer peer
-    cdef public Rewriter rewriter
-    cdef public bint paused
-    cdef public bint synced
-    cdef public double clock_rate
-    cdef public uint32_t initial_seq
-    cdef public uint32_t initial_ts
-    cdef public double last_out_time
-    cdef public uint64_t packets_sent
-    cdef public uint64_t octets_sent
-    cdef bint _has_last
-    cdef uint16_t _last_seq
-    cdef uint32_t _last_ts
-    cdef bint _has_first
-    cdef double _first_time
-    # keyframe gate (sfu.router.Consumer.keyframe_wait): nothing is sent, nor numbered,
-    # until a packet of keyframe_codec starts a keyframe
-    cdef public bint keyframe_wait
-    cdef public int keyframe_codec
-    cdef public double keyframe_since  # when it began to hold packets (0: not yet), or last asked again
-    cdef bint _has_sync
-    cdef uint16_t _sync_seq      # output seq of the first packet since the last _sync
-    # answers to NACKs (sfu.router.NackBudget, field for field)
-    cdef public uint16_t rtx_seq
-    cdef public uint64_t retransmissions
-    cdef bint _nack_started
-    cdef double _nack_tokens
-    cdef double _nack_last_time
-    cdef uint64_t _nack_last_bytes
-    cdef int32_t* _nack_seq      # NACK_SLOTS entries (allocated on the first NACK), -1: empty
-    cdef double* _nack_time
-
-    def __init__(self, Peer peer, Rewriter rewriter, clock_rate):
-        self.peer = peer
-        self.rewriter = rewriter
-        self.clock_rate = clock_rate
-
-    def __dealloc__(self):
-        free(self._nack_seq)
-        free(self._nack_time)
-
-    @property
-    def first_packet_time(self):
-        """When the first packet was synced for sending (join-time metric)."""
-        return self._first_time if self._has_first else None
-
-    @first_packet_time.setter
-    def first_packet_time(self, value):
-        self._has_first = value is not None
-        if value is not None:
-            self._first_time = value
-
-    @property
-    def last_out_seq(self):
-        return self._last_seq if self._has_last else None
-
-    @last_out_seq.setter
-    def last_out_seq(self, value):
-        if value is None:
-            self._has_last = False
-        else:
-            self._has_last = True
-            self._last_seq = <uint16_t>(int(value) & 0xFFFF)
-
-    @property
-    def last_out_ts(self):
-        return self._last_ts if self._has_last else None
-
-    @last_out_ts.setter
-    def last_out_ts(self, value):
-        if value is not None:
-            self._last_ts = <uint32_t>(int(value) & 0xFFFFFFFF)
-
-    @property
-    def sync_seq(self):
-        """Output seq of the first packet since the numbering was last synced (None before)."""
-        return self._sync_seq if self._has_sync else None
-
-    @sync_seq.setter
-    def sync_seq(self, value):
-        self._has_sync = value is not None
-        if value is not None:
-            self._sync_seq = <uint16_t>(int(value) & 0xFFFF)
-
-    cdef inline void _sync(self, uint16_t seq, uint32_t ts, double now) noexcept:
-        """Continue the output numbering where it left off (sfu.router.Consumer.sync)."""
-        cdef uint16_t out_seq
-        cdef uint32_t out_ts
-        cdef int64_t elapsed
-        if not self._has_last:
-            out_seq = <uint16_t>self.initial_seq
-            out_ts = self.initial_ts
-            self._has_first = True
-            self._first_time = now
-        else:
-            out_seq = <uint16_t>(self._last_seq + 1)
-            elapsed = <int64_t>((now - self.last_out_time) * self.clock_rate)
-            if elapsed < 1:
-                elapsed = 1
-            out_ts = self._last_ts + <uint32_t>elapsed
-        self.rewriter._seq_delta = <uint16_t>(out_seq - seq)
-        self.rewriter._ts_delta = out_ts - ts
-        self.synced = True
-        self._has_sync = True
-        self._sync_seq = out_seq
-
-    @property
-    def nack_tokens(self):
-        """Bytes of retransmission the budget allows now (None before the first NACK)."""
-        return self._nack_tokens if self._nack_started else None
-
-    def retransmit(self, Stream stream, lost, double now, double window, int rtx_pt, uint32_t rtx_ssrc,
-                   double fraction, double floor_rate, double burst):
-        """sfu.engine.MediaEngine.retransmit in C: answer the sequence numbers ``lost`` (this
-        subscriber's numbering) from ``stream``'s packet cache, with no Python per packet.
-
-        The policy of sfu.router.NackBudget: a number answered less than ``window`` seconds
-        ago is not answered again ("nack_repeat"); the budget (a token bucket of ``burst``
-        bytes, refilled with ``fraction`` of the bytes ``stream`` received since the last
-        NACK plus ``floor_rate`` bytes per second) pays for each cached packet (its size as
-        received), and a packet it cannot pay for is dropped ("nack_budget") before any
-        copy. Then rewrite, RTX (RFC 4588
-        §4, when ``rtx_pt`` >= 0), srtp_protect (the session allows repeated indexes) and
-        the send queue, flushed at the end."""
-        cdef Peer dest = self.peer
-        cdef Datapath dp = dest.dp
-        cdef Rewriter rw = self.rewriter
-        cdef uint64_t received = stream.bytes
-        cdef double elapsed
-        cdef long value
-        cdef uint16_t out_seq, osn
-        cdef size_t i
-        cdef const uint8_t* plain
-        cdef Py_ssize_t plain_len, m, hlen, end
-        cdef uint8_t* slot
-        cdef int length, rc
-        if dest._tx == NULL or rw is None:
-            return
-        # refill (NackBudget.refill)
-        if not self._nack_started:
-            self._nack_started = True
-            self._nack_tokens = burst
-        else:
-            elapsed = now - self._nack_last_time
-            if elapsed < 0:
-                elapsed = 0
-            self._nack_tokens = min(burst, self._nack_tokens
-                                    + fraction * <double>(received - self._nack_last_bytes
-                                                          if received > self._nack_last_bytes else 0)
-                                    + floor_rate * elapsed)
-        self._nack_last_bytes = received
-        self._nack_last_time = now
-        for obj in lost:
-            value = obj
-            out_seq = <uint16_t>(value & 0xFFFF)
-            i = out_seq & (NACK_SLOTS - 1)
-            if self.keyframe_wait or not self.synced or not self._has_sync \
-                    or <uint16_t>(out_seq - self._sync_seq) >= 0x8000:
-                # before this numbering started (before the keyframe gate opened, or of
-                # another producer): the cache holds no packet of this subscriber for it
-                dp._counters[C_NACK_MISSES] += 1
-                continue
-            if self._nack_seq != NULL and self._nack_seq[i] == out_seq and now - self._nack_time[i] < window:
-                dp._counters[D_NACK_REPEAT] += 1
-                continue
-            plain = stream._cached(<uint16_t>(out_seq - rw._seq_delta), &plain_len)
-            if plain == NULL:
-                dp._counters[C_NACK_MISSES] += 1
-                continue
-            if self._nack_tokens < <double>plain_len:
-                dp._counters[D_NACK_BUDGET] += 1
-                continue
-            self._nack_tokens -= <double>plain_len
-            if self._nack_seq == NULL:
-                self._alloc_nack()
-            self._nack_seq[i] = out_seq
-            self._nack_time[i] = now
-            slot = dp._slot()
-            if slot == NULL:
-                dp._counters[D_SEND_BUFFER_FULL] += 1
-                continue
-            m = rw._rewrite(plain, plain_len, slot, TX_SLOT - SRTP_MAX_TRAILER_LEN - 2)
-            if m == -1:
-                continue  # payload type not mapped for this subscriber
-            if m < 0:  # a cached packet with a malformed RFC 8285 element
-                dp._counters[D_MALFORMED] += 1
-                continue
-            if self._has_last and plain[0] & 0x20 and _header_length(plain, plain_len) + plain[plain_len - 1] == plain_len:
-                _wr32(slot + 4, self._last_ts)  # a padding-only packet, as _forward sent it
-            length = <int>m
-            if rtx_pt >= 0:  # RFC 4588 §4: header, the original seq (OSN), payload without padding
-                hlen = _header_length(slot, m)
-                end = m
-                if slot[0] & 0x20:
-                    end -= slot[m - 1]
-                    slot[0] &= 0xDF
-                    if end < hlen:
-                        end = hlen
-                osn = _rd16(slot + 2)
-                memmove(slot + hlen + 2, slot + hlen, end - hlen)
-                _wr16(slot + hlen, osn)
-                slot[1] = (slot[1] & 0x80) | <uint8_t>rtx_pt
-                self.rtx_seq = <uint16_t>(self.rtx_seq + 1)
-                _wr16(slot + 2, self.rtx_seq)
-                _wr32(slot + 8, rtx_ssrc)
-                length = <int>(end + 2)
-            rc = _srtp_protect(dest._tx, slot, &length)
-            if rc != 0:
-                dp._counters[D_SRTP_PROTECT] += 1
-                continue
-            dp._commit(length, &dest._sa, dest._salen)
-            self.retransmissions += 1
-            dp._counters[C_RETRANSMISSIONS] += 1
-        dp._flush()
-
-    cdef int _alloc_nack(self) except -1:
-        self._nack_seq = <int32_t*>malloc(NACK_SLOTS * sizeof(int32_t))
-        self._nack_time = <double*>malloc(NACK_SLOTS * sizeof(double))
-        if self._nack_seq == NULL or self._nack_time == NULL:
-            free(self._nack_seq); self._nack_seq = NULL
-            free(self._nack_time); self._nack_time = NULL
-            raise MemoryError()
-        memset(self._nack_seq, 0xFF, NACK_SLOTS * sizeof(int32_t))
-        return 0
-
-
-@cython.final
-cdef class Stream:
-    """A published stream (one SSRC of one Peer): receive state, NACK log, packet cache."""
-
-    cdef readonly Peer peer
-    cdef readonly uint32_t ssrc
-    cdef readonly int payload_type
-    cdef readonly object owner
-    cdef double clock_rate
-    cdef bint nack
-    cdef int64_t nack_max_gap
-    cdef tuple subs
-    cdef readonly bint closed
-    # receive statistics (RFC 3550 A.1, A.3, A.8)
-    cdef readonly uint64_t packets
-    cdef readonly uint64_t bytes
-    cdef bint _started
-    cdef int64_t _unwrap_highest
-    cdef bint _has_base
-    cdef int64_t _base
-    cdef int64_t _highest
-    cdef readonly double jitter
-    cdef double _first_time
-    cdef bint _has_transit
-    cdef double _last_transit
-    # NACK log: what Producer.on_packet does to Producer.missing, as events
-    cdef int64_t* _ev_a
-    cdef int64_t* _ev_b
-    cdef double* _ev_t
-    cdef uint8_t* _ev_kind
-    cdef size_t _ev_head
-    cdef size_t _ev_len
-    cdef bint _ev_overflow
-    cdef bint _dirty             # in Datapath._dirty since the last drain_events
-    # packet cache: an arena of bytes written as a log + an index by seq
-    cdef uint8_t* _arena
-    cdef size_t _arena_size
-    cdef uint64_t _pos           # logical write position (RFC-free: see _store)
-    cdef int32_t* _idx_seq
-    cdef uint64_t* _idx_pos
-    cdef uint16_t* _idx_len
-    cdef size_t _idx_mask
-    # the buffers are mapped on first use (a session that never sends costs nothing) and
-    # unmapped when the stream closes (munmap gives the pages back to the kernel at once)
-    cdef size_t _cache_packets
-    cdef size_t _cache_bytes
-    cdef void* _cache_map
-    cdef size_t _cache_map_size
-    cdef void* _ev_map
-    cdef bint _no_memory         # a mapping failed: no cache (NACKs miss), no more tries
-
-    def __cinit__(self):
-        self.subs = ()
-
-    def __dealloc__(self):
-        self._free()
-
-    cdef void _free(self) noexcept:
-        if self._ev_map != NULL:
-            munmap(self._ev_map, _EV_MAP_SIZE)
-            self._ev_map = NULL
-        self._ev_a = self._ev_b = NULL
-        self._ev_t = NULL
-        self._ev_kind = NULL
-        self._ev_head = self._ev_len = 0
-        if self._cache_map != NULL:
-            munmap(self._cache_map, self._cache_map_size)
-            self._cache_map = NULL
-        self._arena = NULL
-        self._idx_seq = NULL
-        self._idx_pos = NULL
-        self._idx_len = NULL
-
-    cdef void* _map(self, size_t size) noexcept:
-        cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if p == MAP_FAILED:
-            self._no_memory = True
-            return NULL
-        return p
-
-    cdef bint _alloc_cache(self) noexcept:
-        """Map the packet cache (index, then arena) on the first packet."""
-        cdef size_t n = self._cache_packets
-        cdef size_t size = n * (sizeof(uint64_t) + sizeof(int32_t) + sizeof(uint16_t)) + self._cache_bytes
-        cdef uint8_t* p
-        if self._no_memory or self.closed:
-            return False
-        p = <uint8_t*>self._map(size)
-        if p == NULL:
-            return False
-        self._cache_map = p
-        self._cache_map_size = size
-        self._idx_pos = <uint64_t*>p
-        self._idx_seq = <int32_t*>(p + n * sizeof(uint64_t))
-        self._idx_len = <uint16_t*>(p + n * (sizeof(uint64_t) + sizeof(int32_t)))
-        self._arena = p + n * (sizeof(uint64_t) + sizeof(int32_t) + sizeof(uint16_t))
-        self._arena_size = self._cache_bytes
-        memset(self._idx_seq, 0xFF, n * sizeof(int32_t))  # -1: empty
-        self._idx_mask = n - 1
-        return True
-
-    cdef bint _alloc_events(self) noexcept:
-        """Map the NACK event ring on the first event."""
-        cdef uint8_t* p
-        if self._no_memory or self.closed:
-            return False
-        p = <uint8_t*>self._map(_EV_MAP_SIZE)
-        if p == NULL:
-            return False
-        self._ev_map = p
-        self._ev_a = <int64_t*>p
-        self._ev_b = <int64_t*>(p + EVENT_RING * sizeof(int64_t))
-        self._ev_t = <double*>(p + 2 * EVENT_RING * sizeof(int64_t))
-        self._ev_kind = p + 2 * EVENT_RING * sizeof(int64_t) + EVENT_RING * sizeof(double)
-        return True
-
-    # -- per packet (C only) --------------------------------------------------
-
-    cdef inline void _event(self, uint8_t kind, int64_t a, int64_t b, double t) noexcept:
-        cdef size_t i
-        if not self._dirty and self.peer is not None:
-            # first event since the last drain: tell the engine's timers (take_dirty)
-            self._dirty = True
-            self.peer.dp._dirty.append(self)
-        if self._ev_len == EVENT_RING or (self._ev_map == NULL and not self._alloc_events()):
-            self._ev_overflow = True
-            return
-        i = (self._ev_head + self._ev_len) % EVENT_RING
-        self._ev_kind[i] = kind
-        self._ev_a[i] = a
-        self._ev_b[i] = b
-        self._ev_t[i] = t
-        self._ev_len += 1
-
-    cdef inline void _store(self, uint16_t seq, const uint8_t* p, Py_ssize_t n) noexcept:
-        """Cache the plaintext packet (sfu.router.Producer: the NACK cache).
-
-        The arena is a log: logical position ``_pos`` grows forever, the
-        bytes of logical position x live at x % size, and a packet never
-        straddles the end (it skips to the next multiple of the size). A
-        cached packet starting at logical s is intact while ``_pos <= s + size``.
-        """
-        cdef size_t slot = seq & self._idx_mask
-        cdef uint64_t start
-        if n > <Py_ssize_t>self._arena_size or n > 0xFFFF:
-            self._idx_seq[slot] = -1
-            return
-        start = self._pos
-        if (start % self._arena_size) + <uint64_t>n > self._arena_size:
-            start = (start // self._arena_size + 1) * self._arena_size
-        memcpy(self._arena + start % self._arena_size, p, n)
-        self._pos = start + <uint64_t>n
-        self._idx_seq[slot] = seq
-        self._idx_pos[slot] = start
-        self._idx_len[slot] = <uint16_t>n
-
-    cdef inline void _on_packet(self, const uint8_t* p, Py_ssize_t n, uint16_t seq, uint32_t ts,
-                                double now) noexcept:
-        """sfu.router.Producer.on_packet, event for event."""
-        cdef int64_t ext, gap
-        cdef uint16_t delta
-        cdef double transit, d
-        if not self._started:
-            self._started = True
-            self._unwrap_highest = seq
-            ext = seq
-        else:
-            delta = <uint16_t>(seq - self._unwrap_highest)
-            if delta < 0x8000:
-                ext = self._unwrap_highest + delta
-                self._unwrap_highest = ext
-            else:
-                ext = self._unwrap_highest + delta - 0x10000
-        self.packets += 1
-        self.bytes += n
-        if self._arena != NULL:
-            self._store(seq, p, n)
-        elif self._cache_bytes and self._alloc_cache():
-            self._store(seq, p, n)
-        if not self._has_base:
-            self._has_base = True
-            self._base = ext
-            self._highest = ext
-            self._first_time = now
-        elif ext > self._highest:
-            gap = ext - self._highest - 1
-            if gap and self.nack:
-                if gap > self.nack_max_gap:
-                    self._event(EV_CLEAR, 0, 0, now)
-                else:
-                    self._event(EV_GAP, self._highest + 1, ext, now)
-            self._highest = ext
-        elif self.nack:
-            self._event(EV_RECOVERED, ext, 0, now)
-        # interarrival jitter, RFC 3550 A.8
-        transit = now * self.clock_rate - <double>ts
-        if self._has_transit:
-            d = fabs(transit - self._last_transit)
-            if d < self.clock_rate * 10:
-                self.jitter += (d - self.jitter) / 16.0
-        self._last_transit = transit
-        self._has_transit = True
-
-    # -- Python API --------------------------------------------------------------
-
-    def set_subscriptions(self, subscriptions):
-        """Replace the fan-out snapshot (called on every membership change)."""
-        subs = tuple(subscriptions)
-        for s in subs:
-            if not isinstance(s, Subscription):
-                raise TypeError("expected Subscription objects")
-        self.subs = subs
-
-    @property
-    def subscriptions(self):
-        return self.subs
-
-    @property
-    def first_packet_time(self):
-        return self._first_time if self._has_base else None
-
-    cdef inline const uint8_t* _cached(self, uint16_t seq, Py_ssize_t* n) noexcept:
-        """The cached plaintext packet ``seq`` (its length in ``n``), or NULL."""
-        if self._arena == NULL:
-            return NULL
-        cdef size_t slot = seq & self._idx_mask
-        if self._idx_seq[slot] != <int32_t>seq:
-            return NULL
-        cdef uint64_t start = self._idx_pos[slot]
-        if self._pos > start + self._arena_size:
-            return NULL  # overwritten since
-        n[0] = self._idx_len[slot]
-        return self._arena + start % self._arena_size
-
-    def cached(self, seq):
-        """The cached plaintext packet with sequence number ``seq``, or None."""
-        cdef Py_ssize_t n = 0
-        cdef const uint8_t* p = self._cached(<uint16_t>(int(seq) & 0xFFFF), &n)
-        return PyBytes_FromStringAndSize(<const char*>p, n) if p != NULL else None
-
-    @property
-    def mapped(self):
-        """Bytes of buffers this stream has mapped now (0 before its first packet and once closed)."""
-        return (self._cache_map_size if self._cache_map != NULL else 0) + (_EV_MAP_SIZE if self._ev_map != NULL else 0)
-
-    def stats(self):
-        """(packets, bytes, base_ext_seq or None, highest_ext_seq, jitter)."""
-        return (self.packets, self.bytes, self._base if self._has_base else None,
-                self._highest if self._has_base else -1, self.jitter)
-
-    def drain_events(self):
-        """The NACK log since the last call: ("gap", first, end, t) for missing
-        extended seqs [first, end), ("recovered", ext, None, t), ("clear", ...)."""
-        out = []
-        cdef size_t i
-        cdef uint8_t kind
-        if self._ev_overflow:
-            out.append(("clear", 0, 0, 0.0))
-        while self._ev_len:
-            i = self._ev_head
-            kind = self._ev_kind[i]
-            if kind == EV_GAP:
-                out.append(("gap", self._ev_a[i], self._ev_b[i], self._ev_t[i]))
-            elif kind == EV_RECOVERED:
-                out.append(("recovered", self._ev_a[i], None, self._ev_t[i]))
-            else:
-                out.append(("clear", 0, 0, self._ev_t[i]))
-            self._ev_head = (i + 1) % EVENT_RING
-            self._ev_len -= 1
-        self._ev_overflow = False
-        self._dirty = False
-        return out
-
-    def close(self):
-        """Stop receiving this SSRC in C (packets of it go to unknown_ssrc); unmap its buffers."""
-        if self.closed:
-            return
-        self.closed = True
-        self.subs = ()
-        self._free()
-        if self.peer is not None:
-            self.peer._remove_stream(self)
+include "_streams.pxi"
 
 
 @cython.final
@@ -868,12 +249,12 @@ cdef class Peer:
         cdef AddrKey key
         _key_from_sockaddr(&sa, &key)
         if self.registered:
-            self.dp._table_remove(&self._key, self)
+            _table_remove(self.dp, &self._key, self)
             self.registered = False
         memcpy(&self._sa, &sa, sizeof(sa))
         self._salen = n
         self._key = key
-        self.dp._table_put(&self._key, self)
+        _table_put(self.dp, &self._key, self)
         self.registered = True
 
     def set_srtp(self, pair):
@@ -922,7 +303,7 @@ cdef class Peer:
             return
         self.closed = True
         if self.registered:
-            self.dp._table_remove(&self._key, self)
+            _table_remove(self.dp, &self._key, self)
             self.registered = False
         self._tx = NULL
         self._rx = NULL
@@ -1044,92 +425,6 @@ cdef class Datapath:
         free(self._tx_addr)
         free(self._tx_buf)
 
-    # -- address table -------------------------------------------------------------
-
-    cdef Peer _lookup(self, const AddrKey* key):
-        cdef size_t mask = self._cap - 1
-        cdef size_t i = _key_hash(key) & mask
-        while self._vals[i] != NULL:
-            if memcmp(&self._keys[i], key, sizeof(AddrKey)) == 0:
-                return <Peer>self._vals[i]
-            i = (i + 1) & mask
-        return None
-
-    cdef int _table_put(self, const AddrKey* key, Peer peer) except -1:
-        cdef size_t mask, i
-        if (self._count + 1) * 2 > self._cap:
-            self._grow()
-        mask = self._cap - 1
-        i = _key_hash(key) & mask
-        while self._vals[i] != NULL:
-            if memcmp(&self._keys[i], key, sizeof(AddrKey)) == 0:
-                # another peer had this address: it loses it (the newest binding wins)
-                old = <Peer>self._vals[i]
-                old.registered = False
-                self._registered.discard(old)
-                self._vals[i] = <PyObject*>peer
-                self._registered.add(peer)
-                return 0
-            i = (i + 1) & mask
-        memcpy(&self._keys[i], key, sizeof(AddrKey))
-        self._vals[i] = <PyObject*>peer
-        self._count += 1
-        self._registered.add(peer)
-        return 0
-
-    cdef int _grow(self) except -1:
-        cdef size_t old_cap = self._cap
-        cdef AddrKey* old_keys = self._keys
-        cdef PyObject** old_vals = self._vals
-        cdef size_t new_cap = old_cap * 2
-        cdef AddrKey* keys = <AddrKey*>calloc(new_cap, sizeof(AddrKey))
-        cdef PyObject** vals = <PyObject**>calloc(new_cap, sizeof(PyObject*))
-        cdef size_t i, j, mask = new_cap - 1
-        if keys == NULL or vals == NULL:
-            free(keys)
-            free(vals)
-            raise MemoryError()
-        for i in range(old_cap):
-            if old_vals[i] != NULL:
-                j = _key_hash(&old_keys[i]) & mask
-                while vals[j] != NULL:
-                    j = (j + 1) & mask
-                memcpy(&keys[j], &old_keys[i], sizeof(AddrKey))
-                vals[j] = old_vals[i]
-        self._keys = keys
-        self._vals = vals
-        self._cap = new_cap
-        free(old_keys)
-        free(old_vals)
-        return 0
-
-    cdef void _table_remove(self, const AddrKey* key, Peer peer):
-        cdef size_t mask = self._cap - 1
-        cdef size_t i = _key_hash(key) & mask
-        cdef size_t j, k
-        while self._vals[i] != NULL:
-            if memcmp(&self._keys[i], key, sizeof(AddrKey)) == 0:
-                break
-            i = (i + 1) & mask
-        else:
-            return
-        if self._vals[i] != <PyObject*>peer:
-            return  # the address went to another peer meanwhile
-        self._registered.discard(peer)
-        self._count -= 1
-        # backward-shift deletion keeps every probe chain unbroken
-        j = i
-        while True:
-            j = (j + 1) & mask
-            if self._vals[j] == NULL:
-                break
-            k = _key_hash(&self._keys[j]) & mask
-            if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
-                memcpy(&self._keys[i], &self._keys[j], sizeof(AddrKey))
-                self._vals[i] = self._vals[j]
-                i = j
-        self._vals[i] = NULL
-
     # -- Python API ----------------------------------------------------------------------
 
     def new_peer(self, owner=None):
@@ -1196,21 +491,12 @@ cdef class Datapath:
     def latency(self):
         """Latency of forwarded packets (kernel receive time -> their copies sent): Prometheus-style histogram
         {"buckets": [(upper bound s, cumulative count)...], "count", "sum"}."""
-        out = []
-        cdef uint64_t total = 0
-        cdef int i
-        for i in range(N_BUCKETS):
-            total += self._hist[i]
-            out.append((LATENCY_BUCKETS_US[i] * 1e-6 if i < N_BUCKETS - 1 else float("inf"), total))
-        return {"buckets": out, "count": self._hist_count, "sum": self._hist_sum}
+        return _lat_histogram(self)
 
     def drain_latency(self):
         """The latency samples (seconds, one per forwarded packet) since the last call: the
         first LATENCY_RING of them (for tests and diagnostics; the histogram has them all)."""
-        out = [self._lat_ring[i] for i in range(self._lat_len)]
-        self._lat_len = 0
-        return out
-
+        return _lat_drain(self)
     def feed(self, data, addr, double now):
         """Process one datagram as if received from ``addr`` at ``now`` (sans-I/O entry), then flush."""
         cdef sockaddr_in6 sa
@@ -1223,7 +509,7 @@ cdef class Datapath:
             return
         memcpy(self._rx_buf, PyBytes_AS_STRING(b), n)
         self._datagram(self._rx_buf, n, &sa, now)
-        self._flush()
+        _tx_flush(self)
 
     def sendto(self, data, addr):
         """Send one datagram from Python (STUN, DTLS, RTCP, retransmissions): at once
@@ -1247,19 +533,19 @@ cdef class Datapath:
             if errno != EAGAIN:
                 self._counters[D_SEND_ERROR] += 1
                 return
-        slot = self._slot()
+        slot = _tx_slot(self)
         if slot == NULL:
             self._counters[D_SEND_BUFFER_FULL] += 1
             return
         memcpy(slot, PyBytes_AS_STRING(b), n)
-        self._commit(n, &sa, salen)
+        _tx_commit(self, n, &sa, salen)
         if self.capture:
-            self._flush()
+            _tx_flush(self)
         elif not self._writing:
-            self._flush()
+            _tx_flush(self)
 
     def flush(self):
-        self._flush()
+        _tx_flush(self)
 
     def fail_sends(self, int count, int err=EAGAIN):
         """Tests: make the next ``count`` sendmmsg calls fail with ``err`` (EAGAIN: the
@@ -1305,50 +591,24 @@ cdef class Datapath:
                     if self._q_len - self._q_start >= FLUSH_AT:
                         # a burst of video packets with a large fan-out: send these copies
                         # now rather than after the whole batch (latency of the first ones)
-                        self._flush()
-                        self._sent(n_fwd, t_rx)
+                        _tx_flush(self)
+                        _lat_sent(self, n_fwd, t_rx)
                         n_fwd = 0
-            self._flush()
+            _tx_flush(self)
             if n_fwd:
-                self._sent(n_fwd, t_rx)
+                _lat_sent(self, n_fwd, t_rx)
             if n < RX_BATCH:
                 break
             rounds += 1
 
     def _on_writable(self):
-        self._flush()
+        _tx_flush(self)
         if self._q_len == self._q_start and self._writing:
             self._writing = False
             if self._loop is not None and self.fd >= 0:
                 self._loop.remove_writer(self.fd)
 
     # -- per datagram (C) ------------------------------------------------------------
-
-    cdef void _sent(self, int n_fwd, double t_rx) noexcept:
-        """The copies of the last ``n_fwd`` forwarded datagrams went to the kernel: one latency
-        sample each, from its kernel receive time (else from the recvmmsg return, ``t_rx``)."""
-        cdef double t_sent = _realtime()
-        cdef double t_mono = _monotonic()
-        cdef double t_kernel
-        cdef int j
-        for j in range(n_fwd):
-            t_kernel = self._rx_fwd[j]
-            self._record_latency(max(0.0, t_sent - t_kernel) if t_kernel > 0 else t_mono - t_rx)
-        self._counters[C_BATCHES_FORWARDING] += 1
-
-    cdef inline void _record_latency(self, double seconds) noexcept:
-        cdef int i
-        for i in range(N_BUCKETS - 1):
-            if seconds <= _BOUNDS[i]:
-                break
-        else:
-            i = N_BUCKETS - 1
-        self._hist[i] += 1
-        self._hist_count += 1
-        self._hist_sum += seconds
-        if self._lat_len < LATENCY_RING:
-            self._lat_ring[self._lat_len] = seconds
-            self._lat_len += 1
 
     cdef void _datagram(self, uint8_t* buf, Py_ssize_t n, const sockaddr_in6* sa, double now):
         """RFC 7983 §7 demux, then the RTP path or the slow path."""
@@ -1363,7 +623,7 @@ cdef class Datapath:
         if not _key_from_sockaddr(sa, &key):
             self._counters[D_UNKNOWN_SOURCE] += 1
             return
-        peer = self._lookup(&key)
+        peer = _table_lookup(self, &key)
         if peer is None:
             self._counters[D_UNKNOWN_SOURCE] += 1
             return
@@ -1492,7 +752,7 @@ cdef class Datapath:
                 sub.synced = False
             if not sub.synced:
                 sub._sync(seq, ts, now)
-            slot = self._slot()
+            slot = _tx_slot(self)
             if slot == NULL:
                 self._counters[D_SEND_BUFFER_FULL] += 1
                 continue
@@ -1510,7 +770,7 @@ cdef class Datapath:
             if rc != 0:
                 self._counters[D_SRTP_PROTECT] += 1
                 continue
-            self._commit(length, &dest._sa, dest._salen)
+            _tx_commit(self, length, &dest._sa, dest._salen)
             sub._has_last = True
             sub._last_seq = <uint16_t>(seq + sub.rewriter._seq_delta)
             if not held:
@@ -1521,87 +781,7 @@ cdef class Datapath:
             sent += 1
         self._counters[C_RTP_FORWARDED] += sent
 
-    # -- send queue ---------------------------------------------------------------------
 
-    cdef inline uint8_t* _slot(self) noexcept:
-        """The buffer of the next queue entry, or NULL when the queue stays full."""
-        if self._q_len == TX_QUEUE:
-            self._flush()
-            if self._q_len == TX_QUEUE:
-                self._compact()
-                if self._q_len == TX_QUEUE:
-                    return NULL
-        return self._tx_buf + self._q_len * TX_SLOT
+# -- send queue (functions of the Datapath, in their own file) -----------------------
 
-    cdef inline void _commit(self, int length, const sockaddr_in6* sa, socklen_t salen) noexcept:
-        cdef size_t i = self._q_len
-        self._tx_iov[i].iov_len = length
-        memcpy(&self._tx_addr[i], sa, salen)
-        self._tx_msgs[i].msg_hdr.msg_namelen = salen
-        self._q_len = i + 1
-
-    cdef void _compact(self) noexcept:
-        """Move the entries still waiting (after EAGAIN) to the front of the queue."""
-        cdef size_t i, k = 0
-        if self._q_start == 0:
-            return
-        for i in range(self._q_start, self._q_len):
-            memmove(self._tx_buf + k * TX_SLOT, self._tx_buf + i * TX_SLOT, self._tx_iov[i].iov_len)
-            self._tx_iov[k].iov_len = self._tx_iov[i].iov_len
-            memcpy(&self._tx_addr[k], &self._tx_addr[i], sizeof(sockaddr_in6))
-            self._tx_msgs[k].msg_hdr.msg_namelen = self._tx_msgs[i].msg_hdr.msg_namelen
-            k += 1
-        self._q_start = 0
-        self._q_len = k
-
-    cdef void _flush(self):
-        """sendmmsg the queue; on EAGAIN keep the rest and wait for writability."""
-        cdef int rc
-        cdef size_t i
-        if self.capture:
-            for i in range(self._q_start, self._q_len):
-                self.captured.append((
-                    PyBytes_FromStringAndSize(<char*>self._tx_buf + i * TX_SLOT, self._tx_iov[i].iov_len),
-                    _tuple_from_sockaddr(&self._tx_addr[i]),
-                ))
-                self._counters[C_TX_PACKETS] += 1
-                self._counters[C_TX_BYTES] += self._tx_iov[i].iov_len
-            self._q_start = self._q_len = 0
-            return
-        if self.fd < 0:
-            self._q_start = self._q_len = 0
-            return
-        cdef int err
-        while self._q_start < self._q_len:
-            if self._fail_sends > 0:  # tests: a full send buffer, which loopback never has
-                self._fail_sends -= 1
-                rc, err = -1, self._fail_errno
-            else:
-                rc = sendmmsg(self.fd, self._tx_msgs + self._q_start, <unsigned int>(self._q_len - self._q_start), 0)
-                err = errno if rc < 0 else 0
-            self._counters[C_SEND_CALLS] += 1
-            if rc > 0:
-                for i in range(self._q_start, self._q_start + rc):
-                    self._counters[C_TX_BYTES] += self._tx_iov[i].iov_len
-                self._counters[C_TX_PACKETS] += rc
-                self._q_start += rc
-                continue
-            if rc < 0 and err == EINTR:
-                continue
-            if rc < 0 and err == EAGAIN:
-                self._counters[D_SEND_BUFFER_FULL] += 1
-                self._wait_writable()
-                return
-            # another error on the first message: drop it, go on with the rest
-            self._counters[D_SEND_ERROR] += 1
-            self._q_start += 1
-        self._q_start = self._q_len = 0
-
-    cdef void _wait_writable(self):
-        if self._writing or self._loop is None:
-            return
-        try:
-            self._loop.add_writer(self.fd, self._on_writable)
-            self._writing = True
-        except Exception:
-            logger.exception("add_writer failed")
+include "_sendqueue.pxi"
