@@ -16,6 +16,7 @@ from aiohttp import web
 from . import __version__, signaling
 from .auth import AuthError, authorize, token_from_request, verify_token
 from .engine import MediaEngine
+from .events import CloseReason, EngineEvent, SessionClosed
 from .limits import LimitExceeded
 from .log import event
 from .metrics import install as install_metrics
@@ -41,17 +42,6 @@ ENGINE_KEY = web.AppKey("engine", MediaEngine)
 MEDIA_SESSIONS_KEY = web.AppKey("media_sessions", dict)
 # WHIP/WHEP transport id -> identity of the token that created it (who may DELETE it)
 SESSION_OWNERS_KEY = web.AppKey("session_owners", dict)
-
-# why the engine closed a WHIP/WHEP transport -> how the meeting session ended
-END_REASON_OF_CLOSE = {
-    "closed by client": "left",
-    "dtls closed": "left",
-    "ice consent timeout": "timed out",
-    "dtls failed": "timed out",
-    "kicked": "kicked",
-    "server stopped": "server stopped",
-    "internal error": "server stopped",
-}
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -141,7 +131,7 @@ def _make_post(role: str, prefix: str):
                 _meeting, session_id = await meetings.join(claims, room)
             except Exception:
                 logger.exception("could not record a join")
-                engine.close_session(info.id, "internal error")
+                engine.close_session(info.id, CloseReason.INTERNAL_ERROR)
                 return _error(503, "meeting history unavailable")
             if engine.has_session(info.id):
                 request.app[MEDIA_SESSIONS_KEY][info.id] = session_id
@@ -213,18 +203,18 @@ def _track_meeting_sessions(app: web.Application, engine: MediaEngine, meetings:
     host ending the meeting (participant_left "kicked") closes the transport."""
     media_sessions = app[MEDIA_SESSIONS_KEY]
 
-    def on_engine_event(ev: dict) -> None:
-        if ev.get("type") == "session_closed":
-            session_id = media_sessions.pop(ev["session"], None)
+    def on_engine_event(ev: EngineEvent) -> None:
+        if isinstance(ev, SessionClosed):
+            session_id = media_sessions.pop(ev.session, None)
             if session_id is not None:
-                meetings.leave_later(session_id, END_REASON_OF_CLOSE.get(ev.get("reason"), "left"))
+                meetings.leave_later(session_id, ev.reason.end_reason)
 
     def on_meeting_event(ev: dict) -> None:
         if ev.get("type") == "participant_left" and ev.get("reason") == "kicked":
             for transport_id, session_id in list(media_sessions.items()):
                 if session_id == ev["session_id"]:
                     del media_sessions[transport_id]
-                    engine.close_session(transport_id, "kicked")
+                    engine.close_session(transport_id, CloseReason.KICKED)
 
     engine.add_listener(on_engine_event)
     meetings.add_listener(on_meeting_event)
@@ -240,9 +230,9 @@ def make_app(engine: MediaEngine, meetings: MeetingService | None = None, auth_s
     app[MEDIA_SESSIONS_KEY] = {}
     app[SESSION_OWNERS_KEY] = owners = {}
 
-    def forget_owner(ev: dict) -> None:
-        if ev.get("type") == "session_closed":
-            owners.pop(ev.get("session"), None)
+    def forget_owner(ev: EngineEvent) -> None:
+        if isinstance(ev, SessionClosed):
+            owners.pop(ev.session, None)
 
     engine.add_listener(forget_owner)
     app[AUTH_SECRET_KEY] = auth_secret or secrets.token_urlsafe(32)

@@ -15,7 +15,7 @@ later talk to it across a process boundary with the same calls:
 - ``pause_producer(producer_id, paused)`` (hold one published track for everyone)
 - ``snapshot() -> dict`` (counters and population)
 
-and events (dicts with a ``type``) given to every listener added with
+and events (the dataclasses of sfu/events.py) given to every listener added with
 ``add_listener(callback)``.
 """
 
@@ -38,6 +38,10 @@ from pylibsrtp import Error as SrtpError
 from . import demux, sdp
 from .config import Config
 from .dtls import Certificate
+from .events import (
+    CloseReason, EngineEvent, SessionClosed, SessionConnected, SessionCreated, SessionUpdated, TrackPublished,
+    TrackUnpublished,
+)
 from .ice import peek_ufrag
 from .limits import ROOM_FULL, SERVER_BUSY, TOO_MANY_TRACKS, LimitExceeded
 from .log import event
@@ -153,7 +157,7 @@ class MediaEngine:
 
     async def stop(self) -> None:
         for transport in list(self.transports.values()):
-            transport.close("server stopped")
+            transport.close(CloseReason.SERVER_STOPPED)
         if self._ticker is not None:
             self._ticker.cancel()
             try:
@@ -206,7 +210,7 @@ class MediaEngine:
                     self.schedule(transport, transport.next_timer(now))
             except Exception:  # a bug in one transport must not stop the others
                 logger.exception("transport tick failed", extra={"fields": {"transport": transport.id}})
-                transport.close("internal error")
+                transport.close(CloseReason.INTERNAL_ERROR)
 
     def schedule(self, transport: Transport, when: float) -> None:
         """Tick ``transport`` at the first engine tick at or after ``when`` (the earliest request wins)."""
@@ -281,7 +285,7 @@ class MediaEngine:
         self._add_tracks(transport, room, producers, consumers, binds)
         event(logger, "session created", session=transport.id, room=room_name, role=role,
               tracks=len(producers) + len(consumers))
-        self._emit({"type": "session_created", "room": room_name, "session": transport.id, "role": role})
+        self._emit(SessionCreated(room_name, transport.id, role))
         return SessionInfo(transport.id, room_name, role, answer_sdp)
 
     def _check_pending(self, room_name: str, now: float) -> None:
@@ -364,9 +368,8 @@ class MediaEngine:
             if producer.ssrc is not None:
                 transport.producers_by_ssrc[producer.ssrc] = producer
             room.add_producer(producer, self._consumer_attached)
-            self._emit({"type": "track_published", "room": room.name, "session": transport.id,
-                        "kind": producer.kind, "codec": producer.codec.name, "producer": producer.id,
-                        "mid": producer.mid})
+            self._emit(TrackPublished(room.name, transport.id, producer.kind, producer.codec.name, producer.id,
+                                      producer.mid))
         for consumer in consumers:
             transport.consumers.append(consumer)
             transport.consumers_by_ssrc[consumer.ssrc] = consumer
@@ -386,7 +389,8 @@ class MediaEngine:
             stats["rtp_bytes_forwarded_" + consumer.kind] += consumer.octets_sent
             stats["rtx_sent_" + consumer.kind] += consumer.retransmissions
 
-    def _remove_producer(self, transport: Transport, room: Room | None, producer: Producer, reason: str) -> None:
+    def _remove_producer(self, transport: Transport, room: Room | None, producer: Producer,
+                         reason: CloseReason) -> None:
         """Unpublish one track: its consumers are detached (explicit ones stay silent)."""
         if producer in transport.producers:
             self._retire((producer,), ())
@@ -400,8 +404,8 @@ class MediaEngine:
             del transport.producers_by_ssrc[producer.ssrc]
             if transport.srtp is not None:
                 transport.srtp.remove_inbound_stream(producer.ssrc)
-        self._emit({"type": "track_unpublished", "room": transport.room_name, "session": transport.id,
-                    "kind": producer.kind, "producer": producer.id, "mid": producer.mid, "reason": reason})
+        self._emit(TrackUnpublished(transport.room_name, transport.id, producer.kind, producer.id, producer.mid,
+                                    reason))
 
     def _remove_consumer(self, transport: Transport, room: Room | None, consumer: Consumer) -> None:
         if consumer in transport.consumers:
@@ -489,7 +493,7 @@ class MediaEngine:
         transport.sdp_version += 1
         kept_consumers = {c for c, _, _ in rebinds}
         for producer in [p for p in transport.producers if p not in kept_producers]:
-            self._remove_producer(transport, room, producer, "unpublished")
+            self._remove_producer(transport, room, producer, CloseReason.UNPUBLISHED)
         for consumer in [c for c in transport.consumers if c not in kept_consumers]:
             self._remove_consumer(transport, room, consumer)
         self.rooms[room.name] = room
@@ -504,7 +508,7 @@ class MediaEngine:
         self.schedule(transport, self.now())  # new producers: their timers start
         event(logger, "session updated", session=transport.id, room=room.name,
               producers=len(transport.producers), consumers=len(transport.consumers))
-        self._emit({"type": "session_updated", "room": room.name, "session": transport.id})
+        self._emit(SessionUpdated(room.name, transport.id))
         return answer_sdp
 
     def describe_session(self, session_id: str) -> dict | None:
@@ -571,7 +575,8 @@ class MediaEngine:
                                extensions=extensions, ssrc=consumer.ssrc, rtx_ssrc=consumer.rtx_ssrc,
                                cname=consumer.cname, msid=consumer.msid)
 
-    def close_session(self, session_id: str, reason: str = "closed by client") -> bool:
+    def close_session(self, session_id: str, reason: CloseReason | str = CloseReason.CLIENT) -> bool:
+        """Close a session; ``reason`` is a CloseReason (or its value). False if there is none."""
         transport = self.transports.get(session_id)
         if transport is None:
             return False
@@ -621,7 +626,7 @@ class MediaEngine:
         }
 
     # -- callbacks from transports ---------------------------------------------------
-    def _transport_closed(self, transport: Transport, reason: str) -> None:
+    def _transport_closed(self, transport: Transport, reason: CloseReason) -> None:
         self._connected_or_closed(transport)
         if transport.peer is not None:
             transport.peer.close()  # out of the C tables before its SRTP sessions go
@@ -633,9 +638,8 @@ class MediaEngine:
         if room is not None:
             for producer in transport.producers:
                 room.remove_producer(producer, self._consumer_attached)
-                self._emit({"type": "track_unpublished", "room": transport.room_name, "session": transport.id,
-                            "kind": producer.kind, "producer": producer.id, "mid": producer.mid,
-                            "reason": reason})
+                self._emit(TrackUnpublished(transport.room_name, transport.id, producer.kind, producer.id,
+                                            producer.mid, reason))
             for consumer in transport.consumers:
                 room.remove_consumer(consumer)
             if room.is_empty():
@@ -652,8 +656,7 @@ class MediaEngine:
         transport.producers_by_ssrc.clear()
         transport.consumers_by_ssrc.clear()
         transport.srtp = None
-        self._emit({"type": "session_closed", "room": transport.room_name, "session": transport.id,
-                    "reason": reason})
+        self._emit(SessionClosed(transport.room_name, transport.id, reason))
 
     def address_changed(self, transport: Transport, old, new) -> None:
         if old is not None and self.by_addr.get(old) is transport:
@@ -672,7 +675,7 @@ class MediaEngine:
             if consumer.producer is not None:
                 self.request_keyframe(consumer.producer, now)
         self.schedule(transport, now)  # reports, NACKs from now on
-        self._emit({"type": "session_connected", "room": transport.room_name, "session": transport.id})
+        self._emit(SessionConnected(transport.room_name, transport.id))
 
     def _keyframe_needed(self, producer: Producer) -> None:
         """A subscriber held by the keyframe gate has waited KEYFRAME_RETRY seconds more:
@@ -692,11 +695,11 @@ class MediaEngine:
         elif producer._keyframe_pending:  # throttled: Transport.tick sends it when due
             self.schedule(producer.transport, now)
 
-    def add_listener(self, callback: Callable[[dict], None]) -> None:
-        """Call ``callback(event_dict)`` for every engine event (on the engine's loop)."""
+    def add_listener(self, callback: Callable[[EngineEvent], None]) -> None:
+        """Call ``callback(event)`` for every engine event (sfu/events.py), on the engine's loop."""
         self._listeners.append(callback)
 
-    def _emit(self, ev: dict) -> None:
+    def _emit(self, ev: EngineEvent) -> None:
         for callback in self._listeners:
             try:
                 callback(ev)

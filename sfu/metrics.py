@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
@@ -42,6 +42,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__, limits
+from .events import EngineEvent, SessionClosed, SessionCreated
 
 logger = logging.getLogger("sfu.metrics")
 
@@ -63,14 +64,6 @@ DROP_REASONS = (
 )
 # sessions refused by a limit (sfu.limits.LimitExceeded.code), counted from zero
 REFUSAL_REASONS = tuple(limits.STATUS)
-LEAVE_REASONS = {  # engine close reasons -> a bounded label value
-    "closed by client": "client",
-    "ice consent timeout": "consent_timeout",
-    "dtls failed": "dtls_failed",
-    "dtls closed": "dtls_closed",
-    "server stopped": "server_stopped",
-    "internal error": "error",
-}
 
 # headroom model (docs/operations.md, "Headroom")
 TARGET_BUSY = 0.8  # a loop busier than this adds latency: plan to stay below it
@@ -381,23 +374,28 @@ class Metrics:
         self._task: asyncio.Task | None = None
         self._meeting_starts: dict[str, float] = {}
         r.register(_EngineCollector(self))
+        self._engine_handlers: dict[type, Callable[[Any], None]] = {
+            SessionCreated: self._session_created,
+            SessionClosed: self._session_closed,
+        }
         engine.add_listener(self.on_engine_event)
 
     # -- events ---------------------------------------------------------------
-    def on_engine_event(self, ev: dict) -> None:
-        kind = ev.get("type")
-        if kind == "session_created":
-            role = ev.get("role", "unknown")
-            self.joins[role] += 1
-            self._sessions[ev["session"]] = (role, self.clock())
-        elif kind == "session_closed":
-            sid = ev.get("session")
-            role, created = self._sessions.pop(sid, ("unknown", None))
-            self._joined.discard(sid)
-            reason = LEAVE_REASONS.get(ev.get("reason", ""), "other")
-            self.leaves[(role, reason)] += 1
-            if created is not None:
-                self.session_duration.labels(self.worker, role).observe(max(0.0, self.clock() - created))
+    def on_engine_event(self, ev: EngineEvent) -> None:
+        handler = self._engine_handlers.get(type(ev))
+        if handler is not None:
+            handler(ev)
+
+    def _session_created(self, ev: SessionCreated) -> None:
+        self.joins[ev.role] += 1
+        self._sessions[ev.session] = (ev.role, self.clock())
+
+    def _session_closed(self, ev: SessionClosed) -> None:
+        role, created = self._sessions.pop(ev.session, ("unknown", None))
+        self._joined.discard(ev.session)
+        self.leaves[(role, ev.reason.label)] += 1  # the label set is bounded by CloseReason
+        if created is not None:
+            self.session_duration.labels(self.worker, role).observe(max(0.0, self.clock() - created))
 
     def on_meeting_event(self, ev: dict) -> None:
         """Listener for MeetingService events: meeting_started / meeting_ended."""

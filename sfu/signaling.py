@@ -29,6 +29,7 @@ from aiohttp import WSMsgType, web
 from . import sdp
 from .auth import AuthError, Claims, authorize, token_from_request, verify_token
 from .clock import Clock, as_clock
+from .events import CloseReason, EngineEvent, SessionClosed, TrackUnpublished
 from .limits import LimitExceeded
 from .log import event
 from .meetings import can_end
@@ -54,22 +55,6 @@ CLOSE_KICKED = 4001
 CLOSE_SERVER_STOPPED = 4002
 CLOSE_TOO_SLOW = 4003
 CLOSE_PROTOCOL = 4004
-
-# why the engine closed a media session -> what the client is told
-MEDIA_CLOSE_REASONS = {
-    "ice consent timeout": "timed out",
-    "dtls failed": "dtls failed",
-    "dtls closed": "closed by client",
-    "server stopped": "server stopped",
-}
-# why the engine closed a WHIP/WHEP session -> participant_left reason
-HTTP_PEER_LEAVE_REASONS = {
-    "ice consent timeout": "timed out",
-    "dtls failed": "timed out",
-    "kicked": "kicked",
-    "server stopped": "server stopped",
-    "internal error": "server stopped",
-}
 
 
 class ProtocolError(Exception):
@@ -101,6 +86,10 @@ class Signaling:
             "leave": self._leave,
             "end_meeting": self._end_meeting,
             "ping": self._ping,
+        }
+        self._engine_handlers: dict[type, Callable[[Any], None]] = {
+            TrackUnpublished: self._track_unpublished,
+            SessionClosed: self._session_closed,
         }
         engine.add_listener(self._on_engine_event)
         meetings.add_listener(self._on_meeting_event)
@@ -168,7 +157,7 @@ class Signaling:
         participant.gone = True
         if participant.media_session is not None:
             # unpublishes its tracks first: the others get track_unpublished, then participant_left
-            self.engine.close_session(participant.media_session, "participant left")
+            self.engine.close_session(participant.media_session, CloseReason.PARTICIPANT_LEFT)
             self._by_media.pop(participant.media_session, None)
             participant.media_session = None
         if participant.joined:
@@ -207,7 +196,7 @@ class Signaling:
         if desc is None:
             return None
         peer = Participant(claims=claims, room=desc["room"], send=lambda message: None,
-                           close=lambda code, reason: self.engine.close_session(media_session, "kicked"),
+                           close=lambda code, reason: self.engine.close_session(media_session, CloseReason.KICKED),
                            via="whip" if role == "publish" else "whep")
         peer.meeting_id = meeting_id
         peer.media_session = media_session
@@ -225,7 +214,7 @@ class Signaling:
               via=peer.via, tracks=len(peer.tracks))
         return peer
 
-    def _http_peer_closed(self, peer: Participant, engine_reason: str | None) -> None:
+    def _http_peer_closed(self, peer: Participant, engine_reason: CloseReason) -> None:
         if peer.gone:
             return
         peer.gone = True
@@ -233,8 +222,7 @@ class Signaling:
         members.pop(peer.id, None)
         if not members:
             self.rooms.pop(peer.room, None)
-        reason = HTTP_PEER_LEAVE_REASONS.get(engine_reason or "", "left")
-        self._broadcast(peer, "participant_left", participant_id=peer.id, reason=reason)
+        self._broadcast(peer, "participant_left", participant_id=peer.id, reason=engine_reason.end_reason)
 
     # -- recording notice ----------------------------------------------------------------
     def set_recording(self, meeting_id: str, active: bool) -> bool:
@@ -427,27 +415,29 @@ class Signaling:
         return {"ended": True}
 
     # -- events from the engine and the meeting service ----------------------------------
-    def _on_engine_event(self, ev: dict) -> None:
-        kind = ev.get("type")
-        if kind == "track_unpublished":
-            found = self._by_producer.pop(ev.get("producer"), None)
-            if found is None:
-                return
-            participant, track = found
-            participant.tracks.pop(track.id, None)
-            if participant.joined:
-                self._broadcast(participant, "track_unpublished", participant_id=participant.id,
-                                track_id=track.id)
-        elif kind == "session_closed":
-            participant = self._by_media.pop(ev.get("session"), None)
-            if participant is None or participant.media_session != ev.get("session"):
-                return
-            participant.media_session = None
-            if participant.via != "ws":
-                self._http_peer_closed(participant, ev.get("reason"))
-            elif not participant.gone:
-                reason = MEDIA_CLOSE_REASONS.get(ev.get("reason"), ev.get("reason") or "closed")
-                participant.event("media_closed", reason=reason)
+    def _on_engine_event(self, ev: EngineEvent) -> None:
+        handler = self._engine_handlers.get(type(ev))
+        if handler is not None:
+            handler(ev)
+
+    def _track_unpublished(self, ev: TrackUnpublished) -> None:
+        found = self._by_producer.pop(ev.producer, None)
+        if found is None:
+            return
+        participant, track = found
+        participant.tracks.pop(track.id, None)
+        if participant.joined:
+            self._broadcast(participant, "track_unpublished", participant_id=participant.id, track_id=track.id)
+
+    def _session_closed(self, ev: SessionClosed) -> None:
+        participant = self._by_media.pop(ev.session, None)
+        if participant is None or participant.media_session != ev.session:
+            return
+        participant.media_session = None
+        if participant.via != "ws":
+            self._http_peer_closed(participant, ev.reason)
+        elif not participant.gone:
+            participant.event("media_closed", reason=ev.reason.told)
 
     def _on_meeting_event(self, ev: dict) -> None:
         kind = ev.get("type")

@@ -20,6 +20,7 @@ from pylibsrtp import Error as SrtpError
 
 from . import rtcp
 from .dtls import Closed, DtlsEndpoint, HandshakeComplete, HandshakeFailed
+from .events import CloseReason
 from .ice import IceLite
 from .log import event
 from .router import Consumer, Producer
@@ -84,7 +85,7 @@ class Transport:
         self.mid_ext_id: int | None = None
         self.consumers: list[Consumer] = []
         self.consumers_by_ssrc: dict[int, Consumer] = {}
-        self.on_close: Callable[[Transport, str], None] | None = None
+        self.on_close: Callable[[Transport, CloseReason], None] | None = None
         self._next_report = now + 1.0
         # the engine's timer heap (MediaEngine.schedule): when this transport ticks next
         self.timer_at = math.inf
@@ -176,9 +177,9 @@ class Transport:
             elif isinstance(ev, HandshakeFailed):
                 self.engine.stats["dtls_failures"] += 1
                 event(logger, "dtls handshake failed", logging.WARNING, transport=self.id, reason=ev.reason)
-                self.close("dtls failed")
+                self.close(CloseReason.DTLS_FAILED)
             elif isinstance(ev, Closed):
-                self.close("dtls closed")
+                self.close(CloseReason.DTLS_CLOSED)
 
     def receive_rtp(self, data: bytes, now: float) -> None:
         if self.srtp is None:
@@ -323,7 +324,7 @@ class Transport:
             return
         if self.ice.is_expired(now):
             self.engine.stats["consent_timeouts"] += 1
-            self.close("ice consent timeout")
+            self.close(CloseReason.CONSENT_TIMEOUT)
             return
         if self.ice.get_timer() is not None:  # a new address being verified (sfu.ice)
             failed = self.ice.verifications_failed
@@ -390,7 +391,9 @@ class Transport:
         return out if blocks or remb_ssrcs else []
 
     # -- life cycle ------------------------------------------------------------
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason | str) -> None:
+        """``reason`` is a CloseReason; one of their values is accepted too (ValueError otherwise)."""
+        reason = CloseReason(reason)
         if self.state == "closed":
             return
         if self.dtls.state == "connected":

@@ -12,6 +12,8 @@ from sfu import sdp
 from sfu.config import Config
 from sfu.limits import LimitExceeded
 
+from sfu.events import CloseReason, SessionClosed, TrackPublished, TrackUnpublished
+
 from .conftest import new_engine
 from .sdp_offers import OfferPeer
 
@@ -43,8 +45,8 @@ def test_meeting_session_publishes_both_tracks(engine):
     assert {mid: p["kind"] for mid, p in desc["producers"].items()} == {"0": "audio", "1": "video"}
     assert desc["consumers"] == {}
     assert [s["direction"] for s in sections_of(info.answer)] == ["recvonly", "recvonly"]
-    published = [e for e in engine.events if e["type"] == "track_published"]
-    assert [e["producer"] for e in published] == [desc["producers"]["0"]["id"], desc["producers"]["1"]["id"]]
+    published = [e for e in engine.events if isinstance(e, TrackPublished)]
+    assert [e.producer for e in published] == [desc["producers"]["0"]["id"], desc["producers"]["1"]["id"]]
 
 
 def test_recvonly_sections_receive_exactly_the_subscribed_producers(engine):
@@ -94,7 +96,7 @@ def test_renegotiation_adds_a_subscription_on_the_same_transport(engine):
     assert desc["consumers"] == {"2": {"kind": "video", "producer": b_video}}
     assert set(desc["producers"]) == {"0", "1"}
     # the producers were kept, not re-created
-    assert [e["type"] for e in engine.events].count("track_published") == 4
+    assert [type(e) for e in engine.events].count(TrackPublished) == 4
     ssrc = parsed.media[2].ssrcs[0]
     # a second identical offer answers the same SSRC for the same mid
     again = sdp.parse_sdp(engine.update_session(a.id, peer_a.offer(
@@ -112,8 +114,8 @@ def test_inactive_or_rejected_section_unpublishes_and_detaches_subscribers(engin
     engine.events.clear()
     answer = engine.update_session(a.id, peer_a.offer([("0", "audio", "sendonly"), ("1", "video", "inactive")]), {})
     assert [s["direction"] for s in sections_of(answer)] == ["recvonly", "inactive"]
-    gone = [e for e in engine.events if e["type"] == "track_unpublished"]
-    assert [(e["producer"], e["reason"]) for e in gone] == [(a_video, "unpublished")]
+    gone = [e for e in engine.events if isinstance(e, TrackUnpublished)]
+    assert [(e.producer, e.reason) for e in gone] == [(a_video, CloseReason.UNPUBLISHED)]
     assert engine.describe_session(v.id)["consumers"]["0"]["producer"] is None
     assert engine.describe_session(v.id)["consumers"]["1"]["producer"] == a_audio
     # port 0 (a stopped transceiver, RFC 3264 §8.2) unpublishes too and is answered with port 0
@@ -190,7 +192,8 @@ def test_closing_a_meeting_session_unpublishes_its_tracks(engine):
     _, a = publish(engine)
     engine.events.clear()
     engine.close_session(a.id)
-    assert [e["type"] for e in engine.events] == ["track_unpublished", "track_unpublished", "session_closed"]
+    assert [type(e) for e in engine.events] == [TrackUnpublished, TrackUnpublished, SessionClosed]
+    assert engine.events[-1].reason is CloseReason.CLIENT
     assert engine.snapshot()["producers"] == 0 and engine.rooms == {}
 
 

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfu import metrics, rtcp
+from sfu.events import CloseReason, SessionClosed, SessionCreated
 from sfu.metrics import SO_MEMINFO, Metrics, ProcReader, headroom, sample_engine, socket_meminfo
 from sfu.transport import Transport
 
@@ -187,7 +188,7 @@ def test_no_label_carries_a_room_session_or_address():
     m, e, *_ = make()
     e.transports = {"abcdef": transport("abcdef", "publish", producers=[producer("video", 1, 1)])}
     e.rooms = {"secret-room": object()}
-    e.emit({"type": "session_created", "room": "secret-room", "session": "abcdef", "role": "publish"})
+    e.emit(SessionCreated("secret-room", "abcdef", "publish"))
     m.update()
     body, _ = m.exposition()
     assert b"secret-room" not in body and b"abcdef" not in body and b"127.0.0.1" not in body
@@ -229,15 +230,15 @@ def test_population_gauges():
 
 def test_joins_leaves_session_duration_and_join_time():
     m, e, clock, *_ = make()
-    e.emit({"type": "session_created", "room": "r", "session": "s1", "role": "subscribe"})
+    e.emit(SessionCreated("r", "s1", "subscribe"))
     t = transport("s1", "subscribe", created=50.0, consumers=[consumer("s1:0", "video", first=50.8)])
     e.transports = {"s1": t}
     m.update()
     m.update()  # the join is observed once
     clock.t += 30
     e.transports = {}
-    e.emit({"type": "session_closed", "room": "r", "session": "s1", "reason": "ice consent timeout"})
-    e.emit({"type": "session_closed", "room": "r", "session": "zz", "reason": "something new"})
+    e.emit(SessionClosed("r", "s1", CloseReason.CONSENT_TIMEOUT))
+    e.emit(SessionClosed("r", "zz", CloseReason.KICKED))  # a reason without a label of its own, an unknown session
     got = scrape(m)
     assert got[("sfu_session_joins_total", (("role", "subscribe"), W))] == 1
     assert got[("sfu_session_joins_total", (("role", "publish"), W))] == 0
