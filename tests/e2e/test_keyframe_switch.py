@@ -153,7 +153,13 @@ async def test_meeting_viewer_resumed_after_a_host_mute_starts_at_a_keyframe(sfu
         for viewer in (host, cat):
             receiver = next(r["transceiver"].receiver for r in viewer.receivers
                             if r["track_id"] == ben_video)
-            check_switches(switches(packet_log[receiver]), expected=2)  # the start, the resume
+            # the resume must start at a keyframe. The start is not checked here: a meeting
+            # subscription's media flows as soon as the server commits the renegotiation, and a
+            # client that applies the answer later (a loaded machine) drops what came before,
+            # keyframe included (the start's gate is checked byte by byte in tests/test_keyframe.py)
+            found = switches(packet_log[receiver])
+            assert len(found) >= 2, found  # the start, the resume
+            check_switches(found[1:], expected=1)
         assert DECODE_FAILURES.count == failures, matrix(clients)
         assert sfu.health()["stats"].get("keyframe_waits", 0) > waits
     finally:
