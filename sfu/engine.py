@@ -27,29 +27,24 @@ import itertools
 import logging
 import math
 import socket
-import struct
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable
 
-from pylibsrtp import Error as SrtpError
-
-from . import demux, sdp
+from . import demux, offers, sdp
 from .config import Config
 from .dtls import Certificate
 from .events import (
     CloseReason, EngineEvent, SessionClosed, SessionConnected, SessionCreated, SessionUpdated, TrackPublished,
     TrackUnpublished,
 )
+from .forwarding import PythonForwarding
 from .ice import peek_ufrag
 from .limits import ROOM_FULL, SERVER_BUSY, TOO_MANY_TRACKS, LimitExceeded
 from .log import event
-from .router import (
-    KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, Consumer, Producer, Room,
-    load_packet_impl,
-)
-from .transport import SDES_MID_URI, Transport, build_rtx
+from .router import Consumer, Producer, Room, load_packet_impl
+from .transport import SDES_MID_URI, Transport
 
 logger = logging.getLogger("sfu.engine")
 
@@ -91,7 +86,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.engine.drop("socket_error")
 
 
-class MediaEngine:
+class MediaEngine(PythonForwarding):
     def __init__(self, config: Config, pure_python: bool = False) -> None:
         self.config = config
         mode = "pure" if pure_python else getattr(config, "datapath", "c")
@@ -243,11 +238,11 @@ class MediaEngine:
         now = self.now()
         self._check_pending(room_name, now)
         offer = sdp.parse_sdp(offer_sdp, self.config.max_offer_sections)
-        _validate(offer, role, creating=True)
+        offers.validate(offer, role, creating=True)
         if role == "meeting" and subscriptions is None:
             subscriptions = {}
         room = self.rooms.get(room_name) or Room(room_name, self.track_totals)
-        self._check_tracks(room, *_planned_tracks(offer, role))
+        self._check_tracks(room, *offers.planned_tracks(offer, role))
 
         first = next(m for m in offer.media if not m.rejected)
         dtls_role = "client" if first.setup == "passive" else "server"
@@ -267,7 +262,7 @@ class MediaEngine:
                 else "offer has no audio or video section to receive" if role == "subscribe"
                 else "offer has no audio or video section to send or receive"
             )
-        _check_ssrcs(producers, ())
+        offers.check_ssrcs(producers, ())
         answer_sdp = self._answer(transport, offer, answers)
 
         # commit: nothing above left state behind if it raised (the transport and its
@@ -433,7 +428,7 @@ class MediaEngine:
         if transport.role != "meeting":
             raise sdp.SdpError("only meeting sessions can be renegotiated")
         offer = sdp.parse_sdp(offer_sdp, self.config.max_offer_sections)
-        _validate(offer, "meeting", creating=False)
+        offers.validate(offer, "meeting", creating=False)
         remote_fingerprints = set(transport.dtls.remote_fingerprints)
         for media in offer.media:
             if media.rejected:
@@ -444,7 +439,7 @@ class MediaEngine:
                 raise sdp.SdpError("the offer changed its DTLS fingerprint")
         subscriptions = dict(subscriptions or {})
         room = self.rooms.get(transport.room_name) or Room(transport.room_name, self.track_totals)
-        self._check_tracks(room, *_planned_tracks(offer, "meeting"),
+        self._check_tracks(room, *offers.planned_tracks(offer, "meeting"),
                            had_tracks=len(transport.producers) + len(transport.consumers),
                            had_published=len(transport.producers))
         consumers_by_mid = {c.mid: c for c in transport.consumers}
@@ -459,7 +454,7 @@ class MediaEngine:
             consumer = consumers_by_mid.get(media.mid)
             if (producer is not None and not media.rejected and media.kind == producer.kind
                     and media.direction in ("sendonly", "sendrecv")):
-                codecs = sdp.select_codecs(media, [_codec_preference(producer.codec)], PUBLISHER_FEEDBACK)
+                codecs = sdp.select_codecs(media, [offers.codec_preference(producer.codec)], PUBLISHER_FEEDBACK)
                 if not codecs or codecs[0].payload_type != producer.codec.payload_type:
                     raise sdp.SdpError(f"m={media.kind} mid {media.mid}: a published track cannot change codec")
                 kept_producers.add(producer)
@@ -472,7 +467,7 @@ class MediaEngine:
                 defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
                 prefs = room.codec_preference(media.kind, defaults)
                 if target is not None and target.kind == media.kind:
-                    prefs = [_codec_preference(target.codec)] + prefs
+                    prefs = [offers.codec_preference(target.codec)] + prefs
                 codecs = sdp.select_codecs(media, prefs, SUBSCRIBER_FEEDBACK)
                 if not codecs:
                     raise sdp.SdpError(f"m={media.kind} mid {media.mid}: no codec in common")
@@ -484,7 +479,7 @@ class MediaEngine:
                 continue
             answers.append(self._negotiate(media, "meeting", room, transport, new_producers, new_consumers,
                                            subscriptions, binds))
-        _check_ssrcs(new_producers, kept_producers)
+        offers.check_ssrcs(new_producers, kept_producers)
         answer_sdp = self._answer(transport, offer, answers)
 
         # commit, in one step now that the whole offer is accepted (nothing above changed
@@ -540,7 +535,7 @@ class MediaEngine:
         if explicit:
             target = room.get_producer((subscriptions or {}).get(media.mid))
             if target is not None and target.kind == media.kind:
-                prefs = [_codec_preference(target.codec)] + prefs
+                prefs = [offers.codec_preference(target.codec)] + prefs
         if role == "publish":
             if media.direction not in ("sendonly", "sendrecv"):
                 return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="inactive",
@@ -552,7 +547,7 @@ class MediaEngine:
             codec = codecs[0]
             codec.rtx_payload_type = None  # publishers retransmit on the media SSRC
             extensions = sdp.select_extensions(media, PUBLISHER_EXTENSIONS)
-            ssrc = _media_ssrc(media)
+            ssrc = offers.media_ssrc(media)
             producer = Producer(transport, media.kind, media.mid, codec, ssrc, extensions, self.impl)
             producers.append(producer)
             return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="recvonly",
@@ -772,209 +767,6 @@ class MediaEngine:
             self.drop("internal_error")
             logger.exception("packet handling failed", extra={"fields": {"transport": transport.id}})
 
-    def forward(self, producer: Producer, plain: bytes, seq: int, ts: int, now: float) -> None:
-        consumers = producer.consumers
-        if not consumers:
-            self.drop("no_subscriber")
-            return
-        buf = self._buf
-        sent = 0
-        hold_ts = self._padding_only(plain)
-        key = None  # does this packet start a keyframe (looked at once, when someone waits)
-        for consumer in consumers:
-            transport = consumer.transport
-            srtp = transport.srtp
-            if srtp is None or consumer.paused or transport.addr is None:
-                continue
-            if consumer.keyframe_wait:
-                # the keyframe gate (Consumer.keyframe_wait): nothing sent or numbered before
-                # the producer's next keyframe; from it the numbering continues (sync)
-                if key is None:
-                    key = self.impl.is_keyframe(consumer.keyframe_codec, plain)
-                if not key:
-                    self.stats["keyframe_waits"] += 1
-                    if consumer.keyframe_since == 0.0:
-                        consumer.keyframe_since = now
-                    elif now - consumer.keyframe_since >= KEYFRAME_RETRY:
-                        consumer.keyframe_since = now  # the request (or its keyframe) was lost: ask again
-                        self._keyframe_needed(producer)
-                    continue
-                consumer.keyframe_wait = False
-                consumer.keyframe_since = 0.0
-                consumer.synced = False
-            if not consumer.synced:
-                consumer.sync(seq, ts, now)
-            try:
-                n = consumer.rewriter.rewrite(plain, buf)
-            except ValueError:  # a header extension element overruns its block (RFC 8285)
-                self.drop("malformed")
-                break
-            if n < 0:
-                continue
-            held = hold_ts and consumer.last_out_ts is not None
-            if held:
-                struct.pack_into("!I", buf, 4, consumer.last_out_ts)
-            try:
-                out = srtp.protect(bytes(buf[:n]))
-            except SrtpError:
-                self.drop("srtp_protect")
-                continue
-            self.send(out, transport.addr)
-            consumer.last_out_seq = (seq + consumer.rewriter.seq_delta) & 0xFFFF
-            if not held:
-                consumer.last_out_ts = (ts + consumer.rewriter.ts_delta) & 0xFFFFFFFF
-            consumer.last_out_time = now
-            consumer.packets_sent += 1
-            consumer.octets_sent += n
-            sent += 1
-        self.stats["rtp_forwarded"] += sent
-        if self._latency_t0:
-            self.latency_samples.append(time.perf_counter() - self._latency_t0)
-            self._latency_t0 = 0.0
-
-    def _padding_only(self, plain) -> bool:
-        """A packet that carries only RTP padding (a sender's bandwidth probe, RFC 3550 §5.1).
-
-        Forwarded with the subscriber's last timestamp instead of its own: libwebrtc gives
-        padding-only packets a timestamp of their own when it has no RTX stream, and a
-        receiver that assembles frames by timestamp (aiortc) would otherwise decode an
-        empty frame, which flushes its decoder for good."""
-        if not plain[0] & 0x20:
-            return False
-        return self.impl.parse_rtp_header(plain)[5] + plain[-1] == len(plain)
-
-    def retransmit(self, consumer: Consumer, lost_seqs: list[int], now: float) -> None:
-        """Answer a subscriber's NACK from the producer's packet cache (RTX when negotiated),
-        within the subscriber's NackBudget: a number at most once per round trip, bytes
-        within the budget; the rest dropped and counted ("nack_repeat", "nack_budget").
-        On the C data path all of it is one call into C (Subscription.retransmit)."""
-        producer = consumer.producer
-        transport = consumer.transport
-        if producer is None or transport.srtp is None or transport.addr is None:
-            return
-        window = consumer.nack_window()
-        rtx_pt = consumer.codec.rtx_payload_type if consumer.rtx_ssrc is not None else None
-        sub = getattr(consumer, "sub", None)
-        if sub is not None:  # a FastConsumer: its producer is a FastProducer
-            stream = producer.stream
-            if stream is not None:
-                sub.retransmit(stream, lost_seqs, now, window, -1 if rtx_pt is None else rtx_pt,
-                               consumer.rtx_ssrc or 0, NACK_BUDGET_FRACTION, NACK_BUDGET_FLOOR,
-                               NACK_BUDGET_BURST)
-            return
-        budget = consumer.nack_budget
-        budget.refill(producer.bytes, now)
-        buf = bytearray(2048)
-        for out_seq in lost_seqs:
-            sync_seq = consumer.sync_seq
-            if consumer.keyframe_wait or not consumer.synced or sync_seq is None \
-                    or (out_seq - sync_seq) & 0xFFFF >= 0x8000:
-                # before this numbering started (before the keyframe gate opened, or of
-                # another producer): the cache holds no packet of this subscriber for it
-                self.stats["nack_misses"] += 1
-                continue
-            if budget.repeated(out_seq, now, window):
-                self.drops["nack_repeat"] += 1
-                continue
-            in_seq = (out_seq - consumer.rewriter.seq_delta) & 0xFFFF
-            plain = producer.cached(in_seq)
-            if plain is None:
-                self.stats["nack_misses"] += 1
-                continue
-            if not budget.spend(len(plain)):
-                self.drops["nack_budget"] += 1
-                continue
-            budget.answered(out_seq, now)
-            try:
-                n = consumer.rewriter.rewrite(plain, buf)
-            except ValueError:  # a cached packet with a malformed RFC 8285 element (forward dropped it)
-                self.drop("malformed")
-                continue
-            if n < 0:
-                continue
-            if consumer.last_out_ts is not None and self._padding_only(plain):
-                struct.pack_into("!I", buf, 4, consumer.last_out_ts)  # as forward() did
-            packet = memoryview(buf)[:n]
-            if rtx_pt is not None:
-                hlen = self.impl.parse_rtp_header(packet)[5]
-                consumer.rtx_seq = (consumer.rtx_seq + 1) & 0xFFFF
-                data = build_rtx(packet, hlen, rtx_pt, consumer.rtx_seq, consumer.rtx_ssrc)
-            else:
-                data = bytes(packet)
-            try:
-                out = transport.srtp.protect(data)
-            except SrtpError:
-                self.drop("srtp_protect")
-                continue
-            self.send(out, transport.addr)
-            consumer.retransmissions += 1
-            self.stats["retransmissions"] += 1
-
 
 def _creation_order(transport: Transport) -> int:
     return transport.order
-
-
-def _validate(offer: sdp.SessionDescription, role: str, creating: bool) -> None:
-    """WHIP/WHEP offers as sdp.validate_offer; a meeting offer by what it sends or
-    receives, with a mid on every section (subscriptions are keyed by mid)."""
-    if role != "meeting":
-        sdp.validate_offer(offer, role)
-        return
-    if any(m.mid is None for m in offer.media):
-        raise sdp.SdpError("a meeting offer needs a=mid on every section")
-    active = [m for m in offer.media if not m.rejected and m.kind in ("audio", "video")]
-    if any(m.direction in ("sendonly", "sendrecv") for m in active):
-        sdp.validate_offer(offer, "publish")
-    elif any(m.direction == "recvonly" for m in active):
-        sdp.validate_offer(offer, "subscribe")
-    elif creating:
-        raise sdp.SdpError("offer has no audio or video section to send or receive")
-
-
-def _planned_tracks(offer: sdp.SessionDescription, role: str) -> tuple[int, int]:
-    """(published, received): the most tracks an offer can make (one per usable
-    audio/video section, by its direction), counted before anything is built."""
-    published = received = 0
-    for media in offer.media:
-        if media.rejected or media.kind not in ("audio", "video"):
-            continue
-        sends = media.direction in ("sendonly", "sendrecv")
-        if role == "publish":
-            published += sends
-        elif role == "subscribe":
-            received += media.direction in ("recvonly", "sendrecv")
-        elif sends:
-            published += 1
-        elif media.direction == "recvonly":
-            received += 1
-    return published, received
-
-
-def _check_ssrcs(new: list[Producer], kept) -> None:
-    """SdpError when a new published section announces an SSRC that another one sends
-    too (one SSRC is one source on the bundled transport, RFC 3550 §8):
-    checked while deciding, so that the commit cannot fail half-way on it."""
-    taken = {p.ssrc: p for p in kept if p.ssrc is not None}
-    for producer in new:
-        if producer.ssrc is None:
-            continue
-        other = taken.setdefault(producer.ssrc, producer)
-        if other is not producer:
-            raise sdp.SdpError(f"m={producer.kind} mid {producer.mid}: SSRC {producer.ssrc} is already "
-                               f"sent in mid {other.mid}")
-
-
-def _codec_preference(codec: sdp.Codec) -> str:
-    """A select_codecs preference naming this codec (H264: its profile)."""
-    if codec.name.lower() == "h264" and "profile-level-id" in codec.fmtp:
-        return f"H264/{codec.fmtp['profile-level-id']}"
-    return codec.name
-
-
-def _media_ssrc(media) -> int | None:
-    """The primary SSRC of an m-section (the first of its FID group, else its first SSRC)."""
-    for semantics, ssrcs in media.ssrc_groups:
-        if semantics.upper() in ("FID", "SIM") and ssrcs:
-            return ssrcs[0]
-    return media.ssrcs[0] if media.ssrcs else None
