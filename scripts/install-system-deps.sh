@@ -5,7 +5,7 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
-command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v unshare >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 || need+=(util-linux)  # setpriv: tests/test_cli.py
 # Node runs the pages' scripts against a fake DOM (tests/test_static_origin.py)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 # Prometheus and promtool: the deploy/ config and alert rules are checked, and a real
