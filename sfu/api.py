@@ -16,7 +16,7 @@ from aiohttp import web
 from . import __version__, signaling
 from .auth import AuthError, authorize, token_from_request, verify_token
 from .engine import MediaEngine
-from .events import CloseReason, EngineEvent, SessionClosed
+from .events import CloseReason, EngineEvent, LeaveReason, MeetingEvent, ParticipantLeft, SessionClosed
 from .limits import LimitExceeded
 from .log import event
 from .metrics import install as install_metrics
@@ -209,12 +209,19 @@ def _track_meeting_sessions(app: web.Application, engine: MediaEngine, meetings:
             if session_id is not None:
                 meetings.leave_later(session_id, ev.reason.end_reason)
 
-    def on_meeting_event(ev: dict) -> None:
-        if ev.get("type") == "participant_left" and ev.get("reason") == "kicked":
+    def participant_left(ev: ParticipantLeft) -> None:
+        if ev.reason is LeaveReason.KICKED:
             for transport_id, session_id in list(media_sessions.items()):
-                if session_id == ev["session_id"]:
+                if session_id == ev.session_id:
                     del media_sessions[transport_id]
                     engine.close_session(transport_id, CloseReason.KICKED)
+
+    meeting_handlers = {ParticipantLeft: participant_left}
+
+    def on_meeting_event(ev: MeetingEvent) -> None:
+        handler = meeting_handlers.get(type(ev))
+        if handler is not None:
+            handler(ev)
 
     engine.add_listener(on_engine_event)
     meetings.add_listener(on_meeting_event)

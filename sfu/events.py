@@ -11,6 +11,14 @@ what each audience is told, so no table elsewhere translates it:
   ``participant_left`` event (one of ``sfu.history.END_REASONS``);
 - ``told``: the ``reason`` of the ``media_closed`` event a WebSocket participant gets
   (docs/protocol.md).
+
+The meeting service (sfu/meetings.py) gives its listeners the frozen dataclasses of
+the second section: ``MeetingStarted``, ``ParticipantJoined``, ``ParticipantLeft``
+and ``MeetingEnded`` (``MeetingEvent``). Why a history session ended is a
+``LeaveReason`` (what the history store records and the API shows: one of
+``sfu.history.END_REASONS``), why a meeting ended an ``EndReason`` (what the
+``meeting_ended`` event of the WebSocket protocol says); both are str-valued, so
+JSON, logs and the database see exactly the strings they saw before.
 """
 
 from __future__ import annotations
@@ -100,7 +108,70 @@ class TrackUnpublished:
 
 EngineEvent = SessionCreated | SessionConnected | SessionUpdated | SessionClosed | TrackPublished | TrackUnpublished
 
+
+# -- the meeting service's events (sfu/meetings.py) ------------------------------------------
+
+class LeaveReason(str, Enum):
+    """Why a history session ended: stored as its value in ``sessions.end_reason``
+    (sfu/history.py), shown by the history API and in the ``participant_left`` event."""
+
+    LEFT = "left"
+    KICKED = "kicked"  # a host ended the meeting (or removed the participant)
+    TIMED_OUT = "timed out"  # the connection died without a goodbye
+    SERVER_STOPPED = "server stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EndReason(str, Enum):
+    """Why a meeting ended: the ``reason`` of the ``meeting_ended`` event (docs/protocol.md)."""
+
+    EMPTY = "empty"  # its last participant left and nobody came back within the grace period
+    ENDED_BY_HOST = "ended by host"
+    SERVER_STOPPED = "server stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingStarted:
+    meeting_id: str
+    room: str
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantJoined:
+    meeting_id: str
+    room: str
+    session_id: str  # the history session
+    identity: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantLeft:
+    meeting_id: str
+    room: str
+    session_id: str
+    identity: str
+    name: str
+    reason: LeaveReason
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingEnded:
+    meeting_id: str
+    room: str
+    reason: EndReason
+
+
+MeetingEvent = MeetingStarted | ParticipantJoined | ParticipantLeft | MeetingEnded
+
 __all__ = [
-    "CloseReason", "EngineEvent", "SessionClosed", "SessionConnected", "SessionCreated", "SessionUpdated",
-    "TrackPublished", "TrackUnpublished",
+    "CloseReason", "EndReason", "EngineEvent", "LeaveReason", "MeetingEnded", "MeetingEvent", "MeetingStarted",
+    "ParticipantJoined", "ParticipantLeft", "SessionClosed", "SessionConnected", "SessionCreated",
+    "SessionUpdated", "TrackPublished", "TrackUnpublished",
 ]

@@ -6,7 +6,8 @@ Two tables, the same on both backends (times are seconds since the epoch, UTC):
   started_at, ended_at (NULL while it runs)
 - ``sessions``: session_id, meeting_id, identity, display_name, joined_at,
   left_at (NULL while connected), last_heartbeat, end_reason
-  ("left", "kicked", "timed out", "server stopped")
+  ("left", "kicked", "timed out", "server stopped": the values of
+  :class:`sfu.events.LeaveReason`)
 
 No column holds a network address, by design: the privacy policy lets the SFU
 use a participant's IP address to connect, nothing else.
@@ -32,7 +33,9 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
-END_REASONS = ("left", "kicked", "timed out", "server stopped")
+from .events import LeaveReason
+
+END_REASONS = tuple(r.value for r in LeaveReason)  # ("left", "kicked", "timed out", "server stopped")
 ERASED_NAME = "(erased)"
 
 SCHEMA = (
@@ -357,9 +360,10 @@ class HistoryStore:
             (record.session_id, record.meeting_id, record.identity, record.display_name,
              record.joined_at, record.left_at, record.last_heartbeat, record.end_reason)))
 
-    async def close_session(self, session_id: str, left_at: float, reason: str) -> bool:
+    async def close_session(self, session_id: str, left_at: float, reason: LeaveReason | str) -> bool:
         if reason not in END_REASONS:
             raise ValueError(f"unknown end reason {reason!r}")
+        reason = LeaveReason(reason).value  # the plain string, whatever the database driver
         return await self._run(self._tx, lambda: self.backend.execute(
             "UPDATE sessions SET left_at = ?, last_heartbeat = ?, end_reason = ? "
             "WHERE session_id = ? AND left_at IS NULL",

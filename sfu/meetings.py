@@ -25,8 +25,15 @@ Every timer (grace periods, heartbeats, purges) runs on ``clock``
 :class:`~sfu.clock.ManualClock` in tests, which move time with ``advance`` and
 then ``await service.wait_idle()`` for the writes it started.
 
-Listeners get event dicts: ``meeting_started``, ``meeting_ended``,
-``participant_joined``, ``participant_left``.
+Listeners (:meth:`MeetingService.add_listener`) get the frozen dataclasses of
+:mod:`sfu.events`: ``MeetingStarted``, ``ParticipantJoined``, ``ParticipantLeft``
+(with a :class:`~sfu.events.LeaveReason`, what the store records) and
+``MeetingEnded`` (with an :class:`~sfu.events.EndReason`); they dispatch on the
+event's type.
+
+The running meetings live in the room registry ``MeetingService.rooms``
+(:class:`sfu.rooms.Rooms`, the meeting side's one room model), which the
+WebSocket protocol (sfu/signaling.py) shares for the rooms' participants.
 """
 
 from __future__ import annotations
@@ -36,13 +43,16 @@ import logging
 import math
 import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .auth import AuthError, Claims
 from .clock import Clock, Timer, as_clock
-from .history import END_REASONS, DuplicateMeeting, HistoryStore, Meeting, SessionRecord
+from .events import (EndReason, LeaveReason, MeetingEnded, MeetingEvent, MeetingStarted, ParticipantJoined,
+                     ParticipantLeft)
+from .history import DuplicateMeeting, HistoryStore, Meeting, SessionRecord
 from .log import event
+from .rooms import LiveMeeting, Rooms
 
 logger = logging.getLogger("sfu.meetings")
 
@@ -62,15 +72,6 @@ class NotFound(LookupError):
 
 class Conflict(Exception):
     """The request clashes with the current state (e.g. the room has a running meeting)."""
-
-
-@dataclass
-class _Live:
-    """A running meeting and its connected sessions."""
-
-    meeting: Meeting
-    sessions: set[str] = field(default_factory=set)
-    end_timer: Timer | None = None
 
 
 @dataclass
@@ -166,10 +167,9 @@ class MeetingService:
         # clock() is wall time (what the store records), clock.now() and call_later the timers';
         # a plain callable is wall time with the loop's timers (sfu.clock.as_clock)
         self.clock: Clock = as_clock(clock)
-        self._by_room: dict[str, _Live] = {}
-        self._by_id: dict[str, _Live] = {}
+        self.rooms = Rooms()  # room -> its running meeting and participants (sfu/rooms.py)
         self._sessions: dict[str, _LiveSession] = {}
-        self._listeners: list[Callable[[dict], None]] = []
+        self._listeners: list[Callable[[MeetingEvent], None]] = []
         self._lock = asyncio.Lock()
         self._timers: dict[str, Timer] = {}  # "heartbeat", "retention" -> the next one
         self._ending: set[asyncio.Task] = set()  # writes started by timers or sync code
@@ -195,28 +195,28 @@ class MeetingService:
         self._timers.clear()
         await self.wait_idle()
         for session_id in list(self._sessions):
-            await self.leave(session_id, "server stopped", schedule_end=False)
-        for live in list(self._by_id.values()):
-            await self._end(live, "server stopped")
+            await self.leave(session_id, LeaveReason.SERVER_STOPPED, schedule_end=False)
+        for live in self.rooms.running():
+            await self._end(live, EndReason.SERVER_STOPPED)
         await self.store.close()
         self.started = False
 
     # -- queries -----------------------------------------------------------------------
     def active_meeting(self, room: str) -> Meeting | None:
-        live = self._by_room.get(room)
+        live = self.rooms.live(room)
         return live.meeting if live else None
 
     def session(self, session_id: str) -> _LiveSession | None:
         return self._sessions.get(session_id)
 
     def sessions_in(self, meeting_id: str) -> list[str]:
-        live = self._by_id.get(meeting_id)
+        live = self.rooms.live_by_id(meeting_id)
         return sorted(live.sessions) if live else []
 
     # -- commands ----------------------------------------------------------------------
     def running_created_by(self, identity: str) -> int:
         """How many running meetings ``identity`` is the creator of."""
-        return sum(1 for live in self._by_id.values() if live.meeting.creator_identity == identity)
+        return sum(1 for live in self.rooms.running() if live.meeting.creator_identity == identity)
 
     async def create_meeting(self, room: str | None, topic: str, creator: Claims) -> Meeting:
         """See :meth:`create_or_claim`; the meeting only."""
@@ -231,7 +231,7 @@ class MeetingService:
         meeting and False.  Conflict if the room's running meeting has a creator.
         ``check`` runs under the lock before anything changes (the rate limit)."""
         async with self._lock:
-            live = self._by_room.get(room) if room is not None else None
+            live = self.rooms.live(room) if room is not None else None
             if live is not None and live.meeting.creator_identity:
                 raise Conflict(f"room {room} has a running meeting")
             if check is not None:
@@ -239,19 +239,18 @@ class MeetingService:
             if live is not None:
                 await self._claim(live, creator, topic or None)
                 return live.meeting, False
-            meeting = await self._new_meeting(room, topic, creator)
+            live = await self._new_meeting(room, topic, creator)
             # nobody is in it yet: it ends like an emptied meeting unless someone joins
-            self._schedule_end(self._by_id[meeting.meeting_id], max(self.grace_period, 3600.0))
-            return meeting, True
+            self._schedule_end(live, max(self.grace_period, 3600.0))
+            return live.meeting, True
 
     async def join(self, claims: Claims, room: str) -> tuple[Meeting, str]:
         """Record ``claims`` joining ``room``; durable before it returns."""
         async with self._lock:
-            live = self._by_room.get(room)
+            live = self.rooms.live(room)
             host = may_host(claims, room)
             if live is None:
-                await self._new_meeting(room, "", claims if host else None)
-                live = self._by_room[room]
+                live = await self._new_meeting(room, "", claims if host else None)
             elif host and not live.meeting.creator_identity:
                 await self._claim(live, claims, None)  # the first host in becomes the creator
             if live.end_timer is not None:
@@ -267,19 +266,21 @@ class MeetingService:
                                                       claims.identity, claims.name)
         event(logger, "participant joined", meeting=live.meeting.meeting_id, room=room,
               session=session_id, identity=claims.identity)
-        self._emit({"type": "participant_joined", "meeting_id": live.meeting.meeting_id, "room": room,
-                    "session_id": session_id, "identity": claims.identity, "name": claims.name})
+        self._emit(ParticipantJoined(live.meeting.meeting_id, room, session_id, claims.identity, claims.name))
         return live.meeting, session_id
 
-    async def leave(self, session_id: str, reason: str = "left", schedule_end: bool = True) -> None:
+    async def leave(self, session_id: str, reason: LeaveReason | str = LeaveReason.LEFT,
+                    schedule_end: bool = True) -> None:
         """Record a session's end; idempotent.  The last one out starts the grace period."""
-        if reason not in END_REASONS:
+        try:
+            reason = LeaveReason(reason)
+        except ValueError:
             event(logger, "unknown end reason recorded as left", logging.WARNING, reason=reason)
-            reason = "left"
+            reason = LeaveReason.LEFT
         info = self._sessions.pop(session_id, None)
         if info is None:
             return
-        live = self._by_id.get(info.meeting_id)
+        live = self.rooms.live_by_id(info.meeting_id)
         if live is not None:
             live.sessions.discard(session_id)
         try:
@@ -287,14 +288,12 @@ class MeetingService:
         finally:
             event(logger, "participant left", meeting=info.meeting_id, room=info.room,
                   session=session_id, identity=info.identity, reason=reason)
-            self._emit({"type": "participant_left", "meeting_id": info.meeting_id, "room": info.room,
-                        "session_id": session_id, "identity": info.identity, "name": info.name,
-                        "reason": reason})
+            self._emit(ParticipantLeft(info.meeting_id, info.room, session_id, info.identity, info.name, reason))
             if schedule_end and live is not None and not live.sessions and live.end_timer is None \
-                    and self._by_id.get(info.meeting_id) is live:
+                    and self.rooms.live_by_id(info.meeting_id) is live:
                 self._schedule_end(live, self.grace_period)
 
-    def leave_later(self, session_id: str, reason: str = "left") -> None:
+    def leave_later(self, session_id: str, reason: LeaveReason | str = LeaveReason.LEFT) -> None:
         """:meth:`leave` from synchronous code (an engine event); :meth:`stop` waits for it."""
         if session_id not in self._sessions:
             return
@@ -315,7 +314,7 @@ class MeetingService:
     async def end_meeting(self, meeting_id: str, by: Claims) -> list[str]:
         """A host ends the meeting now; returns the session ids the caller must disconnect."""
         async with self._lock:
-            live = self._by_id.get(meeting_id)
+            live = self.rooms.live_by_id(meeting_id)
             if live is None:
                 meeting = await self.store.get_meeting(meeting_id)
                 if meeting is None:
@@ -327,18 +326,21 @@ class MeetingService:
                 raise AuthError(403, "only the meeting's host may end it")
             session_ids = sorted(live.sessions)
             for session_id in session_ids:
-                await self.leave(session_id, "kicked", schedule_end=False)
-            await self._end(live, "ended by host")
+                await self.leave(session_id, LeaveReason.KICKED, schedule_end=False)
+            await self._end(live, EndReason.ENDED_BY_HOST)
             return session_ids
 
-    def add_listener(self, cb: Callable[[dict], None]) -> None:
+    def add_listener(self, cb: Callable[[MeetingEvent], None]) -> None:
         self._listeners.append(cb)
 
     # -- internals ---------------------------------------------------------------------
-    async def _new_meeting(self, room: str | None, topic: str, creator: Claims | None) -> Meeting:
-        """Insert a new meeting (caller holds the lock); ``creator`` None: none yet."""
+    async def _new_meeting(self, room: str | None, topic: str, creator: Claims | None) -> LiveMeeting:
+        """Insert a new meeting and start it in its room, which has none running (caller
+        holds the lock); ``creator`` None: none yet."""
         for _attempt in range(20):
             meeting_id = new_meeting_id()
+            if room is None and self.rooms.live(meeting_id) is not None:
+                continue  # a room of that name has a running meeting
             meeting = Meeting(meeting_id, room or meeting_id, topic or "",
                               creator.identity if creator else "", creator.name if creator else "",
                               self.clock(), None)
@@ -349,16 +351,13 @@ class MeetingService:
             break
         else:  # pragma: no cover - 20 collisions in a 2**44 space
             raise RuntimeError("could not allocate a meeting id")
-        live = _Live(meeting)
-        self._by_room[meeting.room] = live
-        self._by_id[meeting.meeting_id] = live
+        live = self.rooms.start(meeting)
         event(logger, "meeting started", meeting=meeting.meeting_id, room=meeting.room,
               creator=creator.identity if creator else None)
-        self._emit({"type": "meeting_started", "meeting_id": meeting.meeting_id, "room": meeting.room,
-                    "topic": meeting.topic})
-        return meeting
+        self._emit(MeetingStarted(meeting.meeting_id, meeting.room, meeting.topic))
+        return live
 
-    async def _claim(self, live: _Live, creator: Claims, topic: str | None) -> None:
+    async def _claim(self, live: LiveMeeting, creator: Claims, topic: str | None) -> None:
         """``creator`` becomes the creator of a running meeting that has none (lock held)."""
         meeting = live.meeting
         await self.store.claim_meeting(meeting.meeting_id, creator.identity, creator.name, topic)
@@ -368,28 +367,26 @@ class MeetingService:
         event(logger, "meeting creator set", meeting=meeting.meeting_id, room=meeting.room,
               creator=creator.identity)
 
-    def _schedule_end(self, live: _Live, delay: float) -> None:
+    def _schedule_end(self, live: LiveMeeting, delay: float) -> None:
         def fire() -> None:
             live.end_timer = None
-            if live.sessions or self._by_id.get(live.meeting.meeting_id) is not live:
+            if live.sessions or self.rooms.live_by_id(live.meeting.meeting_id) is not live:
                 return
             self._spawn(self._end_if_empty(live))
 
         live.end_timer = self.clock.call_later(delay, fire)
 
-    async def _end_if_empty(self, live: _Live) -> None:
+    async def _end_if_empty(self, live: LiveMeeting) -> None:
         async with self._lock:
-            if not live.sessions and self._by_id.get(live.meeting.meeting_id) is live:
-                await self._end(live, "empty")
+            if not live.sessions and self.rooms.live_by_id(live.meeting.meeting_id) is live:
+                await self._end(live, EndReason.EMPTY)
 
-    async def _end(self, live: _Live, why: str) -> None:
+    async def _end(self, live: LiveMeeting, why: EndReason) -> None:
         meeting = live.meeting
         if live.end_timer is not None:
             live.end_timer.cancel()
             live.end_timer = None
-        self._by_id.pop(meeting.meeting_id, None)
-        if self._by_room.get(meeting.room) is live:
-            del self._by_room[meeting.room]
+        self.rooms.end(live)
         meeting.ended_at = self.clock()
         try:
             await self.store.end_meeting(meeting.meeting_id, meeting.ended_at)
@@ -397,10 +394,9 @@ class MeetingService:
             logger.exception("could not record the end of a meeting",
                              extra={"fields": {"meeting": meeting.meeting_id}})
         event(logger, "meeting ended", meeting=meeting.meeting_id, room=meeting.room, why=why)
-        self._emit({"type": "meeting_ended", "meeting_id": meeting.meeting_id, "room": meeting.room,
-                    "reason": why})
+        self._emit(MeetingEnded(meeting.meeting_id, meeting.room, why))
 
-    def _emit(self, ev: dict) -> None:
+    def _emit(self, ev: MeetingEvent) -> None:
         for cb in list(self._listeners):
             try:
                 cb(ev)

@@ -42,7 +42,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__, limits
-from .events import EngineEvent, SessionClosed, SessionCreated
+from .events import EngineEvent, MeetingEnded, MeetingEvent, MeetingStarted, SessionClosed, SessionCreated
 
 logger = logging.getLogger("sfu.metrics")
 
@@ -372,7 +372,11 @@ class Metrics:
         self._busy_seen = False
         self._last_cpu_stat: tuple[float, float, int] | None = None
         self._task: asyncio.Task | None = None
-        self._meeting_starts: dict[str, float] = {}
+        self._meeting_starts: dict[str, float] = {}  # meeting id -> clock() when it started
+        self._meeting_handlers: dict[type, Callable[[Any], None]] = {
+            MeetingStarted: self._meeting_started,
+            MeetingEnded: self._meeting_ended,
+        }
         r.register(_EngineCollector(self))
         self._engine_handlers: dict[type, Callable[[Any], None]] = {
             SessionCreated: self._session_created,
@@ -397,19 +401,19 @@ class Metrics:
         if created is not None:
             self.session_duration.labels(self.worker, role).observe(max(0.0, self.clock() - created))
 
-    def on_meeting_event(self, ev: dict) -> None:
-        """Listener for MeetingService events: meeting_started / meeting_ended."""
-        kind = ev.get("type")
-        key = str(ev.get("meeting") or ev.get("meeting_id") or ev.get("id") or "")
-        if kind == "meeting_started":
-            self._meeting_starts[key] = self.clock()
-        elif kind == "meeting_ended":
-            duration = ev.get("duration")
-            start = self._meeting_starts.pop(key, None)
-            if duration is None and start is not None:
-                duration = self.clock() - start
-            if duration is not None:
-                self.meeting_duration.observe(max(0.0, float(duration)))
+    def on_meeting_event(self, ev: MeetingEvent) -> None:
+        """Listener for MeetingService events (sfu/events.py): the meetings' durations."""
+        handler = self._meeting_handlers.get(type(ev))
+        if handler is not None:
+            handler(ev)
+
+    def _meeting_started(self, ev: MeetingStarted) -> None:
+        self._meeting_starts[ev.meeting_id] = self.clock()
+
+    def _meeting_ended(self, ev: MeetingEnded) -> None:
+        start = self._meeting_starts.pop(ev.meeting_id, None)
+        if start is not None:  # else it started before this process watched
+            self.meeting_duration.observe(max(0.0, self.clock() - start))
 
     def watch_meetings(self, service) -> None:
         service.add_listener(self.on_meeting_event)

@@ -14,6 +14,13 @@ to that section (MediaEngine.update_session).
 :class:`~sfu.participant.Participant` (whose ``send``/``close`` queue output)
 and drives the engine and the meeting service; it never touches a socket.
 :func:`websocket_handler` is the aiohttp glue.
+
+Rooms: the protocol keeps no room table of its own. Its participants live in the
+meeting service's room registry (``MeetingService.rooms``, :class:`sfu.rooms.Rooms`),
+next to each room's running meeting (and its recording state); the protocol adds a
+participant when it joins (or a WHIP/WHEP session enters the meeting) and removes it
+when it goes. The engine's and the meeting service's events reach it as typed events
+(:mod:`sfu.events`), each dispatched by its type through one table.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from aiohttp import WSMsgType, web
 from . import sdp
 from .auth import AuthError, Claims, authorize, token_from_request, verify_token
 from .clock import Clock, as_clock
-from .events import CloseReason, EngineEvent, SessionClosed, TrackUnpublished
+from .events import (CloseReason, EngineEvent, EndReason, LeaveReason, MeetingEnded, MeetingEvent, ParticipantLeft,
+                     SessionClosed, TrackUnpublished)
 from .limits import LimitExceeded
 from .log import event
 from .meetings import can_end
@@ -73,11 +81,9 @@ class Signaling:
         self.engine = engine
         self.meetings = meetings
         self.clock: Clock = as_clock(clock)  # clock() for pong; the protocol's timers (sfu.clock)
-        self.rooms: dict[str, dict[str, Participant]] = {}  # room -> participant id -> participant
+        self.rooms = meetings.rooms  # the one room registry (sfu/rooms.py), the meeting service's
         self._by_media: dict[str, Participant] = {}  # engine transport id -> participant
         self._by_producer: dict[str, tuple[Participant, PublishedTrack]] = {}
-        self._by_history: dict[str, Participant] = {}  # history session id -> participant
-        self.recording: dict[str, bool] = {}  # meeting id -> a recorder says it records
         self._handlers: dict[str, Callable[[Participant, dict], Awaitable[dict]]] = {
             "join": self._join,
             "offer": self._offer,
@@ -90,6 +96,10 @@ class Signaling:
         self._engine_handlers: dict[type, Callable[[Any], None]] = {
             TrackUnpublished: self._track_unpublished,
             SessionClosed: self._session_closed,
+        }
+        self._meeting_handlers: dict[type, Callable[[Any], None]] = {
+            MeetingEnded: self._meeting_ended,
+            ParticipantLeft: self._participant_left,
         }
         engine.add_listener(self._on_engine_event)
         meetings.add_listener(self._on_meeting_event)
@@ -150,7 +160,7 @@ class Signaling:
         else:
             participant.close(code, reason)
 
-    async def disconnect(self, participant: Participant, reason: str = "left") -> None:
+    async def disconnect(self, participant: Participant, reason: LeaveReason = LeaveReason.LEFT) -> None:
         """The socket is gone (or is being closed): free the media, record the leave."""
         if participant.gone:
             return
@@ -161,30 +171,25 @@ class Signaling:
             self._by_media.pop(participant.media_session, None)
             participant.media_session = None
         if participant.joined:
-            members = self.rooms.get(participant.room, {})
-            members.pop(participant.id, None)
-            if not members:
-                self.rooms.pop(participant.room, None)
+            self.rooms.remove(participant)
             self._broadcast(participant, "participant_left", participant_id=participant.id, reason=reason)
             event(logger, "participant disconnected", room=participant.room, participant=participant.id,
                   reason=reason)
         if participant.session_id is not None:
-            self._by_history.pop(participant.session_id, None)
             session_id, participant.session_id = participant.session_id, None
             await self.meetings.leave(session_id, reason)
 
     async def shutdown(self) -> None:
         """Server stop: tell everyone, close every socket, record "server stopped"."""
-        for members in list(self.rooms.values()):
-            for participant in list(members.values()):
-                if participant.via != "ws":
-                    continue  # a WHIP/WHEP session: the engine closes it when it stops
-                participant.event("server_stopping")
-                participant.close(CLOSE_SERVER_STOPPED, "server stopped")
-                await self.disconnect(participant, "server stopped")
+        for participant in self.rooms.all_participants():
+            if participant.via != "ws":
+                continue  # a WHIP/WHEP session: the engine closes it when it stops
+            participant.event("server_stopping")
+            participant.close(CLOSE_SERVER_STOPPED, "server stopped")
+            await self.disconnect(participant, LeaveReason.SERVER_STOPPED)
 
     def participants(self, room: str) -> list[Participant]:
-        return list(self.rooms.get(room, {}).values())
+        return self.rooms.participants(room)
 
     # -- WHIP publishers and WHEP viewers ----------------------------------------------
     def add_http_peer(self, media_session: str, claims: Claims, role: str, meeting_id: str) -> Participant | None:
@@ -202,7 +207,7 @@ class Signaling:
         peer.media_session = media_session
         peer.joined = True
         self._by_media[media_session] = peer
-        self.rooms.setdefault(peer.room, {})[peer.id] = peer
+        self.rooms.add(peer)
         self._broadcast(peer, "participant_joined", participant=peer.public())
         for mid, producer in desc["producers"].items():
             track = PublishedTrack(id=f"{peer.id}-{mid}", kind=producer["kind"],
@@ -218,26 +223,21 @@ class Signaling:
         if peer.gone:
             return
         peer.gone = True
-        members = self.rooms.get(peer.room, {})
-        members.pop(peer.id, None)
-        if not members:
-            self.rooms.pop(peer.room, None)
+        self.rooms.remove(peer)
         self._broadcast(peer, "participant_left", participant_id=peer.id, reason=engine_reason.end_reason)
 
     # -- recording notice ----------------------------------------------------------------
     def set_recording(self, meeting_id: str, active: bool) -> bool:
         """A recorder started (or stopped) recording ``meeting_id``: every participant is
-        told with ``recording_changed``, later ones in their join response. True if it changed."""
-        if self.recording.get(meeting_id, False) == active:
+        told with ``recording_changed``, later ones in their join response. True if it changed
+        (False too if the meeting does not run here)."""
+        live = self.rooms.live_by_id(meeting_id)
+        if live is None or live.recording == active:
             return False
-        if active:
-            self.recording[meeting_id] = True
-        else:
-            self.recording.pop(meeting_id, None)
-        for members in self.rooms.values():
-            for participant in members.values():
-                if participant.meeting_id == meeting_id and participant.joined and not participant.gone:
-                    participant.event("recording_changed", recording=active)
+        live.recording = active
+        for participant in self.rooms.participants(live.meeting.room):
+            if participant.meeting_id == meeting_id and participant.joined and not participant.gone:
+                participant.event("recording_changed", recording=active)
         event(logger, "recording changed", meeting=meeting_id, recording=active)
         return True
 
@@ -253,7 +253,7 @@ class Signaling:
             raise ProtocolError("forbidden", "the access token is for another room")
         meeting, session_id = await self.meetings.join(participant.claims, participant.room)
         if participant.gone:  # the socket closed while the join was written
-            await self.meetings.leave(session_id, "left")
+            await self.meetings.leave(session_id, LeaveReason.LEFT)
             raise ProtocolError("closed", "connection closed")
         participant.meeting_id = meeting.meeting_id
         participant.session_id = session_id
@@ -261,10 +261,8 @@ class Signaling:
         # host powers come from the token only (host grant for this room, or admin), never
         # from having come first; meetings.join made a host-grant joiner the creator if none
         participant.host = can_end(meeting, participant.claims)
-        self._by_history[session_id] = participant
-        members = self.rooms.setdefault(participant.room, {})
-        others = [p.public() for p in members.values()]
-        members[participant.id] = participant
+        others = [p.public() for p in self.rooms.participants(participant.room)]
+        self.rooms.add(participant)
         self._broadcast(participant, "participant_joined", participant={"id": participant.id,
                                                                           "name": participant.name, "tracks": []})
         grants = participant.claims.grants
@@ -278,7 +276,7 @@ class Signaling:
                         "started_at": meeting.started_at, "creator_name": meeting.creator_name},
             "permissions": {"publish": grants.publish, "subscribe": grants.subscribe,
                             "end_meeting": participant.host, "mute_others": participant.host},
-            "recording": self.recording.get(meeting.meeting_id, False),
+            "recording": live.recording if (live := self.rooms.live_by_id(meeting.meeting_id)) else False,
             "participants": others,
         }
 
@@ -301,8 +299,8 @@ class Signaling:
         if (receiving or wanted) and not grants.subscribe:
             raise ProtocolError("forbidden", "access token lacks the subscribe grant")
         # track ids -> producers of others in this meeting
-        members = self.rooms.get(participant.room, {})
-        by_track = {t.id: t for p in members.values() if p is not participant for t in p.tracks.values()}
+        by_track = {t.id: t for p in self.rooms.participants(participant.room) if p is not participant
+                    for t in p.tracks.values()}
         subscriptions: dict[str, str] = {}
         for mid, track_id in wanted.items():
             if not isinstance(track_id, str) and track_id is not None:
@@ -377,8 +375,8 @@ class Signaling:
         if message.get("muted", True) is not True:
             raise ProtocolError("bad_request", "a host can only mute; participants unmute themselves")
         target_id = message.get("participant_id")
-        members = self.rooms.get(participant.room, {})
-        target = members.get(target_id) if isinstance(target_id, str) else None
+        room = self.rooms.get(participant.room)
+        target = room.participants.get(target_id) if room is not None and isinstance(target_id, str) else None
         if target is None or target.meeting_id != participant.meeting_id or target.gone:
             raise ProtocolError("not_found", "no such participant")
         muted: list[str] = []
@@ -401,7 +399,7 @@ class Signaling:
         return {"participant_id": target.id, "kind": kind, "track_ids": muted}
 
     async def _leave(self, participant: Participant, message: dict) -> dict:
-        await self.disconnect(participant, "left")
+        await self.disconnect(participant, LeaveReason.LEFT)
         self._close(participant, CLOSE_LEFT, "left")
         return {}
 
@@ -411,7 +409,7 @@ class Signaling:
         # the meeting service's meeting_ended event normally ended it for everyone already
         for other in self.participants(participant.room):
             if other.meeting_id == meeting_id:
-                self._end_for(other, "ended by host")
+                self._end_for(other, EndReason.ENDED_BY_HOST)
         return {"ended": True}
 
     # -- events from the engine and the meeting service ----------------------------------
@@ -439,32 +437,34 @@ class Signaling:
         elif not participant.gone:
             participant.event("media_closed", reason=ev.reason.told)
 
-    def _on_meeting_event(self, ev: dict) -> None:
-        kind = ev.get("type")
-        if kind == "meeting_ended":
-            meeting_id = ev.get("meeting_id")
-            self.recording.pop(meeting_id, None)
-            for members in list(self.rooms.values()):
-                for participant in list(members.values()):
-                    if participant.meeting_id == meeting_id:
-                        self._end_for(participant, ev.get("reason") or "ended")
-        elif kind == "participant_left" and ev.get("reason") == "kicked":
-            participant = self._by_history.get(ev.get("session_id"))
-            if participant is None or participant.gone:
-                return
-            # its history session is closed already; meeting_ended normally follows at once
-            self._by_history.pop(participant.session_id, None)
-            participant.session_id = None
-            self.clock.call_later(KICK_GRACE, self._kick, participant)
+    def _on_meeting_event(self, ev: MeetingEvent) -> None:
+        handler = self._meeting_handlers.get(type(ev))
+        if handler is not None:
+            handler(ev)
 
-    def _end_for(self, participant: Participant, reason: str) -> None:
+    def _meeting_ended(self, ev: MeetingEnded) -> None:
+        for participant in self.rooms.all_participants():
+            if participant.meeting_id == ev.meeting_id:
+                self._end_for(participant, ev.reason)
+
+    def _participant_left(self, ev: ParticipantLeft) -> None:
+        if ev.reason is not LeaveReason.KICKED:
+            return
+        participant = next((p for p in self.rooms.participants(ev.room) if p.session_id == ev.session_id), None)
+        if participant is None or participant.gone:
+            return
+        # its history session is closed already; meeting_ended normally follows at once
+        participant.session_id = None
+        self.clock.call_later(KICK_GRACE, self._kick, participant)
+
+    def _end_for(self, participant: Participant, reason: EndReason) -> None:
         """meeting_ended to one participant, then its socket closes."""
         if participant.gone or participant.ending:
             return
         participant.ending = True
         participant.event("meeting_ended", reason=reason)
         self._close(participant, CLOSE_MEETING_ENDED, "meeting ended")
-        _spawn(self.disconnect(participant, "kicked"))
+        _spawn(self.disconnect(participant, LeaveReason.KICKED))
 
     def _kick(self, participant: Participant) -> None:
         if participant.gone or participant.ending:
@@ -472,11 +472,11 @@ class Signaling:
         participant.ending = True
         participant.event("kicked")
         self._close(participant, CLOSE_KICKED, "removed from the meeting")
-        _spawn(self.disconnect(participant, "kicked"))
+        _spawn(self.disconnect(participant, LeaveReason.KICKED))
 
     # -- helpers -----------------------------------------------------------------------
     def _broadcast(self, source: Participant, name: str, **fields) -> None:
-        for other in self.rooms.get(source.room, {}).values():
+        for other in self.rooms.participants(source.room):
             if other is not source and other.joined and not other.gone \
                     and other.meeting_id == source.meeting_id:
                 other.event(name, **fields)
@@ -582,7 +582,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     grace: list[asyncio.TimerHandle] = []
     participant = signaling.connect(claims, room, send, close)
     writer_task = asyncio.create_task(writer())
-    reason = "left"
+    reason = LeaveReason.LEFT
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -599,9 +599,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             else:
                 break
         if cut or ws.close_code not in (CLOSE_LEFT, CLOSE_GOING_AWAY):
-            reason = "timed out"  # 1006 and friends, or too slow: nobody said goodbye
+            reason = LeaveReason.TIMED_OUT  # 1006 and friends, or too slow: nobody said goodbye
     except asyncio.CancelledError:
-        reason = "server stopped"
+        reason = LeaveReason.SERVER_STOPPED
         raise
     finally:
         await signaling.disconnect(participant, reason)  # nothing if it left or was ended already

@@ -8,6 +8,7 @@ import pytest
 
 from sfu.clock import LoopClock, ManualClock, as_clock
 from sfu.config import Config
+from sfu.events import LeaveReason, ParticipantLeft
 from sfu.signaling import CLOSE_KICKED, KICK_GRACE, Signaling
 
 from .conftest import new_engine
@@ -64,8 +65,8 @@ async def test_a_kicked_session_without_meeting_end_is_closed_after_the_kick_gra
     alice = await joined(signaling, "a", "Alice")
     bob = await joined(signaling, "b", "Bob")
     # the history closed Bob's session as kicked, but no meeting_ended follows
-    meetings.emit({"type": "participant_left", "meeting_id": bob.participant.meeting_id,
-                   "session_id": bob.participant.session_id, "reason": "kicked"})
+    meetings.emit(ParticipantLeft(bob.participant.meeting_id, "r", bob.participant.session_id, "b", "Bob",
+                                  LeaveReason.KICKED))
     clock.advance(KICK_GRACE - 0.5)
     assert bob.events("kicked") == [] and bob.closed is None
     clock.advance(0.5)

@@ -12,6 +12,7 @@ import pytest
 
 from sfu.auth import AuthError, Claims, Grants
 from sfu.clock import LoopClock, ManualClock
+from sfu.events import EndReason, LeaveReason, MeetingEnded, MeetingStarted, ParticipantJoined, ParticipantLeft
 from sfu.history import HistoryStore, Meeting, SessionRecord
 from sfu.meetings import (ID_ALPHABET, RETENTION_CHECK_INTERVAL, Conflict, CreateLimiter, MeetingService,
                           NotFound, TooMany, can_end, can_read_history, new_meeting_id)
@@ -73,8 +74,9 @@ async def test_first_join_creates_the_meeting_with_a_host_joiner_as_creator(serv
     rows = await service.store.sessions(m.meeting_id)  # durable when join returned
     assert [(r.session_id, r.identity, r.display_name, r.left_at) for r in rows] == [
         (s1, "alice", "Alice", None), (s2, "bob", "Bob", None)]
-    assert [e["type"] for e in service.events] == ["meeting_started", "participant_joined",
-                                                  "participant_joined"]
+    assert service.events == [MeetingStarted(m.meeting_id, "r1", ""),
+                              ParticipantJoined(m.meeting_id, "r1", s1, "alice", "Alice"),
+                              ParticipantJoined(m.meeting_id, "r1", s2, "bob", "Bob")]
     assert service.active_meeting("r1") is m and service.sessions_in(m.meeting_id) == sorted([s1, s2])
 
 
@@ -107,10 +109,12 @@ async def test_last_leave_ends_the_meeting_after_the_grace_period(service, clock
     assert (rows[s1].left_at, rows[s1].end_reason) == (T0 + 5, "left")
     assert (rows[s2].left_at, rows[s2].end_reason) == (T0 + 10, "timed out")
     assert stored.ended_at == T0 + 10 + GRACE
-    assert service.events[-1] == {"type": "meeting_ended", "meeting_id": m.meeting_id, "room": "r1",
-                                  "reason": "empty"}
-    left = [e for e in service.events if e["type"] == "participant_left"]
-    assert [(e["session_id"], e["reason"]) for e in left] == [(s1, "left"), (s2, "timed out")]
+    assert service.events[-1] == MeetingEnded(m.meeting_id, "r1", EndReason.EMPTY)
+    left = [e for e in service.events if isinstance(e, ParticipantLeft)]
+    assert left == [ParticipantLeft(m.meeting_id, "r1", s1, "alice", "Alice", LeaveReason.LEFT),
+                    ParticipantLeft(m.meeting_id, "r1", s2, "bob", "Bob", LeaveReason.TIMED_OUT)]
+    assert left[1].reason is LeaveReason.TIMED_OUT and left[1].reason == "timed out"  # the stored string
+    assert len(service.rooms) == 0, "the ended meeting's room is out of the registry"
 
 
 async def test_rejoin_in_the_grace_period_keeps_the_meeting_with_a_new_session(service, clock):
@@ -336,7 +340,7 @@ async def test_a_created_meeting_nobody_joins_ends_after_an_hour(service, clock)
     await advance(service, 1)
     assert service.active_meeting(m.room) is None
     assert (await service.store.get_meeting(m.meeting_id)).ended_at == T0 + 3600
-    assert service.events[-1]["reason"] == "empty"
+    assert service.events[-1].reason is EndReason.EMPTY
 
 
 async def test_real_clock_grace_period_and_heartbeats(history_db, tmp_path):
@@ -401,7 +405,7 @@ async def test_a_failing_listener_does_not_break_the_service(service):
     service.add_listener(broken)
     m, s = await service.join(person("alice"), "r1")
     await service.leave(s)
-    assert service.events[-1]["type"] == "participant_left"
+    assert isinstance(service.events[-1], ParticipantLeft)
 
 
 async def test_unknown_leave_reason_is_recorded_as_left(service):

@@ -16,7 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfu import metrics, rtcp
-from sfu.events import CloseReason, SessionClosed, SessionCreated
+from sfu.events import (CloseReason, EndReason, MeetingEnded, MeetingStarted, ParticipantJoined, SessionClosed,
+                        SessionCreated)
 from sfu.metrics import SO_MEMINFO, Metrics, ProcReader, headroom, sample_engine, socket_meminfo
 from sfu.transport import Transport
 
@@ -255,11 +256,11 @@ def test_meeting_duration_from_meeting_events():
     service = SimpleNamespace(listeners=[], add_listener=lambda cb: service.listeners.append(cb))
     m.watch_meetings(service)
     (cb,) = service.listeners
-    cb({"type": "meeting_started", "meeting_id": "m1", "room": "r"})
+    cb(MeetingStarted("m1", "r", ""))
     clock.t += 125
-    cb({"type": "participant_joined", "meeting_id": "m1"})
-    cb({"type": "meeting_ended", "meeting_id": "m1", "room": "r", "reason": "empty"})
-    cb({"type": "meeting_ended", "meeting_id": "unknown"})  # started before us: not observed
+    cb(ParticipantJoined("m1", "r", "s1", "alice", "Alice"))
+    cb(MeetingEnded("m1", "r", EndReason.EMPTY))
+    cb(MeetingEnded("unknown", "r2", EndReason.EMPTY))  # started before us: not observed
     got = scrape(m)
     assert got[("sfu_meeting_duration_seconds_count", ())] == 1
     assert got[("sfu_meeting_duration_seconds_sum", ())] == pytest.approx(125)
@@ -559,9 +560,9 @@ async def test_server_serves_metrics_and_feeds_meeting_durations(tmp_path):
         assert m._task is not None  # the updater runs while the app runs
         # the meeting service reports to the metrics
         m.clock = Clock(0.0)
-        server.meetings._emit({"type": "meeting_started", "meeting_id": "x", "room": "r"})
+        server.meetings._emit(MeetingStarted("x", "r", ""))
         m.clock.t = 42.0
-        server.meetings._emit({"type": "meeting_ended", "meeting_id": "x", "room": "r", "reason": "empty"})
+        server.meetings._emit(MeetingEnded("x", "r", EndReason.EMPTY))
         assert scrape(m)[("sfu_meeting_duration_seconds_sum", ())] == 42.0
         async with aiohttp.ClientSession() as session:
             async with session.get(server.url + "/metrics",

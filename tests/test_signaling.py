@@ -12,8 +12,10 @@ import pytest
 
 from sfu.auth import AuthError, Claims, Grants
 from sfu.config import Config
+from sfu.events import EndReason, LeaveReason, MeetingEnded, ParticipantLeft
 from sfu.history import Meeting
 from sfu.meetings import can_end
+from sfu.rooms import Rooms
 from sfu.signaling import CLOSE_LEFT, CLOSE_MEETING_ENDED, CLOSE_SERVER_STOPPED, Signaling
 
 from .conftest import new_engine
@@ -25,9 +27,11 @@ HOST = Grants(publish=True, subscribe=True, host=True)
 
 
 class FakeMeetings:
-    """Implements what Signaling uses of sfu.meetings.MeetingService."""
+    """Implements what Signaling uses of sfu.meetings.MeetingService: its room registry
+    (the real one, sfu/rooms.py), join, leave, end_meeting and typed events."""
 
     def __init__(self) -> None:
+        self.rooms = Rooms()
         self.listeners = []
         self.calls: list[tuple] = []
         self.meetings: dict[str, Meeting] = {}
@@ -37,24 +41,37 @@ class FakeMeetings:
     def add_listener(self, cb) -> None:
         self.listeners.append(cb)
 
-    def emit(self, ev: dict) -> None:
+    def emit(self, ev) -> None:
         for cb in self.listeners:
             cb(ev)
 
     async def join(self, claims: Claims, room: str):
-        meeting = next((m for m in self.meetings.values() if m.room == room and m.ended_at is None), None)
-        if meeting is None:
+        live = self.rooms.live(room)
+        if live is None:
             meeting = Meeting(f"m{len(self.meetings)}", room, "standup", claims.identity, claims.name, 100.0)
             self.meetings[meeting.meeting_id] = meeting
+            live = self.rooms.start(meeting)
         self._n += 1
         session_id = f"s{self._n}"
-        self.sessions[session_id] = meeting.meeting_id
+        self.sessions[session_id] = live.meeting.meeting_id
+        live.sessions.add(session_id)
         self.calls.append(("join", claims.identity, room, session_id))
-        return meeting, session_id
+        return live.meeting, session_id
 
-    async def leave(self, session_id: str, reason: str = "left") -> None:
-        if self.sessions.pop(session_id, None) is not None:
-            self.calls.append(("leave", session_id, reason))
+    async def leave(self, session_id: str, reason: LeaveReason = LeaveReason.LEFT) -> None:
+        meeting_id = self.sessions.pop(session_id, None)
+        if meeting_id is not None:
+            live = self.rooms.live_by_id(meeting_id)
+            if live is not None:
+                live.sessions.discard(session_id)
+            self.calls.append(("leave", session_id, LeaveReason(reason)))
+
+    def end(self, meeting_id: str, reason: EndReason) -> None:
+        """The meeting ends (its sessions were closed): out of the registry, then the event."""
+        meeting = self.meetings[meeting_id]
+        meeting.ended_at = 200.0
+        self.rooms.end(self.rooms.live_by_id(meeting_id))
+        self.emit(MeetingEnded(meeting_id, meeting.room, reason))
 
     async def end_meeting(self, meeting_id: str, by: Claims) -> list[str]:
         meeting = self.meetings[meeting_id]
@@ -62,11 +79,9 @@ class FakeMeetings:
             raise AuthError(403, "only the meeting's host may end it")
         ids = sorted(s for s, m in self.sessions.items() if m == meeting_id)
         for session_id in ids:
-            await self.leave(session_id, "kicked")
-            self.emit({"type": "participant_left", "meeting_id": meeting_id, "session_id": session_id,
-                       "reason": "kicked"})
-        meeting.ended_at = 200.0
-        self.emit({"type": "meeting_ended", "meeting_id": meeting_id, "room": meeting.room, "reason": "ended by host"})
+            await self.leave(session_id, LeaveReason.KICKED)
+            self.emit(ParticipantLeft(meeting_id, meeting.room, session_id, "", "", LeaveReason.KICKED))
+        self.end(meeting_id, EndReason.ENDED_BY_HOST)
         return ids
 
 
@@ -255,7 +270,10 @@ async def test_leaving_unpublishes_then_announces_and_records(signaling, engine,
     assert (await alice.request("ping"))["code"] == "closed"
     # a socket that dies is recorded as timed out
     await signaling.disconnect(bob.participant, "timed out")
-    assert ("leave", "s2", "timed out") in meetings.calls and signaling.rooms == {}
+    assert ("leave", "s2", "timed out") in meetings.calls and len(signaling.rooms) == 1
+    assert signaling.participants("r") == [] and signaling.rooms.live("r") is not None  # its meeting runs
+    meetings.end("m0", EndReason.EMPTY)
+    assert len(signaling.rooms) == 0 and signaling.rooms.get("r") is None
 
 
 async def test_end_meeting_needs_a_host_and_ends_it_for_everyone(signaling, meetings):
@@ -521,7 +539,7 @@ async def test_a_whip_publisher_and_a_whep_viewer_are_participants(signaling, en
     assert alice.events("mute_changed")[-1]["participant_id"] == p
     assert ("leave",) not in [c[:1] for c in meetings.calls]  # its history is the WHIP handler's
     # the meeting ends: the viewer's session is closed as kicked
-    meetings.emit({"type": "meeting_ended", "meeting_id": "m0", "room": "r", "reason": "ended by host"})
+    meetings.end("m0", EndReason.ENDED_BY_HOST)
     assert not engine.has_session(viewer.media_session or "gone") and viewer.gone
     assert {"type": "event", "event": "participant_left", "participant_id": viewer.id,
             "reason": "kicked"} in bob.events("participant_left")
@@ -539,8 +557,10 @@ async def test_recording_state_reaches_everyone_and_later_joiners(signaling, mee
     signaling.set_recording("m0", False)
     assert [e["recording"] for e in bob.events("recording_changed")] == [False]
     signaling.set_recording("m0", True)
-    meetings.emit({"type": "meeting_ended", "meeting_id": "m0", "room": "r", "reason": "empty"})
-    assert signaling.recording == {}
+    live = signaling.rooms.live("r")
+    assert live.recording is True
+    meetings.end("m0", EndReason.EMPTY)
+    assert signaling.rooms.live("r") is None and signaling.set_recording("m0", False) is False
 
 
 # -- through the server: POST /api/meetings/{id}/recording, and WHIP into a meeting ----------

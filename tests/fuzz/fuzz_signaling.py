@@ -220,6 +220,7 @@ def bounded() -> None:
     assert len(engine.transports) <= 2, len(engine.transports)
     assert len(signaling.participants("room")) <= 2, len(signaling.participants("room"))
     assert len(service._sessions) <= 2 if hasattr(service, "_sessions") else True
+    assert len(service.rooms) <= 1 and len(service.rooms.running()) <= 1, list(service.rooms)
 
 
 if __name__ == "__main__":
