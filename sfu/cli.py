@@ -26,12 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .history import StoreUnavailable
         from .server import run
+        from .tls import TlsConfigError
 
         cfg = config.from_args(args)
         try:
             return run(cfg)
         except StoreUnavailable as exc:
             return _store_unavailable(exc)
+        except TlsConfigError as exc:
+            return _tls_unusable(exc)
     if args.command == "token":
         from .auth import keyring_from_config, token_command
 
@@ -56,6 +59,19 @@ def _store_unavailable(exc) -> int:
               database=exc.where, problem=exc.problem, advice=exc.advice, exit_code=EXIT_STORE_UNAVAILABLE)
     print(f"sfu serve: {exc}", file=sys.stderr, flush=True)
     return EXIT_STORE_UNAVAILABLE
+
+
+def _tls_unusable(exc) -> int:
+    """Like _store_unavailable: one JSON log line, one plain line, exit code EXIT_TLS."""
+    import logging
+
+    from . import log
+    from .tls import EXIT_TLS
+
+    log.event(logging.getLogger("sfu.server"), "tls settings unusable", logging.ERROR,
+              where=exc.where, problem=exc.problem, advice=exc.advice, exit_code=EXIT_TLS)
+    print(f"sfu serve: {exc}", file=sys.stderr, flush=True)
+    return EXIT_TLS
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ class Config:
     http_header_timeout: float = 10.0  # a connection's request head must be complete this soon (0: off)
     http_idle_timeout: float = 60.0  # an idle keep-alive connection is closed after this many seconds
     http_max_per_source: int = 256  # open connections per IPv4 address / IPv6 /64 (0: no cap)
+    # TLS of the HTTP listener (HTTPS, WSS): both files or neither (sfu/tls.py)
+    tls_cert: str | None = None  # PEM certificate chain, the server's certificate first
+    tls_key: str | None = None  # PEM private key of that certificate, unencrypted
+    tls_self_signed: bool = False  # with dev: a self-signed certificate made in data_dir
     # media policy
     audio_codecs: list[str] = field(default_factory=lambda: ["opus"])
     video_codecs: list[str] = field(default_factory=lambda: ["VP8", "H264", "VP9", "AV1"])
@@ -75,6 +79,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "http_idle_timeout": (float, "seconds an idle keep-alive HTTP connection stays open"),
     "http_max_per_source": (int, "open HTTP/WebSocket connections per IPv4 address or IPv6 /64; more "
                                  "are refused with 429 (0: no cap; behind a reverse proxy: 0)"),
+    "tls_cert": (str, "PEM certificate chain (the server's first): serve HTTPS and WSS; needs --tls-key"),
+    "tls_key": (str, "PEM private key of --tls-cert (unencrypted; keep it mode 0600)"),
     "publisher_bitrate": (int, "bitrate in bit/s that the SFU advertises to publishers (REMB)"),
     "consent_timeout": (float, "seconds without ICE consent before a peer is dropped"),
     "max_offer_sections": (int, "media sections (m= lines) allowed in one SDP offer"),
@@ -100,6 +106,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
 # boolean switches: a bare flag on the command line, SFU_<NAME>=1/true/yes in the environment
 _SWITCHES: dict[str, str] = {
     "dev": "development mode: the page may ask the server for a token for any room and name",
+    "tls_self_signed": "with --dev: serve HTTPS/WSS with a self-signed certificate made (once) in the data "
+                       "directory, for localhost, 127.0.0.1 and ::1",
 }
 
 

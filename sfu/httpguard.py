@@ -190,17 +190,23 @@ class GuardedSite(web.TCPSite):
     """``web.TCPSite`` whose connections go through ``guard`` (same arguments)."""
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int | None, *,
-                 guard: ConnectionGuard, **kwargs) -> None:
+                 guard: ConnectionGuard, ssl_handshake_timeout: float | None = None, **kwargs) -> None:
         super().__init__(runner, host, port, **kwargs)
         self.guard = guard
+        # with TLS the guarded protocol sees a connection only once its handshake is done:
+        # this bounds how long a connection may stay in the handshake (sfu/tls.py)
+        self.ssl_handshake_timeout = ssl_handshake_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with the runner
         server = self._runner.server
         assert server is not None
+        extra = {}
+        if self._ssl_context is not None and self.ssl_handshake_timeout:
+            extra["ssl_handshake_timeout"] = self.ssl_handshake_timeout
         self._server = await asyncio.get_running_loop().create_server(
             self.guard.wrap(server), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port, **extra)
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import signal
@@ -18,6 +19,8 @@ from .history import HistoryStore
 from .metrics import METRICS_KEY
 from .httpguard import ConnectionGuard, GuardedSite, raise_fd_limit
 from .meetings import MeetingService
+from .tls import CLEARTEXT_ADVICE, CLEARTEXT_WARNING, EXPIRY_WARNING, TlsInfo, context_from_config, \
+    exposed_without_tls, key_file_too_open
 
 logger = logging.getLogger("sfu.server")
 
@@ -36,9 +39,13 @@ class Server:
         self._runner: web.AppRunner | None = None
         self.http_guard = ConnectionGuard(config.http_header_timeout, config.http_max_per_source)
         self.http_port: int | None = None
+        self.tls: TlsInfo | None = None
 
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
+        # TLS files are checked before anything opens (TlsConfigError: sfu/cli.py exits with EXIT_TLS)
+        tls = context_from_config(self.config)
+        ssl_context, self.tls = tls if tls is not None else (None, None)
         self.auth_secret = keyring_from_config(self.config)  # the primary key is still a str
         await self.meetings.start()  # closes what a crash left open, before anyone joins
         await self.engine.start()
@@ -48,14 +55,16 @@ class Server:
                                      keepalive_timeout=self.config.http_idle_timeout)
         await self._runner.setup()
         # header timeout and cap per source (sfu/httpguard.py)
-        site = GuardedSite(self._runner, self.config.host, self.config.http_port, guard=self.http_guard)
+        site = GuardedSite(self._runner, self.config.host, self.config.http_port, guard=self.http_guard,
+                           ssl_context=ssl_context,
+                           ssl_handshake_timeout=self.config.http_header_timeout or None)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
 
     @property
     def url(self) -> str:
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        return f"http://{host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.http_port}"
 
     async def stop(self) -> None:
         await self.engine.stop()
@@ -77,6 +86,7 @@ async def serve(config: Config) -> None:
     if config.dev:
         log.event(logger, "development mode: anyone may get an access token from /api/dev/token",
                   logging.WARNING)
+    log_tls(server.tls, config.host)
     print(f"SFU ready: page {url}/  WHIP {url}/whip/<room>  WHEP {url}/whep/<room>  "
           f"health {url}/healthz  media udp/{server.engine.port}", flush=True)
     stop = asyncio.Event()
@@ -87,6 +97,28 @@ async def serve(config: Config) -> None:
     log.event(logger, "sfu stopping")
     await server.stop()
     log.event(logger, "sfu stopped")
+
+
+def log_tls(tls: TlsInfo | None, host: str) -> None:
+    """The certificate served, or the warning that signalling travels in clear."""
+    if tls is None:
+        if exposed_without_tls(host, False):
+            log.event(logger, CLEARTEXT_WARNING, logging.WARNING, advice=CLEARTEXT_ADVICE)
+        return
+    log.event(logger, "tls enabled: https and wss", cert=tls.cert_path, sha256_fingerprint=tls.fingerprint,
+              spki_sha256=tls.spki_sha256, not_after=tls.not_after.isoformat(), self_signed=tls.self_signed,
+              created=tls.created)
+    if tls.created:
+        log.event(logger, "tls: made a self-signed development certificate", logging.WARNING, cert=tls.cert_path,
+                  key=tls.key_path, sha256_fingerprint=tls.fingerprint)
+    left = tls.not_after - datetime.datetime.now(datetime.timezone.utc)
+    if left < EXPIRY_WARNING:
+        log.event(logger, "tls: the certificate expires soon" if left.total_seconds() > 0
+                  else "tls: the certificate has expired", logging.WARNING, cert=tls.cert_path,
+                  not_after=tls.not_after.isoformat())
+    if key_file_too_open(tls.key_path):
+        log.event(logger, "tls: the private key file is readable by group or others: chmod 600 it",
+                  logging.WARNING, key=tls.key_path)
 
 
 def run(config: Config) -> int:
