@@ -1,0 +1,910 @@
+"""The pure-Python forwarding plane: :class:`sfu.plane.ForwardingPlane` in Python.
+
+The reference and oracle of the C data path (``sfu.plane_c.CPlane`` over
+``sfu._fast.datapath``): fed the same datagrams and commands, it sends the same
+bytes, counts the same counters and keeps the same statistics and NACK log
+(``tests/test_plane.py`` compares them). Each step mirrors its C twin::
+
+    datagram ─► _datagram: demux by first byte (RFC 7983 §7, RFC 5761 §4)
+       0..3     STUN ──────────────────────────────► listener.slow_path
+       from an address no peer has ───────────────► drop "unknown_source"
+       20..63   DTLS, 128..191 RTCP ──────────────► listener.slow_path
+       128..191 RTP ─► _rtp: unprotect (the peer's SrtpPair), header check,
+                     stream by SSRC (unknown: listener.unknown_ssrc)
+                  ─► _Stream.on_packet: statistics, NACK log, packet cache
+                  ─► _forward: per subscription keyframe gate, sync, rewrite
+                     (sfu.rtp.Rewriter), padding-only timestamp hold, protect, send
+
+Subscriptions answer NACKs (``retransmit``) from the stream's cache within the
+budget of ``sfu.router.NackBudget``, as RTX (RFC 4588 §4) when negotiated.
+
+Sockets: ``open`` reads the non-blocking UDP socket with ``loop.add_reader`` and
+sends with ``sendto``; when the kernel's buffer is full, datagrams wait in a
+queue of at most ``SEND_QUEUE_LIMIT`` bytes, sent when the socket is writable
+again (beyond it they are dropped, "send_buffer_full"). ``capture=True`` keeps
+what would be sent in ``captured`` instead (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections import deque
+
+from pylibsrtp import Error as SrtpError
+
+from .plane import CLEAR, GAP, RECOVERED, ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
+from .router import (
+    KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, NACK_DEDUPE_SLOTS,
+)
+from .rtp import CODEC_OTHER, Rewriter, is_keyframe, parse_rtp_header
+from .srtp import PROFILES, SrtpPair
+
+logger = logging.getLogger("sfu.plane_py")
+
+_PROFILE_NAMES = {number: name for name, number in PROFILES.items()}
+
+RX_SLOT = 2048  # longest datagram received (longer: "too_long"), as the C path's
+RX_MAX = 1500  # longest SRTP packet unprotected (pylibsrtp's limit too)
+RX_PER_CALL = 1024  # datagrams read per readiness callback (then yield to the loop)
+EVENT_RING = 4096  # NACK log events kept per stream between two drains
+SEND_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes waiting for a full socket before sends are dropped
+LATENCY_SAMPLE_MASK = 63  # 1 forwarded datagram in 64 is timed
+# upper bounds in microseconds (last: +Inf), as sfu._fast.datapath and sfu.metrics.LATENCY_BUCKETS
+LATENCY_BUCKETS_US = (20, 50, 100, 200, 500, 1000, 1500, 2000, 3000, 5000, 10000, 50000)
+_BOUNDS = tuple(us * 1e-6 for us in LATENCY_BUCKETS_US)
+
+# the counters, in the C path's order and with its names (take_counters)
+STAT_NAMES = (
+    "rtp_forwarded", "rx_packets", "rx_bytes", "rx_rtp", "tx_packets", "tx_bytes", "slow_path",
+    "recv_calls", "send_calls", "batches_forwarding", "retransmissions", "nack_misses",
+    "keyframe_waits",
+)
+DROP_NAMES = (
+    "unknown_source", "not_connected", "srtp_auth", "srtp_replay", "malformed", "unknown_ssrc",
+    "unknown_payload_type", "no_subscriber", "srtp_protect", "send_buffer_full", "send_error",
+    "too_long", "internal_error", "recv_error", "nack_repeat", "nack_budget",
+)
+(C_RTP_FORWARDED, C_RX_PACKETS, C_RX_BYTES, C_RX_RTP, C_TX_PACKETS, C_TX_BYTES, C_SLOW_PATH, C_RECV_CALLS,
+ C_SEND_CALLS, C_BATCHES_FORWARDING, C_RETRANSMISSIONS, C_NACK_MISSES, C_KEYFRAME_WAITS,
+ D_UNKNOWN_SOURCE, D_NOT_CONNECTED, D_SRTP_AUTH, D_SRTP_REPLAY, D_MALFORMED, D_UNKNOWN_SSRC,
+ D_UNKNOWN_PAYLOAD_TYPE, D_NO_SUBSCRIBER, D_SRTP_PROTECT, D_SEND_BUFFER_FULL, D_SEND_ERROR, D_TOO_LONG,
+ D_INTERNAL_ERROR, D_RECV_ERROR, D_NACK_REPEAT, D_NACK_BUDGET) = range(len(STAT_NAMES) + len(DROP_NAMES))
+_NAMES = STAT_NAMES + DROP_NAMES
+
+_pack_ts = struct.Struct("!I").pack_into
+
+
+def _address(addr: tuple) -> tuple[tuple, tuple]:
+    """(key, canonical tuple) of a socket-module address, as the C address table sees it:
+    IPv4 (text, port); IPv6 (text, port, flowinfo 0, scope). ValueError when it is neither."""
+    host = addr[0]
+    port = int(addr[1])
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"bad port {port}")
+    if isinstance(host, bytes):
+        host = host.decode("ascii")
+    if ":" not in host:
+        try:
+            text = socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, host))
+        except OSError:
+            raise ValueError(f"bad IPv4 address {host!r}") from None
+        return (text, port), (text, port)
+    host = host.split("%")[0]
+    try:
+        text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+    except OSError:
+        raise ValueError(f"bad IPv6 address {host!r}") from None
+    scope = int(addr[3]) if len(addr) >= 4 else 0
+    return (text, port, scope), (text, port, 0, scope)
+
+
+def _key(addr: tuple):
+    """The address-table key of a source address as the socket module reports it (canonical)."""
+    return addr if len(addr) == 2 else (addr[0], addr[1], addr[3])
+
+
+class _Peer:
+    """One transport: its address (when known), SRTP sessions (when connected), streams by SSRC."""
+
+    __slots__ = ("id", "key", "addr", "registered", "srtp", "protect", "unprotect", "streams")
+
+    def __init__(self, peer: int) -> None:
+        self.id = peer
+        self.key = None
+        self.addr = None  # where its copies go (kept when another peer takes the address)
+        self.registered = False  # in the address table
+        self.srtp: SrtpPair | None = None
+        self.protect = None
+        self.unprotect = None
+        self.streams: dict[int, _Stream] = {}
+
+
+class _Stream:
+    """One received SSRC: statistics (RFC 3550 A.1, A.3, A.8), NACK log, packet cache, fan-out."""
+
+    __slots__ = (
+        "id", "peer", "ssrc", "payload_type", "clock_rate", "nack", "nack_max_gap", "subs",
+        "packets", "bytes", "started", "unwrap_highest", "base", "highest", "jitter", "first_time",
+        "last_transit", "events", "overflow", "dirty",
+        "cache_packets", "arena_size", "pos", "c_seq", "c_pos", "c_data", "held",
+    )
+
+    def __init__(self, stream: int, peer: _Peer, ssrc: int, payload_type: int, clock_rate: int,
+                 nack: bool, nack_max_gap: int, cache_packets: int, cache_bytes: int) -> None:
+        self.id = stream
+        self.peer = peer
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.clock_rate = float(clock_rate)
+        self.nack = nack
+        self.nack_max_gap = nack_max_gap
+        self.subs: tuple[_Sub, ...] = ()
+        self.packets = 0
+        self.bytes = 0
+        self.started = False
+        self.unwrap_highest = 0
+        self.base: int | None = None
+        self.highest = -1
+        self.jitter = 0.0
+        self.first_time: float | None = None
+        self.last_transit: float | None = None
+        self.events: list[tuple] = []
+        self.overflow = False
+        self.dirty = False
+        # the packet cache, as the C arena: a log of cache_bytes at logical positions that
+        # grow forever (a packet never straddles the end), indexed by the seq's low bits
+        self.cache_packets = cache_packets
+        self.arena_size = cache_bytes
+        self.pos = 0
+        self.c_seq: list[int] | None = None  # allocated on the first packet
+        self.c_pos: list[int] | None = None
+        self.c_data: list[bytes | None] | None = None
+        self.held = 0  # bytes of c_data
+
+    def store(self, seq: int, packet: bytes, n: int) -> None:
+        c_seq = self.c_seq
+        if c_seq is None:
+            if not self.arena_size:
+                return
+            c_seq = self.c_seq = [-1] * self.cache_packets
+            self.c_pos = [0] * self.cache_packets
+            self.c_data = [None] * self.cache_packets
+        slot = seq & (self.cache_packets - 1)
+        size = self.arena_size
+        old = self.c_data[slot]
+        if old is not None:
+            self.held -= len(old)
+        if n > size or n > 0xFFFF:
+            c_seq[slot] = -1
+            self.c_data[slot] = None
+            return
+        start = self.pos
+        if start % size + n > size:
+            start = (start // size + 1) * size
+        self.pos = start + n
+        c_seq[slot] = seq
+        self.c_pos[slot] = start
+        self.c_data[slot] = packet
+        self.held += n
+
+    def cached(self, seq: int) -> bytes | None:
+        if self.c_seq is None:
+            return None
+        slot = seq & (self.cache_packets - 1)
+        if self.c_seq[slot] != seq or self.pos > self.c_pos[slot] + self.arena_size:
+            return None  # another seq, or overwritten since
+        return self.c_data[slot]
+
+
+class _Sub:
+    """One subscriber's copy of a stream: rewriting, numbering, keyframe gate, NACK budget."""
+
+    __slots__ = (
+        "id", "peer", "ssrc", "clock_rate", "initial_seq", "initial_ts", "rtx_ssrc", "rtx_pt", "rtx_seq",
+        "rewriter", "stream", "paused", "synced", "keyframe_codec", "keyframe_wait", "keyframe_since",
+        "sync_seq", "last_seq", "last_ts", "last_out_time", "first_time", "packets_sent", "octets_sent",
+        "retransmissions", "nack_started", "nack_tokens", "nack_last_time", "nack_last_bytes", "nack_seqs",
+        "nack_times",
+    )
+
+    def __init__(self, sub: int, peer: _Peer, ssrc: int, clock_rate: int, initial_seq: int, initial_ts: int,
+                 rtx_ssrc: int, rtx_pt: int, rtx_seq: int) -> None:
+        self.id = sub
+        self.peer = peer
+        self.ssrc = ssrc
+        self.clock_rate = float(clock_rate)
+        self.initial_seq = initial_seq & 0xFFFF
+        self.initial_ts = initial_ts & 0xFFFFFFFF
+        self.rtx_ssrc = rtx_ssrc
+        self.rtx_pt = rtx_pt if rtx_ssrc else -1
+        self.rtx_seq = rtx_seq & 0xFFFF
+        self.rewriter = Rewriter(ssrc, {}, {})
+        self.stream: _Stream | None = None
+        self.paused = False
+        self.synced = False
+        self.keyframe_codec = CODEC_OTHER
+        self.keyframe_wait = False
+        self.keyframe_since = 0.0  # when it began to hold packets (0: not yet), or last asked again
+        self.sync_seq: int | None = None  # output seq of the first packet since the last sync
+        self.last_seq: int | None = None
+        self.last_ts = 0
+        self.last_out_time = 0.0
+        self.first_time: float | None = None
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.retransmissions = 0
+        # the NACK budget (sfu.router.NackBudget, field for field)
+        self.nack_started = False
+        self.nack_tokens = 0.0
+        self.nack_last_time = 0.0
+        self.nack_last_bytes = 0
+        self.nack_seqs: list[int] | None = None
+        self.nack_times: list[float] | None = None
+
+    def sync(self, seq: int, ts: int, now: float) -> None:
+        """Continue the output numbering where it left off (or start at initial_seq/ts)."""
+        if self.last_seq is None:
+            out_seq = self.initial_seq
+            out_ts = self.initial_ts
+            self.first_time = now
+        else:
+            out_seq = (self.last_seq + 1) & 0xFFFF
+            elapsed = max(1, int((now - self.last_out_time) * self.clock_rate))
+            out_ts = (self.last_ts + elapsed) & 0xFFFFFFFF
+        self.rewriter.seq_delta = out_seq - seq
+        self.rewriter.ts_delta = out_ts - ts
+        self.synced = True
+        self.sync_seq = out_seq
+
+
+class PythonPlane(ForwardingPlane):
+    """The forwarding plane in pure Python (``sfu.rtp``, pylibsrtp): the oracle of the C one."""
+
+    name = "pure"
+
+    def __init__(self, listener: PlaneListener, *, capture: bool = False) -> None:
+        self.listener = listener
+        self.capture = capture
+        self.captured: list = []
+        self._peers: dict[int, _Peer] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._subs: dict[int, _Sub] = {}
+        self._table: dict[tuple, _Peer] = {}  # source address key -> peer
+        self._dirty: list[_Stream] = []
+        self._c = [0] * len(_NAMES)
+        self._taken = [0] * len(_NAMES)
+        self._buf = bytearray(RX_SLOT)
+        self._sock = None
+        self._loop = None
+        self._fd = -1
+        self._queue: deque[tuple[bytes, tuple]] = deque()
+        self._queued = 0
+        self._writing = False
+        self._tick = 0
+        self._hist = [0] * (len(_BOUNDS) + 1)
+        self._hist_sum = 0.0
+        self._hist_count = 0
+
+    # -- the socket ----------------------------------------------------------------------
+    def open(self, sock, loop) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop = loop
+        self._fd = sock.fileno()
+        loop.add_reader(self._fd, self._on_readable)
+
+    def close(self) -> None:
+        if self._loop is not None and self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            if self._writing:
+                self._loop.remove_writer(self._fd)
+        self._writing = False
+        self._sock = self._loop = None
+        self._fd = -1
+        self._queue.clear()
+        self._queued = 0
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        recv = sock.recvfrom
+        c = self._c
+        datagram = self._datagram
+        perf = time.perf_counter
+        monotonic = time.monotonic
+        forwarded_any = False
+        for _ in range(RX_PER_CALL):
+            try:
+                data, addr = recv(RX_SLOT + 1)
+            except BlockingIOError:
+                break
+            except OSError:
+                c[D_RECV_ERROR] += 1
+                break
+            c[C_RECV_CALLS] += 1
+            if len(data) > RX_SLOT:
+                c[C_RX_PACKETS] += 1
+                c[D_TOO_LONG] += 1
+                continue
+            if self._tick & LATENCY_SAMPLE_MASK:
+                self._tick += 1
+                before = c[C_RTP_FORWARDED]
+                datagram(data, addr, monotonic())
+                if c[C_RTP_FORWARDED] != before:
+                    forwarded_any = True
+            else:  # timed from receive to its copies sent (the next one if it forwards nothing)
+                t0 = perf()
+                before = c[C_RTP_FORWARDED]
+                datagram(data, addr, monotonic())
+                if c[C_RTP_FORWARDED] != before:
+                    self._record(perf() - t0)
+                    self._tick += 1
+                    forwarded_any = True
+        if forwarded_any:
+            c[C_BATCHES_FORWARDING] += 1
+
+    def _record(self, seconds: float) -> None:
+        i = 0
+        for bound in _BOUNDS:
+            if seconds <= bound:
+                break
+            i += 1
+        self._hist[i] += 1
+        self._hist_count += 1
+        self._hist_sum += seconds
+
+    def feed(self, data: bytes, addr: tuple, now: float) -> None:
+        data = bytes(data)
+        if len(data) > RX_SLOT:
+            self._c[C_RX_PACKETS] += 1
+            self._c[D_TOO_LONG] += 1
+            return
+        try:
+            addr = _address(addr)[1]
+        except (ValueError, IndexError, TypeError):
+            addr = None
+        self._datagram(data, addr, now)
+
+    def send(self, data: bytes, addr: tuple) -> None:
+        data = bytes(data)
+        if len(data) > RX_SLOT:
+            self._c[D_SEND_ERROR] += 1
+            return
+        self._send(data, _address(addr)[1])
+
+    def _send(self, data: bytes, addr) -> None:
+        c = self._c
+        if self.capture:
+            self.captured.append((data, addr))
+            c[C_TX_PACKETS] += 1
+            c[C_TX_BYTES] += len(data)
+            return
+        sock = self._sock
+        if sock is None:
+            return
+        if addr is None:
+            c[D_SEND_ERROR] += 1
+            return
+        if not self._queue:
+            c[C_SEND_CALLS] += 1
+            try:
+                sock.sendto(data, addr)
+            except BlockingIOError:
+                pass  # the kernel's buffer is full: queue it
+            except OSError:
+                c[D_SEND_ERROR] += 1
+                return
+            else:
+                c[C_TX_PACKETS] += 1
+                c[C_TX_BYTES] += len(data)
+                return
+            self._wait_writable()
+        if self._queued + len(data) > SEND_QUEUE_LIMIT:
+            c[D_SEND_BUFFER_FULL] += 1
+            return
+        self._queue.append((data, addr))
+        self._queued += len(data)
+
+    def _wait_writable(self) -> None:
+        if self._writing or self._loop is None:
+            return
+        try:
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+        except Exception:
+            logger.exception("add_writer failed")
+
+    def _on_writable(self) -> None:
+        c = self._c
+        queue = self._queue
+        sock = self._sock
+        while queue and sock is not None:
+            data, addr = queue[0]
+            c[C_SEND_CALLS] += 1
+            try:
+                sock.sendto(data, addr)
+            except BlockingIOError:
+                return
+            except OSError:
+                c[D_SEND_ERROR] += 1
+            else:
+                c[C_TX_PACKETS] += 1
+                c[C_TX_BYTES] += len(data)
+            queue.popleft()
+            self._queued -= len(data)
+        if self._writing and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+        self._writing = False
+
+    # -- peers ---------------------------------------------------------------------------
+    def add_peer(self, peer: int) -> None:
+        if peer in self._peers:
+            raise ValueError(f"peer {peer} exists")
+        self._peers[peer] = _Peer(peer)
+
+    def set_address(self, peer: int, addr: tuple) -> None:
+        p = self._peers[peer]
+        key, canonical = _address(addr)
+        if p.registered and self._table.get(p.key) is p:
+            del self._table[p.key]
+        other = self._table.get(key)
+        if other is not None and other is not p:
+            other.registered = False  # the newest binding of an address wins
+        self._table[key] = p
+        p.key = key
+        p.addr = canonical
+        p.registered = True
+
+    def set_keys(self, peer: int, profile, local_key: bytes, remote_key: bytes) -> None:
+        p = self._peers[peer]
+        name = profile if isinstance(profile, str) else _PROFILE_NAMES[profile]
+        pair = SrtpPair(name, local_key, remote_key)
+        p.srtp = pair
+        p.protect = pair.tx.protect
+        p.unprotect = pair.rx.unprotect
+
+    def remove_peer(self, peer: int) -> None:
+        p = self._peers.get(peer)
+        if p is None:
+            return
+        for sub_id in [s.id for s in self._subs.values() if s.peer is p]:
+            self.remove_subscription(sub_id)
+        for stream in list(p.streams.values()):
+            self.remove_stream(stream.id)
+        if p.registered and self._table.get(p.key) is p:
+            del self._table[p.key]
+        p.registered = False
+        p.srtp = p.protect = p.unprotect = None
+        del self._peers[peer]
+
+    # -- streams ---------------------------------------------------------------------------
+    def add_stream(self, stream: int, peer: int, ssrc: int, payload_type: int, clock_rate: int, *,
+                   nack: bool = True, nack_max_gap: int = 256, cache_packets: int = 1024,
+                   cache_bytes: int = 512 * 1024) -> None:
+        if stream in self._streams:
+            raise ValueError(f"stream {stream} exists")
+        p = self._peers[peer]
+        if cache_packets < 1 or cache_packets & (cache_packets - 1) or cache_packets > (1 << 20):
+            raise ValueError("cache_packets must be a power of two")
+        if not 0 <= ssrc <= 0xFFFFFFFF or not 0 <= payload_type <= 127:
+            raise ValueError("bad SSRC or payload type")
+        if ssrc in p.streams:
+            raise ValueError(f"SSRC {ssrc} already has a stream on this peer")
+        s = _Stream(stream, p, ssrc, payload_type, clock_rate, nack, nack_max_gap, cache_packets, cache_bytes)
+        p.streams[ssrc] = s
+        self._streams[stream] = s
+
+    def remove_stream(self, stream: int) -> None:
+        s = self._streams.pop(stream, None)
+        if s is None:
+            return
+        if s.peer.streams.get(s.ssrc) is s:
+            del s.peer.streams[s.ssrc]
+        for sub in s.subs:
+            self._unbind(sub)
+        s.subs = ()
+        s.c_seq = s.c_pos = s.c_data = None
+        s.held = 0
+        s.events = []
+
+    # -- subscriptions ---------------------------------------------------------------------
+    def add_subscription(self, sub: int, peer: int, ssrc: int, clock_rate: int, *, initial_seq: int,
+                         initial_ts: int, rtx_ssrc: int = 0, rtx_payload_type: int = -1, rtx_seq: int = 0) -> None:
+        if sub in self._subs:
+            raise ValueError(f"subscription {sub} exists")
+        p = self._peers[peer]
+        self._subs[sub] = _Sub(sub, p, ssrc, clock_rate, initial_seq, initial_ts, rtx_ssrc, rtx_payload_type,
+                               rtx_seq)
+
+    def bind(self, sub: int, stream: int | None, pt_map: dict[int, int], ext_map: dict[int, int],
+             keyframe_codec: int) -> None:
+        s = self._subs[sub]
+        target = self._streams[stream] if stream is not None else None
+        if target is not None:  # checked before anything changes
+            s.rewriter.set_pt_map(pt_map)
+            s.rewriter.set_ext_map(ext_map)
+        if s.stream is not target:
+            if s.stream is not None:
+                s.stream.subs = tuple(x for x in s.stream.subs if x is not s)
+            s.stream = target
+            if target is not None:
+                target.subs = target.subs + (s,)
+        s.synced = False
+        s.keyframe_codec = keyframe_codec if target is not None else CODEC_OTHER
+        s.keyframe_wait = s.keyframe_codec != CODEC_OTHER
+        s.keyframe_since = 0.0
+
+    @staticmethod
+    def _unbind(s: _Sub) -> None:
+        s.stream = None
+        s.synced = False
+        s.keyframe_codec = CODEC_OTHER
+        s.keyframe_wait = False
+        s.keyframe_since = 0.0
+
+    def set_paused(self, sub: int, paused: bool) -> None:
+        s = self._subs[sub]
+        if s.paused and not paused:
+            s.synced = False
+            s.keyframe_wait = s.keyframe_codec != CODEC_OTHER
+            s.keyframe_since = 0.0
+        s.paused = bool(paused)
+
+    def remove_subscription(self, sub: int) -> None:
+        s = self._subs.pop(sub, None)
+        if s is None:
+            return
+        if s.stream is not None:
+            s.stream.subs = tuple(x for x in s.stream.subs if x is not s)
+            s.stream = None
+
+    # -- per datagram ----------------------------------------------------------------------
+    def _datagram(self, data: bytes, addr, now: float) -> None:
+        """RFC 7983 §7 demux, then the RTP path or the slow path."""
+        c = self._c
+        n = len(data)
+        c[C_RX_PACKETS] += 1
+        c[C_RX_BYTES] += n
+        if n and data[0] <= 3:
+            self._slow(data, addr)  # STUN: ICE in the control plane (it learns addresses)
+            return
+        peer = self._table.get(_key(addr)) if addr is not None else None
+        if peer is None:
+            c[D_UNKNOWN_SOURCE] += 1
+            return
+        if not n:
+            c[D_MALFORMED] += 1
+            return
+        first = data[0]
+        if 20 <= first <= 63:
+            self._slow(data, addr)  # DTLS
+        elif 128 <= first <= 191 and n >= 2:
+            if 192 <= data[1] <= 223:
+                self._slow(data, addr)  # RTCP (RFC 5761 §4)
+            else:
+                self._rtp(peer, data, n, now)
+        else:
+            c[D_MALFORMED] += 1
+
+    def _slow(self, data: bytes, addr) -> None:
+        self._c[C_SLOW_PATH] += 1
+        try:
+            self.listener.slow_path(data, addr)
+        except Exception:
+            self._c[D_INTERNAL_ERROR] += 1
+            logger.exception("slow path failed")
+
+    def _rtp(self, peer: _Peer, data: bytes, n: int, now: float) -> None:
+        c = self._c
+        c[C_RX_RTP] += 1
+        unprotect = peer.unprotect
+        if unprotect is None:
+            c[D_NOT_CONNECTED] += 1
+            return
+        if n > RX_MAX:
+            c[D_TOO_LONG] += 1
+            return
+        try:
+            plain = unprotect(data)
+        except SrtpError as exc:
+            c[D_SRTP_REPLAY if "replay" in str(exc) else D_SRTP_AUTH] += 1
+            return
+        except ValueError:
+            c[D_TOO_LONG] += 1
+            return
+        try:
+            _pt, _marker, seq, ts, ssrc, hlen = parse_rtp_header(plain)
+        except ValueError:
+            c[D_MALFORMED] += 1
+            return
+        stream = peer.streams.get(ssrc)
+        if stream is None:
+            if self._learn(peer, plain, ssrc):
+                stream = peer.streams.get(ssrc)
+            if stream is None:
+                # libsrtp made an inbound stream for this SSRC when it authenticated the
+                # packet: forget it, or a peer sending made-up SSRCs grows memory
+                if peer.srtp is not None:
+                    peer.srtp.remove_inbound_stream(ssrc)
+                c[D_UNKNOWN_SSRC] += 1
+                return
+        if plain[1] & 0x7F != stream.payload_type:
+            c[D_UNKNOWN_PAYLOAD_TYPE] += 1  # e.g. RTX or FEC we did not negotiate
+            return
+        n = len(plain)
+        self._on_packet(stream, plain, n, seq, ts, now)
+        self._forward(stream, plain, n, seq, ts, hlen, now)
+
+    def _learn(self, peer: _Peer, plain: bytes, ssrc: int) -> bool:
+        try:
+            return bool(self.listener.unknown_ssrc(peer.id, ssrc, plain))
+        except Exception:
+            self._c[D_INTERNAL_ERROR] += 1
+            logger.exception("unknown_ssrc callback failed")
+            return False
+
+    def _on_packet(self, st: _Stream, plain: bytes, n: int, seq: int, ts: int, now: float) -> None:
+        """Receive statistics, the NACK log and the cache (sfu._fast.datapath Stream._on_packet)."""
+        if not st.started:
+            st.started = True
+            st.unwrap_highest = ext = seq
+        else:
+            delta = (seq - st.unwrap_highest) & 0xFFFF
+            if delta < 0x8000:
+                ext = st.unwrap_highest + delta
+                st.unwrap_highest = ext
+            else:
+                ext = st.unwrap_highest + delta - 0x10000
+        st.packets += 1
+        st.bytes += n
+        st.store(seq, plain, n)
+        if st.base is None:
+            st.base = st.highest = ext
+            st.first_time = now
+        elif ext > st.highest:
+            gap = ext - st.highest - 1
+            if gap and st.nack:
+                if gap > st.nack_max_gap:
+                    self._event(st, (CLEAR, 0, 0, now))
+                else:
+                    self._event(st, (GAP, st.highest + 1, ext, now))
+            st.highest = ext
+        elif st.nack:
+            self._event(st, (RECOVERED, ext, None, now))
+        # interarrival jitter, RFC 3550 A.8
+        transit = now * st.clock_rate - ts
+        last = st.last_transit
+        if last is not None:
+            d = abs(transit - last)
+            if d < st.clock_rate * 10:  # ignore timestamp jumps
+                st.jitter += (d - st.jitter) / 16.0
+        st.last_transit = transit
+
+    def _event(self, st: _Stream, event: tuple) -> None:
+        if not st.dirty:  # first event since the last drain: tell the control plane (take_dirty)
+            st.dirty = True
+            self._dirty.append(st)
+        if len(st.events) >= EVENT_RING:
+            st.overflow = True
+            return
+        st.events.append(event)
+
+    def _keyframe_needed(self, st: _Stream) -> None:
+        try:
+            self.listener.keyframe_needed(st.id)
+        except Exception:
+            self._c[D_INTERNAL_ERROR] += 1
+            logger.exception("keyframe_needed callback failed")
+
+    def _forward(self, st: _Stream, plain: bytes, n: int, seq: int, ts: int, hlen: int, now: float) -> None:
+        """The fan-out: one rewritten, protected copy per subscription."""
+        subs = st.subs
+        c = self._c
+        if not subs:
+            c[D_NO_SUBSCRIBER] += 1
+            return
+        # padding only (a bandwidth probe): sent with the subscriber's last timestamp, or a
+        # receiver that assembles frames by timestamp (aiortc) decodes an empty frame
+        hold_ts = plain[0] & 0x20 and hlen + plain[-1] == n
+        buf = self._buf
+        key = None  # does this packet start a keyframe (looked at once, when someone waits)
+        sent = 0
+        for sub in subs:
+            dest = sub.peer
+            if dest.protect is None or sub.paused or not dest.registered:
+                continue
+            if sub.keyframe_wait:
+                # the keyframe gate: nothing sent or numbered before the stream's next
+                # keyframe; from it the numbering continues (sync)
+                if key is None:
+                    key = is_keyframe(sub.keyframe_codec, plain)
+                if not key:
+                    c[C_KEYFRAME_WAITS] += 1
+                    if sub.keyframe_since == 0.0:
+                        sub.keyframe_since = now
+                    elif now - sub.keyframe_since >= KEYFRAME_RETRY:
+                        sub.keyframe_since = now  # the request (or its keyframe) was lost: ask again
+                        self._keyframe_needed(st)
+                    continue
+                sub.keyframe_wait = False
+                sub.keyframe_since = 0.0
+                sub.synced = False
+            if not sub.synced:
+                sub.sync(seq, ts, now)
+            rw = sub.rewriter
+            try:
+                m = rw.rewrite(plain, buf)
+            except ValueError:  # a header extension element overruns its block (RFC 8285)
+                c[D_MALFORMED] += 1
+                return
+            if m < 0:
+                continue  # payload type not mapped for this subscriber
+            held = hold_ts and sub.last_seq is not None
+            if held:
+                _pack_ts(buf, 4, sub.last_ts)
+            try:
+                out = dest.protect(bytes(buf[:m]))
+            except SrtpError:
+                c[D_SRTP_PROTECT] += 1
+                continue
+            self._send(out, dest.addr)
+            sub.last_seq = (seq + rw._seq_delta) & 0xFFFF
+            if not held:
+                sub.last_ts = (ts + rw._ts_delta) & 0xFFFFFFFF
+            sub.last_out_time = now
+            sub.packets_sent += 1
+            sub.octets_sent += m
+            sent += 1
+        c[C_RTP_FORWARDED] += sent
+
+    # -- NACK answers ----------------------------------------------------------------------
+    def retransmit(self, sub: int, seqs: list[int], now: float, window: float) -> None:
+        s = self._subs[sub]
+        st = s.stream
+        dest = s.peer
+        if st is None or dest.protect is None:
+            return
+        c = self._c
+        # refill the budget (sfu.router.NackBudget.refill)
+        received = st.bytes
+        if not s.nack_started:
+            s.nack_started = True
+            s.nack_tokens = NACK_BUDGET_BURST
+        else:
+            elapsed = now - s.nack_last_time
+            if elapsed < 0:
+                elapsed = 0.0
+            gained = received - s.nack_last_bytes if received > s.nack_last_bytes else 0
+            s.nack_tokens = min(NACK_BUDGET_BURST, s.nack_tokens + NACK_BUDGET_FRACTION * float(gained)
+                                + NACK_BUDGET_FLOOR * elapsed)
+        s.nack_last_bytes = received
+        s.nack_last_time = now
+        rw = s.rewriter
+        rtx_pt = s.rtx_pt
+        buf = bytearray(RX_SLOT)
+        mask = NACK_DEDUPE_SLOTS - 1
+        for value in seqs:
+            out_seq = int(value) & 0xFFFF
+            i = out_seq & mask
+            if s.keyframe_wait or not s.synced or s.sync_seq is None \
+                    or (out_seq - s.sync_seq) & 0xFFFF >= 0x8000:
+                # before this numbering started (before the keyframe gate opened, or of
+                # another stream): the cache holds no packet of this subscriber for it
+                c[C_NACK_MISSES] += 1
+                continue
+            if s.nack_seqs is not None and s.nack_seqs[i] == out_seq and now - s.nack_times[i] < window:
+                c[D_NACK_REPEAT] += 1
+                continue
+            plain = st.cached((out_seq - rw._seq_delta) & 0xFFFF)
+            if plain is None:
+                c[C_NACK_MISSES] += 1
+                continue
+            size = len(plain)
+            if s.nack_tokens < size:
+                c[D_NACK_BUDGET] += 1
+                continue
+            s.nack_tokens -= size
+            if s.nack_seqs is None:
+                s.nack_seqs = [-1] * NACK_DEDUPE_SLOTS
+                s.nack_times = [0.0] * NACK_DEDUPE_SLOTS
+            s.nack_seqs[i] = out_seq
+            s.nack_times[i] = now
+            try:
+                m = rw.rewrite(plain, buf)
+            except ValueError:  # a cached packet with a malformed RFC 8285 element
+                c[D_MALFORMED] += 1
+                continue
+            if m < 0:
+                continue  # payload type not mapped for this subscriber
+            if s.last_seq is not None and plain[0] & 0x20 \
+                    and parse_rtp_header(plain)[5] + plain[-1] == size:
+                _pack_ts(buf, 4, s.last_ts)  # a padding-only packet, as _forward sent it
+            if rtx_pt >= 0:
+                s.rtx_seq = (s.rtx_seq + 1) & 0xFFFF
+                data = build_rtx(buf, m, parse_rtp_header(buf[:m])[5], rtx_pt, s.rtx_seq, s.rtx_ssrc)
+            else:
+                data = bytes(buf[:m])
+            try:
+                out = dest.protect(data)
+            except SrtpError:
+                c[D_SRTP_PROTECT] += 1
+                continue
+            self._send(out, dest.addr)
+            s.retransmissions += 1
+            c[C_RETRANSMISSIONS] += 1
+
+    # -- what comes back -------------------------------------------------------------------
+    def take_dirty(self) -> list[int]:
+        dirty, self._dirty = self._dirty, []
+        streams = self._streams
+        return [st.id for st in dirty if streams.get(st.id) is st]
+
+    def drain_events(self, stream: int) -> list[tuple]:
+        st = self._streams[stream]
+        out = [(CLEAR, 0, 0, 0.0)] if st.overflow else []
+        out.extend(st.events)
+        st.events = []
+        st.overflow = False
+        st.dirty = False
+        return out
+
+    def stream_stats(self, stream: int) -> StreamStats:
+        st = self._streams[stream]
+        return StreamStats(st.packets, st.bytes, st.base, st.highest, st.jitter, st.first_time)
+
+    def subscription_stats(self, sub: int) -> SubscriptionStats:
+        s = self._subs[sub]
+        rw = s.rewriter
+        has_last = s.last_seq is not None
+        return SubscriptionStats(
+            packets_sent=s.packets_sent, octets_sent=s.octets_sent, retransmissions=s.retransmissions,
+            synced=s.synced, seq_delta=rw.seq_delta, ts_delta=rw.ts_delta, last_out_seq=s.last_seq,
+            last_out_ts=s.last_ts if has_last else None, last_out_time=s.last_out_time,
+            first_packet_time=s.first_time, keyframe_wait=s.keyframe_wait, rtx_seq=s.rtx_seq,
+            nack_tokens=s.nack_tokens if s.nack_started else None)
+
+    def cached(self, stream: int, seq: int) -> bytes | None:
+        return self._streams[stream].cached(int(seq) & 0xFFFF)
+
+    def take_counters(self) -> tuple[dict[str, int], dict[str, int]]:
+        stats: dict[str, int] = {}
+        drops: dict[str, int] = {}
+        c, taken = self._c, self._taken
+        for i, name in enumerate(_NAMES):
+            delta = c[i] - taken[i]
+            if delta:
+                taken[i] = c[i]
+                (stats if i < D_UNKNOWN_SOURCE else drops)[name] = delta
+        return stats, drops
+
+    def latency(self) -> dict:
+        out = []
+        total = 0
+        for i, count in enumerate(self._hist):
+            total += count
+            out.append((_BOUNDS[i] if i < len(_BOUNDS) else float("inf"), total))
+        return {"buckets": out, "count": self._hist_count, "sum": self._hist_sum}
+
+    def memory(self) -> int:
+        """Bytes of cached packets and logged events held now (approximate)."""
+        return sum(st.held + 8 * st.cache_packets * (st.c_seq is not None) + 40 * len(st.events)
+                   for st in self._streams.values())
+
+
+def build_rtx(buf: bytearray, n: int, header_length: int, rtx_pt: int, rtx_seq: int, rtx_ssrc: int) -> bytes:
+    """RFC 4588 §4: the retransmission of the rewritten packet ``buf[:n]`` on the RTX stream
+    (its header, the original seq, the payload without padding)."""
+    header = bytearray(buf[:header_length])
+    osn = bytes(buf[2:4])
+    end = n
+    if header[0] & 0x20:  # strip padding: RTX carries the payload only
+        end -= buf[n - 1]
+        header[0] &= 0xDF
+    header[1] = (header[1] & 0x80) | rtx_pt
+    struct.pack_into("!H", header, 2, rtx_seq)
+    struct.pack_into("!I", header, 8, rtx_ssrc)
+    return bytes(header) + osn + bytes(buf[header_length:max(end, header_length)])
