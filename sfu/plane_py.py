@@ -101,11 +101,6 @@ def _address(addr: tuple) -> tuple[tuple, tuple]:
     return (text, port, scope), (text, port, 0, scope)
 
 
-def _key(addr: tuple):
-    """The address-table key of a source address as the socket module reports it (canonical)."""
-    return addr if len(addr) == 2 else (addr[0], addr[1], addr[3])
-
-
 class _Peer:
     """One transport: its address (when known), SRTP sessions (when connected), streams by SSRC."""
 
@@ -276,7 +271,8 @@ class PythonPlane(ForwardingPlane):
         self._dirty: list[_Stream] = []
         self._c = [0] * len(_NAMES)
         self._taken = [0] * len(_NAMES)
-        self._buf = bytearray(RX_SLOT)
+        self._buf = bytearray(RX_SLOT)  # a rewritten copy (never longer than its source, <= RX_MAX)
+        self._view = memoryview(self._buf)
         self._sock = None
         self._loop = None
         self._fd = -1
@@ -572,7 +568,10 @@ class PythonPlane(ForwardingPlane):
         if n and data[0] <= 3:
             self._slow(data, addr)  # STUN: ICE in the control plane (it learns addresses)
             return
-        peer = self._table.get(_key(addr)) if addr is not None else None
+        if addr is None:
+            peer = None
+        else:
+            peer = self._table.get(addr if len(addr) == 2 else (addr[0], addr[1], addr[3]))
         if peer is None:
             c[D_UNKNOWN_SOURCE] += 1
             return
@@ -711,6 +710,7 @@ class PythonPlane(ForwardingPlane):
         # receiver that assembles frames by timestamp (aiortc) decodes an empty frame
         hold_ts = plain[0] & 0x20 and hlen + plain[-1] == n
         buf = self._buf
+        view = self._view
         key = None  # does this packet start a keyframe (looked at once, when someone waits)
         sent = 0
         for sub in subs:
@@ -747,7 +747,7 @@ class PythonPlane(ForwardingPlane):
             if held:
                 _pack_ts(buf, 4, sub.last_ts)
             try:
-                out = dest.protect(bytes(buf[:m]))
+                out = dest.protect(bytes(view[:m]))
             except SrtpError:
                 c[D_SRTP_PROTECT] += 1
                 continue
