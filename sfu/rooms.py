@@ -18,6 +18,11 @@ kept by the same methods. Participants of a meeting that ended stay in the room
 until their sockets are closed, so a room can hold the participants of an ended
 meeting next to a new one: filter on ``Participant.meeting_id``.
 
+A participant carries its media session id and its published tracks (with their
+producer ids), so the protocol finds the participant an engine event is about in
+the event's room (``SessionClosed.session``, ``TrackUnpublished.producer``) and
+keeps no index of its own.
+
 The media side of a room (producers, consumers) is the engine's (sfu/router.py).
 """
 

@@ -82,8 +82,6 @@ class Signaling:
         self.meetings = meetings
         self.clock: Clock = as_clock(clock)  # clock() for pong; the protocol's timers (sfu.clock)
         self.rooms = meetings.rooms  # the one room registry (sfu/rooms.py), the meeting service's
-        self._by_media: dict[str, Participant] = {}  # engine transport id -> participant
-        self._by_producer: dict[str, tuple[Participant, PublishedTrack]] = {}
         self._handlers: dict[str, Callable[[Participant, dict], Awaitable[dict]]] = {
             "join": self._join,
             "offer": self._offer,
@@ -168,7 +166,6 @@ class Signaling:
         if participant.media_session is not None:
             # unpublishes its tracks first: the others get track_unpublished, then participant_left
             self.engine.close_session(participant.media_session, CloseReason.PARTICIPANT_LEFT)
-            self._by_media.pop(participant.media_session, None)
             participant.media_session = None
         if participant.joined:
             self.rooms.remove(participant)
@@ -206,14 +203,12 @@ class Signaling:
         peer.meeting_id = meeting_id
         peer.media_session = media_session
         peer.joined = True
-        self._by_media[media_session] = peer
         self.rooms.add(peer)
         self._broadcast(peer, "participant_joined", participant=peer.public())
         for mid, producer in desc["producers"].items():
             track = PublishedTrack(id=f"{peer.id}-{mid}", kind=producer["kind"],
                                    source=DEFAULT_SOURCE[producer["kind"]], mid=mid, producer_id=producer["id"])
             peer.tracks[track.id] = track
-            self._by_producer[producer["id"]] = (peer, track)
             self._broadcast(peer, "track_published", participant_id=peer.id, track=track.public())
         event(logger, "http peer in meeting", room=peer.room, meeting=meeting_id, participant=peer.id,
               via=peer.via, tracks=len(peer.tracks))
@@ -312,7 +307,6 @@ class Signaling:
             if participant.media_session is None:
                 info = self.engine.create_session(participant.room, "meeting", offer_sdp, subscriptions)
                 participant.media_session = info.id
-                self._by_media[info.id] = participant
                 answer = info.answer
             else:
                 answer = self.engine.update_session(participant.media_session, offer_sdp, subscriptions)
@@ -325,7 +319,7 @@ class Signaling:
         desc = self.engine.describe_session(participant.media_session)
         published: dict[str, str] = {}
         for mid, producer in desc["producers"].items():
-            track = self._by_producer.get(producer["id"], (None, None))[1]
+            track = next((t for t in participant.tracks.values() if t.producer_id == producer["id"]), None)
             if track is None:
                 info_for_mid = tracks_info.get(mid) if isinstance(tracks_info.get(mid), dict) else {}
                 source = info_for_mid.get("source", DEFAULT_SOURCE[producer["kind"]])
@@ -335,7 +329,6 @@ class Signaling:
                                        mid=mid, producer_id=producer["id"],
                                        muted=bool(info_for_mid.get("muted", False)))
                 participant.tracks[track.id] = track
-                self._by_producer[producer["id"]] = (participant, track)
                 self._broadcast(participant, "track_published", participant_id=participant.id,
                                 track=track.public())
             published[mid] = track.id
@@ -419,17 +412,18 @@ class Signaling:
             handler(ev)
 
     def _track_unpublished(self, ev: TrackUnpublished) -> None:
-        found = self._by_producer.pop(ev.producer, None)
-        if found is None:
-            return
-        participant, track = found
-        participant.tracks.pop(track.id, None)
-        if participant.joined:
-            self._broadcast(participant, "track_unpublished", participant_id=participant.id, track_id=track.id)
+        for participant in self.rooms.participants(ev.room):
+            track = next((t for t in participant.tracks.values() if t.producer_id == ev.producer), None)
+            if track is not None:
+                del participant.tracks[track.id]
+                if participant.joined:
+                    self._broadcast(participant, "track_unpublished", participant_id=participant.id,
+                                    track_id=track.id)
+                return
 
     def _session_closed(self, ev: SessionClosed) -> None:
-        participant = self._by_media.pop(ev.session, None)
-        if participant is None or participant.media_session != ev.session:
+        participant = next((p for p in self.rooms.participants(ev.room) if p.media_session == ev.session), None)
+        if participant is None:
             return
         participant.media_session = None
         if participant.via != "ws":
