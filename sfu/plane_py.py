@@ -326,20 +326,22 @@ class PythonPlane(ForwardingPlane):
                 c[C_RX_PACKETS] += 1
                 c[D_TOO_LONG] += 1
                 continue
-            if self._tick & LATENCY_SAMPLE_MASK:
-                self._tick += 1
-                before = c[C_RTP_FORWARDED]
+            before = c[C_RTP_FORWARDED]
+            timed = not self._tick & LATENCY_SAMPLE_MASK
+            t0 = perf() if timed else 0.0  # receive -> its copies sent (the next one if it forwards nothing)
+            try:
                 datagram(data, addr, monotonic())
-                if c[C_RTP_FORWARDED] != before:
-                    forwarded_any = True
-            else:  # timed from receive to its copies sent (the next one if it forwards nothing)
-                t0 = perf()
-                before = c[C_RTP_FORWARDED]
-                datagram(data, addr, monotonic())
-                if c[C_RTP_FORWARDED] != before:
+            except Exception:  # never let one bad packet stop the worker
+                c[D_INTERNAL_ERROR] += 1
+                logger.exception("packet handling failed")
+                continue
+            if c[C_RTP_FORWARDED] != before:
+                if timed:
                     self._record(perf() - t0)
-                    self._tick += 1
-                    forwarded_any = True
+                self._tick += 1
+                forwarded_any = True
+            elif not timed:
+                self._tick += 1
         if forwarded_any:
             c[C_BATCHES_FORWARDING] += 1
 
@@ -693,6 +695,8 @@ class PythonPlane(ForwardingPlane):
         st.events.append(event)
 
     def _keyframe_needed(self, st: _Stream) -> None:
+        if self._streams.get(st.id) is not st:
+            return  # removed by a callback of this very packet
         try:
             self.listener.keyframe_needed(st.id)
         except Exception:

@@ -574,9 +574,109 @@ def s_addresses(w: World) -> dict:
     return f
 
 
+def s_random_commands(w: World) -> dict:
+    """Random media and random commands in between (bind, pause, retransmit, removals,
+    re-adds, moves): compared across planes, the strongest form of the oracle."""
+    rng = random.Random(77)
+    w.peer(1, 5000)
+    w.peer(2, 5001)
+    for p in range(3, 7):
+        w.peer(p, 6000 + p)
+    publishers = {1: [1111, 1112], 2: [2221]}
+    streams: dict[int, tuple[int, int]] = {}  # stream id -> (peer, ssrc)
+    next_id = [100]
+
+    def new_stream(peer, ssrc):
+        sid = next_id[0]
+        next_id[0] += 1
+        w.plane.add_stream(sid, peer, ssrc, VP8_PT, 90000, nack_max_gap=50, cache_packets=128, cache_bytes=40000)
+        streams[sid] = (peer, ssrc)
+
+    for peer, ssrcs in publishers.items():
+        for ssrc in ssrcs:
+            new_stream(peer, ssrc)
+    subs: list[int] = []
+
+    def new_sub():
+        sid = next_id[0]
+        next_id[0] += 1
+        rtx = rng.random() < 0.5
+        w.plane.add_subscription(sid, rng.randrange(3, 7), rng.getrandbits(32), 90000,
+                                 initial_seq=rng.getrandbits(16), initial_ts=rng.getrandbits(32),
+                                 rtx_ssrc=rng.getrandbits(32) | 1 if rtx else 0,
+                                 rtx_payload_type=RTX_PT if rtx else -1, rtx_seq=rng.getrandbits(16))
+        subs.append(sid)
+        bind(sid)
+
+    def bind(sid):
+        target = rng.choice(sorted(streams) * 3 + [None])
+        w.plane.bind(sid, target, {VP8_PT: OUT_PT}, {LEVEL_ID: OUT_LEVEL_ID} if rng.random() < 0.5 else {},
+                     rng.choice((CODEC_OTHER, CODEC_VP8, CODEC_VP8)))
+
+    for _ in range(6):
+        new_sub()
+    seqs = {ssrc: rng.getrandbits(16) for ssrcs in publishers.values() for ssrc in ssrcs}
+    t = 100.0
+    log = []
+    for step in range(1500):
+        r = rng.random()
+        t += rng.choice((0.0, 0.001, 0.01, 0.02, 0.3))
+        if r < 0.75:
+            peer = rng.choice((1, 2))
+            ssrc = rng.choice(publishers[peer])
+            seqs[ssrc] = (seqs[ssrc] + rng.choice((1,) * 12 + (2, 3, -1, 0, 60))) & 0xFFFF
+            key = rng.random() < 0.1
+            pad = rng.random() < 0.05
+            packet = rtp(VP8_PT, seqs[ssrc], int(t * 90000), ssrc, size=rng.randrange(60, 1200),
+                         payload=b"" if pad else (b"\x10\x00" if key else b"\x10\x01"),
+                         extensions=[(LEVEL_ID, b"\x33"), (MID_ID, b"1")] if rng.random() < 0.5 else (),
+                         padding=rng.randrange(1, 200) if pad else 0)
+            try:
+                data = w.clients[peer].protect(packet)
+            except pylibsrtp.Error:
+                continue
+            w.plane.feed(data, w.addrs[peer], t)
+        elif r < 0.83 and subs:
+            sid = rng.choice(subs)
+            w.plane.retransmit(sid, [rng.getrandbits(16) for _ in range(3)]
+                               + [w.plane.subscription_stats(sid).last_out_seq or 0] * 2,
+                               t, rng.choice((0.05, 0.1)))
+        elif r < 0.87 and subs:
+            w.plane.set_paused(rng.choice(subs), rng.random() < 0.3)
+        elif r < 0.9 and subs:
+            bind(rng.choice(subs))
+        elif r < 0.92 and subs:
+            sid = subs.pop(rng.randrange(len(subs)))
+            w.plane.remove_subscription(sid)
+            new_sub()
+        elif r < 0.93:
+            sid = rng.choice(sorted(streams))
+            peer, ssrc = streams.pop(sid)
+            w.plane.remove_stream(sid)
+            new_stream(peer, ssrc)
+        elif r < 0.95:
+            peer = rng.randrange(3, 7)
+            w.addrs[peer] = ("127.0.0.1", rng.choice((6003, 6004, 6005, 6006, 7000 + step)))
+            w.plane.set_address(peer, w.addrs[peer])
+        else:
+            log.append(("dirty", w.plane.take_dirty()))
+            for sid in sorted(streams):
+                log.append(("events", sid, w.plane.drain_events(sid)))
+        if step % 100 == 0:
+            log.append(("counters", w.counters()))
+    return {
+        "log": log,
+        "subs": {sid: tuple(w.plane.subscription_stats(sid)) for sid in subs},
+        "streams": {sid: tuple(w.plane.stream_stats(sid)) for sid in streams},
+        "cached": {sid: [w.plane.cached(sid, (seqs[streams[sid][1]] - i) & 0xFFFF) for i in range(40)]
+                   for sid in streams},
+        "sent": len(w.plane.captured),
+    }
+
+
 SCRIPTS = {f.__name__[2:]: f for f in (s_forward, s_unknown_ssrc, s_drops, s_keyframe_gate, s_pause_resume,
                                        s_rebind, s_padding, s_nack_log, s_retransmit, s_remove, s_fuzz,
-                                       s_addresses)}
+                                       s_addresses, s_random_commands)}
 
 
 def run(kind: str, script: str, profile: str = CM) -> tuple[World, dict]:
@@ -742,6 +842,14 @@ def test_addresses_of_either_family_rebind_and_move(kind):
     assert f["taken"] == [(210, v6)]  # peer 3 has it now; peer 2 has no address
     assert f["moved"] == f["again"] == [(210, ("127.0.0.1", 6002)), (210, v6)]
     assert f["slow"] == [(b"\x16\xfe\xfd", v6)] and f["counters"]["unknown_source"] == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_random_commands_never_raise(kind):
+    _, f = run(kind, "random_commands")
+    counters = [entry[1] for entry in f["log"] if entry[0] == "counters"]
+    assert f["sent"] > 500 and sum(c.get("retransmissions", 0) for c in counters) > 0
+    assert all("internal_error" not in c and "srtp_protect" not in c for c in counters)
 
 
 # -- the planes against each other -------------------------------------------------------------
