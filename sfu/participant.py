@@ -6,6 +6,11 @@ identity from the access token (possibly an e-mail address or a phone
 number) and the ids of the history and media sessions stay on the server.
 WHIP publishers and WHEP viewers of a meeting's room are participants too
 (``via``), with a no-op ``send``: they have no socket to be told anything.
+
+Participants live in the room registry of the meeting side (sfu/rooms.py), in
+the entry of their room next to its running meeting. A participant holds its
+media session id and its tracks (with their producer ids): the protocol finds
+it from an engine event through these, with no index of its own.
 """
 
 from __future__ import annotations
