@@ -206,6 +206,28 @@ async def test_api_whip_and_meeting_socket_over_tls(tls_sfu):
             assert r.status == 200 and "sfu_" in await r.text()
 
 
+async def test_a_silent_handshake_and_a_silent_request_are_closed(tmp_path):
+    """--http-header-timeout also bounds the TLS handshake; after it, the guard's 408."""
+    cert, key, _x = write_pair(tmp_path)
+    server = TlsSfuProcess(tmp_path, cert, "--tls-cert", cert, "--tls-key", key, "--http-header-timeout", "1").start()
+    try:
+        # TCP only, no ClientHello: closed by the server, not held
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        try:
+            assert await asyncio.wait_for(reader.read(100), 15) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        # handshake done, no request head: 408 over TLS
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port, ssl=trusting(cert),
+                                                       server_hostname="localhost")
+        head = await asyncio.wait_for(reader.read(100), 15)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        writer.close()
+    finally:
+        server.stop()
+
+
 # -- files and flags that cannot be used: one line, exit code 4, nothing started --------------
 
 def test_only_one_of_the_two_flags(tmp_path):
