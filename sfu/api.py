@@ -163,8 +163,8 @@ def _make_delete(prefix: str):
             response.headers["WWW-Authenticate"] = 'Bearer realm="sfu"'
             return response
         session_id = request.match_info["session"]
-        transport = engine.transports.get(session_id)
-        if transport is None or transport.room_name != request.match_info["room"]:
+        session = engine.describe_session(session_id)
+        if session is None or session["room"] != request.match_info["room"]:
             return _error(404, "no such session")
         owner = request.app[SESSION_OWNERS_KEY].get(session_id)
         if not claims.grants.admin and (owner is None or claims.identity != owner):

@@ -17,6 +17,14 @@ later talk to it across a process boundary with the same calls:
 
 and events (the dataclasses of sfu/events.py) given to every listener added with
 ``add_listener(callback)``.
+
+The packets themselves are a forwarding plane's (``self.plane``, the interface of
+sfu/plane.py: ``sfu.plane_c.CPlane`` for ``datapath="c"``, ``sfu.plane_py.PythonPlane``
+for ``"pure"``). The engine is its listener: what the plane does not handle itself
+(STUN, DTLS, RTCP) comes back through ``slow_path``, an SSRC it does not know
+through ``unknown_ssrc``, a subscriber still waiting for a keyframe through
+``keyframe_needed``; every change of who receives what is a plane command issued
+where the control plane decides it.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import logging
 import math
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,19 +47,17 @@ from .events import (
     CloseReason, EngineEvent, SessionClosed, SessionConnected, SessionCreated, SessionUpdated, TrackPublished,
     TrackUnpublished,
 )
-from .forwarding import PythonForwarding
 from .ice import peek_ufrag
 from .limits import ROOM_FULL, SERVER_BUSY, TOO_MANY_TRACKS, LimitExceeded
 from .log import event
-from .router import Consumer, Producer, Room, load_packet_impl
+from .plane import ForwardingPlane
+from .router import Consumer, Producer, Room
 from .transport import SDES_MID_URI, Transport
 
 logger = logging.getLogger("sfu.engine")
 
 TICK_INTERVAL = 0.02  # seconds: DTLS timers, NACK generation, reports, consent (of the transports due)
-SEND_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes queued in user space (socket full) before sends are dropped
 SERVER_FULL_RETRY_AFTER = 30.0  # seconds (Retry-After) when the server-wide track limit refuses a session
-LATENCY_SAMPLE_MASK = 63  # 1 RTP packet in 64 is timed from receive to send (sfu.metrics)
 
 PUBLISHER_EXTENSIONS = {
     "urn:ietf:params:rtp-hdrext:sdes:mid",
@@ -75,32 +81,22 @@ class SessionInfo:
     answer: str
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, engine: "MediaEngine") -> None:
-        self.engine = engine
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.engine.datagram_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self.engine.drop("socket_error")
+DATAPATHS = ("c", "pure")
 
 
-class MediaEngine(PythonForwarding):
-    def __init__(self, config: Config, pure_python: bool = False) -> None:
+class MediaEngine:
+    def __init__(self, config: Config, pure_python: bool = False, *, capture: bool = False) -> None:
+        """``capture``: the plane sends nothing, it records (tests)."""
         self.config = config
         mode = "pure" if pure_python else getattr(config, "datapath", "c")
-        if mode not in ("c", "python", "pure"):
-            raise ValueError(f"datapath must be c, python or pure, not {mode!r}")
+        if mode not in DATAPATHS:
+            raise ValueError(f"datapath must be c or pure, not {mode!r}")
         self.datapath_mode = mode
-        self.impl = load_packet_impl(mode == "pure")
-        # the C fast path (sfu._fast.datapath): RTP never reaches Python; everything
-        # else comes back through datagram_received (the slow path)
-        self.datapath = None
         if mode == "c":
-            from ._fast.datapath import Datapath
-
-            self.datapath = Datapath(self.datagram_received, self._unknown_ssrc)
+            from .plane_c import CPlane as plane_class
+        else:
+            from .plane_py import PythonPlane as plane_class
+        self.plane: ForwardingPlane = plane_class(self, capture=capture)
         self._sock: socket.socket | None = None
         self.certificate = Certificate.generate()
         self.transports: dict[str, Transport] = {}
@@ -110,10 +106,13 @@ class MediaEngine(PythonForwarding):
         self.track_totals: Counter[str] = Counter()  # producers and consumers of all rooms (kept by Room)
         self.pending: dict[str, Transport] = {}  # sessions not connected yet, oldest first
         self.pending_by_room: dict[str, dict[str, Transport]] = {}  # the same by room
+        # plane ids (peers, streams, subscriptions) and what they name
+        self._plane_ids = itertools.count(1)
+        self.peers: dict[int, Transport] = {}
+        self.streams: dict[int, Producer] = {}
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self._listeners: list[Callable[[dict], None]] = []
-        self._udp: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task | None = None
         # transport timers: a heap of (due, push number, transport); an entry whose due is
@@ -121,12 +120,7 @@ class MediaEngine(PythonForwarding):
         self._timers: list[tuple[float, int, Transport]] = []
         self._pushes = itertools.count()
         self._transport_order = itertools.count()
-        self._buf = bytearray(2048)
         self.port: int | None = None
-        # forwarding latency samples (seconds), drained once a second by sfu.metrics
-        self.latency_samples: deque[float] = deque(maxlen=4096)
-        self._latency_tick = 0
-        self._latency_t0 = 0.0
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -142,12 +136,8 @@ class MediaEngine(PythonForwarding):
         sock.bind((self.config.host, self.config.rtc_port))
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        if self.datapath is not None:
-            self._sock = sock
-            self.datapath.open(sock.fileno(), self._loop)
-            self._loop.add_reader(sock.fileno(), self.datapath.on_readable)
-        else:
-            self._udp, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        self._sock = sock
+        self.plane.open(sock, self._loop)
         self._ticker = asyncio.create_task(self._tick_loop())
 
     async def stop(self) -> None:
@@ -159,12 +149,8 @@ class MediaEngine(PythonForwarding):
                 await self._ticker
             except asyncio.CancelledError:
                 pass
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
         if self._sock is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            self.datapath.close()
+            self.plane.close()
             self._sock.close()
             self._sock = None
 
@@ -181,12 +167,11 @@ class MediaEngine(PythonForwarding):
         keyframe request was throttled, DTLS moved, it connected. Ticking a transport
         that has nothing to do is harmless, so early is fine, late is not; the ones due
         tick in creation order, as when every transport ticked every time."""
-        self._fold_datapath()
-        if self.datapath is not None:
-            for stream in self.datapath.take_dirty():  # C streams that logged NACK events
-                owner = stream.owner
-                if owner is not None:
-                    self.schedule(owner.transport, now)
+        self._fold_counters()
+        for stream in self.plane.take_dirty():  # streams that logged NACK events
+            producer = self.streams.get(stream)
+            if producer is not None:
+                self.schedule(producer.transport, now)
         timers = self._timers
         due: list[Transport] = []
         while timers and timers[0][0] <= now:
@@ -247,7 +232,7 @@ class MediaEngine(PythonForwarding):
         first = next(m for m in offer.media if not m.rejected)
         dtls_role = "client" if first.setup == "passive" else "server"
         transport = Transport(self, room_name, role, first.ice_ufrag, first.fingerprints, dtls_role, now,
-                              remote_pwd=first.ice_pwd)
+                              remote_pwd=first.ice_pwd, plane_id=next(self._plane_ids))
 
         answers: list[sdp.AnswerMedia] = []
         producers: list[Producer] = []
@@ -266,9 +251,10 @@ class MediaEngine(PythonForwarding):
         answer_sdp = self._answer(transport, offer, answers)
 
         # commit: nothing above left state behind if it raised (the transport and its
-        # tracks are only built; its C peer enters the data path's tables when ICE selects
-        # an address, its tracks' streams in _add_tracks)
+        # tracks are only built; the plane gets its peer here, its tracks in _add_tracks)
         transport.sdp_version += 1
+        self.plane.add_peer(transport.plane_id)
+        self.peers[transport.plane_id] = transport
         self.rooms[room_name] = room
         self.transports[transport.id] = transport
         self.by_ufrag[transport.local_ufrag] = transport
@@ -357,7 +343,8 @@ class MediaEngine(PythonForwarding):
             for ext_id, uri in producer.extensions.items():
                 if uri == SDES_MID_URI:
                     transport.mid_ext_id = ext_id
-            producer.open()  # the C data path receives its SSRC from now on
+            producer.open(self.plane)  # the plane receives its SSRC from now on
+            self.streams[producer.plane_id] = producer
             transport.producers.append(producer)
             transport.producers_by_mid[producer.mid] = producer
             if producer.ssrc is not None:
@@ -366,6 +353,7 @@ class MediaEngine(PythonForwarding):
             self._emit(TrackPublished(room.name, transport.id, producer.kind, producer.codec.name, producer.id,
                                       producer.mid))
         for consumer in consumers:
+            consumer.open(self.plane)
             transport.consumers.append(consumer)
             transport.consumers_by_ssrc[consumer.ssrc] = consumer
             room.add_consumer(consumer, self._consumer_attached)
@@ -377,12 +365,14 @@ class MediaEngine(PythonForwarding):
         """Keep the traffic counts of tracks that go away, so per-kind totals never go down."""
         stats = self.stats
         for producer in producers:
-            stats["rtp_packets_received_" + producer.kind] += producer.packets
-            stats["rtp_bytes_received_" + producer.kind] += producer.bytes
+            received = producer.stats()
+            stats["rtp_packets_received_" + producer.kind] += received.packets
+            stats["rtp_bytes_received_" + producer.kind] += received.bytes
         for consumer in consumers:
-            stats["rtp_packets_forwarded_" + consumer.kind] += consumer.packets_sent
-            stats["rtp_bytes_forwarded_" + consumer.kind] += consumer.octets_sent
-            stats["rtx_sent_" + consumer.kind] += consumer.retransmissions
+            sent = consumer.stats()
+            stats["rtp_packets_forwarded_" + consumer.kind] += sent.packets_sent
+            stats["rtp_bytes_forwarded_" + consumer.kind] += sent.octets_sent
+            stats["rtx_sent_" + consumer.kind] += sent.retransmissions
 
     def _remove_producer(self, transport: Transport, room: Room | None, producer: Producer,
                          reason: CloseReason) -> None:
@@ -391,6 +381,8 @@ class MediaEngine(PythonForwarding):
             self._retire((producer,), ())
         if room is not None:
             room.remove_producer(producer, self._consumer_attached)
+        producer.close()
+        self.streams.pop(producer.plane_id, None)
         if producer in transport.producers:
             transport.producers.remove(producer)
         if transport.producers_by_mid.get(producer.mid) is producer:
@@ -407,6 +399,7 @@ class MediaEngine(PythonForwarding):
             self._retire((), (consumer,))
         if room is not None:
             room.remove_consumer(consumer)
+        consumer.close()
         if consumer in transport.consumers:
             transport.consumers.remove(consumer)
         if transport.consumers_by_ssrc.get(consumer.ssrc) is consumer:
@@ -548,7 +541,7 @@ class MediaEngine(PythonForwarding):
             codec.rtx_payload_type = None  # publishers retransmit on the media SSRC
             extensions = sdp.select_extensions(media, PUBLISHER_EXTENSIONS)
             ssrc = offers.media_ssrc(media)
-            producer = Producer(transport, media.kind, media.mid, codec, ssrc, extensions, self.impl)
+            producer = Producer(transport, media.kind, media.mid, codec, ssrc, extensions, next(self._plane_ids))
             producers.append(producer)
             return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="recvonly",
                                    codecs=[codec], extensions=extensions)
@@ -560,7 +553,7 @@ class MediaEngine(PythonForwarding):
             return reject
         codec = codecs[0]
         extensions = sdp.select_extensions(media, SUBSCRIBER_EXTENSIONS)
-        consumer = Consumer(transport, media.kind, media.mid, codec, extensions, self.impl)
+        consumer = Consumer(transport, media.kind, media.mid, codec, extensions, next(self._plane_ids))
         consumers.append(consumer)
         if explicit:
             consumer.explicit = True
@@ -589,7 +582,7 @@ class MediaEngine(PythonForwarding):
             was = consumer.paused
             consumer.held = paused
             consumer.update_paused()
-            if was and not consumer.paused and consumer.keyframe_wait:
+            if was and not consumer.paused and consumer.stats().keyframe_wait:
                 self._consumer_attached(consumer)  # resumed video: ask for a keyframe at once
         return True
 
@@ -609,7 +602,7 @@ class MediaEngine(PythonForwarding):
         return True
 
     def snapshot(self) -> dict:
-        self._fold_datapath()
+        self._fold_counters()
         return {
             "transports": len(self.transports),
             "rooms": len(self.rooms),
@@ -623,8 +616,14 @@ class MediaEngine(PythonForwarding):
     # -- callbacks from transports ---------------------------------------------------
     def _transport_closed(self, transport: Transport, reason: CloseReason) -> None:
         self._connected_or_closed(transport)
-        if transport.peer is not None:
-            transport.peer.close()  # out of the C tables before its SRTP sessions go
+        self._retire(transport.producers, transport.consumers)
+        for producer in transport.producers:
+            producer.close()
+            self.streams.pop(producer.plane_id, None)
+        for consumer in transport.consumers:
+            consumer.close()
+        self.plane.remove_peer(transport.plane_id)  # out of the plane's tables before its SRTP sessions go
+        self.peers.pop(transport.plane_id, None)
         self.transports.pop(transport.id, None)
         self.by_ufrag.pop(transport.local_ufrag, None)
         if transport.addr is not None and self.by_addr.get(transport.addr) is transport:
@@ -645,7 +644,6 @@ class MediaEngine(PythonForwarding):
                     transport.srtp.remove_inbound_stream(producer.ssrc)
             for consumer in transport.consumers:
                 transport.srtp.remove_outbound_stream(consumer.ssrc)
-        self._retire(transport.producers, transport.consumers)
         transport.producers.clear()
         transport.consumers.clear()
         transport.producers_by_ssrc.clear()
@@ -657,26 +655,21 @@ class MediaEngine(PythonForwarding):
         if old is not None and self.by_addr.get(old) is transport:
             del self.by_addr[old]
         self.by_addr[new] = transport
-        if transport.peer is not None:
-            transport.peer.set_address(new)
+        self.plane.set_address(transport.plane_id, new)
 
     def transport_connected(self, transport: Transport, now: float) -> None:
         self._connected_or_closed(transport)
-        if transport.peer is not None and transport.srtp is not None:
-            transport.peer.set_srtp(transport.srtp)  # RTP of this peer now stays in C
-        if self.datapath is not None:
-            self.datapath.keyframe_needed = self._keyframe_needed
         for consumer in transport.consumers:
             if consumer.producer is not None:
                 self.request_keyframe(consumer.producer, now)
         self.schedule(transport, now)  # reports, NACKs from now on
         self._emit(SessionConnected(transport.room_name, transport.id))
 
-    def _keyframe_needed(self, producer: Producer) -> None:
-        """A subscriber held by the keyframe gate has waited KEYFRAME_RETRY seconds more:
-        ask again (throttled as every request); the C path calls it too."""
-        if producer.room is not None:
-            self.request_keyframe(producer, self.now())
+    def retransmit(self, consumer: Consumer, lost_seqs: list[int], now: float) -> None:
+        """A subscriber's NACK: the plane answers it from the producer's packet cache
+        within the subscriber's NACK budget (a number at most once per round trip)."""
+        if consumer.plane is not None:
+            self.plane.retransmit(consumer.plane_id, lost_seqs, now, consumer.nack_window())
 
     def _consumer_attached(self, consumer: Consumer) -> None:
         if consumer.transport.state == "connected" and consumer.producer is not None:
@@ -701,37 +694,67 @@ class MediaEngine(PythonForwarding):
             except Exception:
                 logger.exception("event listener failed")
 
-    # -- data path ---------------------------------------------------------------
+    # -- the forwarding plane ----------------------------------------------------------
     def send(self, data: bytes, addr) -> None:
-        if self.datapath is not None:
-            self.datapath.sendto(data, addr)
-            return
-        udp = self._udp
-        if udp is not None:
-            if udp.get_write_buffer_size() > SEND_QUEUE_LIMIT:  # the socket stays full: drop, don't queue
-                self.drops["send_buffer_full"] += 1
-                return
-            udp.sendto(data, addr)
+        self.plane.send(data, addr)
 
     def drop(self, reason: str) -> None:
         self.drops[reason] += 1
 
-    def _fold_datapath(self) -> None:
-        """Add what the C path counted since the last call to stats/drops (its latency
-        histogram is read as it is by sfu.metrics)."""
-        if self.datapath is None:
-            return
-        stats, drops = self.datapath.take_counters()
+    def _fold_counters(self) -> None:
+        """Add what the plane counted since the last call to stats/drops."""
+        stats, drops = self.plane.take_counters()
         self.stats.update(stats)
         self.drops.update(drops)
 
-    def _unknown_ssrc(self, transport: Transport, plain: bytes, ssrc: int) -> bool:
-        """The C path met an SSRC it has no stream for: bind it by MID (Transport._learn_ssrc)."""
+    def latency(self) -> dict:
+        """The plane's forwarding-latency histogram (sfu.metrics)."""
+        return self.plane.latency()
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The bound UDP socket while started (sfu.metrics reads its queues)."""
+        return self._sock
+
+    def media_stats(self) -> list[dict]:
+        """Per session, plain data: role, created, and per track its kind and counters
+        (sfu.metrics reads this, not the tracks)."""
+        out = []
+        for transport in list(self.transports.values()):
+            producers = []
+            for producer in transport.producers:
+                s = producer.stats()
+                producers.append({"kind": producer.kind, "packets": s.packets, "bytes": s.bytes,
+                                  "first_packet_time": s.first_packet_time})
+            consumers = []
+            for consumer in transport.consumers:
+                s = consumer.stats()
+                consumers.append({"id": consumer.id, "kind": consumer.kind, "attached": consumer.producer is not None,
+                                  "packets": s.packets_sent, "bytes": s.octets_sent,
+                                  "retransmissions": s.retransmissions, "first_packet_time": s.first_packet_time,
+                                  "report": consumer.last_report, "clock_rate": consumer.codec.clock_rate,
+                                  "rtt": consumer.rtt})
+            out.append({"id": transport.id, "role": transport.role, "created": transport.created,
+                        "producers": producers, "consumers": consumers})
+        return out
+
+    # -- PlaneListener ---------------------------------------------------------------
+    def unknown_ssrc(self, peer: int, ssrc: int, packet: bytes) -> bool:
+        """The plane met an SSRC it has no stream for: bind it by MID (Transport.learn_ssrc)."""
+        transport = self.peers.get(peer)
         if transport is None or transport.state == "closed":
             return False
-        return transport._learn_ssrc(plain, ssrc) is not None
+        return transport.learn_ssrc(packet, ssrc) is not None
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    def keyframe_needed(self, stream: int) -> None:
+        """A subscriber held by the keyframe gate has waited KEYFRAME_RETRY seconds more:
+        ask again (throttled as every request)."""
+        producer = self.streams.get(stream)
+        if producer is not None and producer.room is not None:
+            self.request_keyframe(producer, self.now())
+
+    def slow_path(self, data: bytes, addr) -> None:
+        """A datagram the plane does not forward itself: STUN, DTLS, RTCP."""
         now = self._loop.time()
         kind = demux.classify(data)
         if kind == demux.STUN:
@@ -748,22 +771,15 @@ class MediaEngine(PythonForwarding):
             self.drop("unknown_source")
             return
         try:
-            if kind == demux.RTP:
-                self._latency_tick += 1
-                if self._latency_tick & LATENCY_SAMPLE_MASK:
-                    transport.receive_rtp(data, now)
-                else:  # timed for the forwarding-latency histogram (recorded by forward)
-                    self._latency_t0 = time.perf_counter()
-                    transport.receive_rtp(data, now)
-                    self._latency_t0 = 0.0
-            elif kind == demux.RTCP:
+            if kind == demux.RTCP:
                 transport.receive_rtcp(data, now)
             elif kind == demux.DTLS:
                 transport.receive_dtls(data, now)
+            elif kind == demux.RTP:
+                self.drop("not_connected")
             else:
                 self.drop("malformed")
         except Exception:  # never let one bad packet kill the worker
-            self._latency_t0 = 0.0
             self.drop("internal_error")
             logger.exception("packet handling failed", extra={"fields": {"transport": transport.id}})
 

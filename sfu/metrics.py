@@ -108,7 +108,7 @@ class EngineSample:
     tracks: dict[str, int] = field(default_factory=dict)  # kind -> published tracks
     subscriptions: dict[str, int] = field(default_factory=dict)  # kind -> attached consumers
     latency: list[float] = field(default_factory=list)  # sampled forwarding latencies since last read
-    latency_hist: dict | None = None  # the C data path's own histogram (Datapath.latency()), cumulative
+    latency_hist: dict | None = None  # the forwarding plane's histogram (ForwardingPlane.latency()), cumulative
     reports: dict[str, tuple[object, Report]] = field(default_factory=dict)  # consumer id -> (block, report)
     first_media: dict[str, tuple[str, float]] = field(default_factory=dict)  # session -> (role, seconds)
     socket: socket.socket | None = None
@@ -122,11 +122,11 @@ class EngineSample:
 def sample_engine(engine) -> EngineSample:
     """Read everything the metrics need from the engine: the one place that knows where.
 
-    Per-kind traffic is the sum over live producers/consumers plus what the engine
+    Per-kind traffic is the sum over live producers/consumers (plain data from
+    ``engine.media_stats()``, the forwarding plane's statistics) plus what the engine
     folded into ``engine.stats`` when their sessions closed (keys
     ``rtp_{packets,bytes}_{received,forwarded}_<kind>`` and ``rtx_sent_<kind>``),
-    so the totals never go down.  A fast path that keeps its counters elsewhere
-    changes this function only.
+    so the totals never go down.
     """
     s = EngineSample()
     stats = dict(engine.stats)
@@ -140,62 +140,49 @@ def sample_engine(engine) -> EngineSample:
         s.subscriptions[kind] = 0
     for role in ROLES:
         s.sessions[role] = 0
-    for transport in list(engine.transports.values()):
-        s.sessions[transport.role] = s.sessions.get(transport.role, 0) + 1
+    for session in engine.media_stats():
+        role = session["role"]
+        s.sessions[role] = s.sessions.get(role, 0) + 1
         first: float | None = None
-        for producer in transport.producers:
-            kind = producer.kind
+        for producer in session["producers"]:
+            kind = producer["kind"]
             if kind not in s.received:
                 continue
             s.tracks[kind] += 1
             counts = s.received[kind]
-            counts[0] += producer.packets
-            counts[1] += producer.bytes
-            t = getattr(producer, "first_packet_time", None)
+            counts[0] += producer["packets"]
+            counts[1] += producer["bytes"]
+            t = producer["first_packet_time"]
             if t is not None and (first is None or t < first):
                 first = t
-        for consumer in transport.consumers:
-            kind = consumer.kind
+        for consumer in session["consumers"]:
+            kind = consumer["kind"]
             if kind not in s.forwarded:
                 continue
-            if consumer.producer is not None:
+            if consumer["attached"]:
                 s.subscriptions[kind] += 1
             counts = s.forwarded[kind]
-            counts[0] += consumer.packets_sent
-            counts[1] += consumer.octets_sent
-            s.retransmitted[kind] += consumer.retransmissions
-            t = getattr(consumer, "first_packet_time", None)
+            counts[0] += consumer["packets"]
+            counts[1] += consumer["bytes"]
+            s.retransmitted[kind] += consumer["retransmissions"]
+            t = consumer["first_packet_time"]
             if t is not None and (first is None or t < first):
                 first = t
-            block = consumer.last_report
+            block = consumer["report"]
             if block is not None:
-                clock_rate = consumer.codec.clock_rate or 90000
-                s.reports[consumer.id] = (block, Report(
+                clock_rate = consumer["clock_rate"] or 90000
+                s.reports[consumer["id"]] = (block, Report(
                     kind=kind,
                     loss=block.fraction_lost / 256.0,
                     jitter=block.jitter / clock_rate,
-                    rtt=getattr(consumer, "rtt", None),
+                    rtt=consumer["rtt"],
                 ))
         if first is not None:
-            s.first_media[transport.id] = (transport.role, max(0.0, first - transport.created))
+            s.first_media[session["id"]] = (role, max(0.0, first - session["created"]))
     s.rooms = len(engine.rooms)
-    samples = getattr(engine, "latency_samples", None)
-    if samples:
-        while samples:
-            s.latency.append(samples.popleft())
-    datapath = getattr(engine, "datapath", None)
-    if datapath is not None:
-        s.latency_hist = datapath.latency()
-    udp = getattr(engine, "_udp", None)  # the asyncio datagram transport (Python data path)
-    sock = getattr(engine, "_sock", None)  # the socket the C data path reads itself
-    if udp is not None:
-        s.up = True
-        s.socket = udp.get_extra_info("socket")
-        try:
-            s.send_queue_bytes = udp.get_write_buffer_size()
-        except (AttributeError, RuntimeError):
-            pass
-    elif sock is not None:
+    s.latency_hist = engine.latency()
+    sock = engine.socket  # the socket the forwarding plane reads
+    if sock is not None:
         s.up = True
         s.socket = sock
     return s
@@ -279,16 +266,14 @@ def _build_labels(engine) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             return "none"
 
-    impl = getattr(engine, "impl", None)
-    impl_file = getattr(impl, "__file__", "") or ""
-    compiled = impl_file.endswith((".so", ".pyd"))
+    mode = str(getattr(engine, "datapath_mode", "pure"))
     return {
-        "datapath": str(getattr(engine, "datapath_mode", "python")),
+        "datapath": mode,
         "version": __version__,
         "python": platform.python_version(),
         "uvloop": version("uvloop"),
         "cython": version("cython"),
-        "fast_path": "true" if compiled else "false",
+        "fast_path": "true" if mode == "c" else "false",
     }
 
 

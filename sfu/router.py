@@ -1,10 +1,12 @@
 """Media objects of a room: Producer (a published track), Consumer (one
 subscriber's copy of a track), Room (who forwards to whom).
 
-The forwarding path for now is Python calling the Cython header parser and
-rewriter (``sfu._fast.packet``); ``sfu.rtp`` is the pure-Python twin of the
-same functions, selected with ``pure_python=True``.  Everything in this module
-is driven by the engine with ``now`` passed in; it never touches a socket.
+Control plane only: the packets are received, cached, rewritten and sent by a
+forwarding plane (``sfu.plane``: the C data path or the pure-Python reference),
+which these objects command at the moments the control plane decides (a
+producer opened at commit adds its stream, a consumer attached binds its
+subscription, a pause pauses it). Everything in this module is driven by the
+engine with ``now`` passed in; it never touches a socket.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import rtcp
-from .rtp import CODEC_OTHER, SeqUnwrapper, codec_id
+from .plane import GAP, RECOVERED, ForwardingPlane, StreamStats, SubscriptionStats
+from .rtp import CODEC_OTHER, codec_id
 from .sdp import Codec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,21 +40,17 @@ NACK_BUDGET_FRACTION = 0.25  # retransmitted bytes <= this share of the bytes th
 NACK_BUDGET_FLOOR = 4000.0  # ... plus this many bytes per second ...
 NACK_BUDGET_BURST = 32768.0  # ... from a bucket that holds at most this many bytes
 KEYFRAME_RETRY = 1.0  # seconds a subscriber held by the keyframe gate waits before asking again
+VIDEO_CACHE_BYTES = 512 * 1024  # packet cache per published stream (bytes, on the plane)
+AUDIO_CACHE_BYTES = 64 * 1024
+
+NO_STREAM_STATS = StreamStats(0, 0, None, -1, 0.0, None)
+NO_SUBSCRIPTION_STATS = SubscriptionStats(0, 0, 0, False, 0, 0, None, None, 0.0, None, False, 0, None)
 
 # Header extensions forwarded to subscribers (when both sides negotiated them).
 FORWARDED_EXTENSIONS = {
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
     "urn:3gpp:video-orientation",
 }
-
-
-def load_packet_impl(pure_python: bool = False):
-    """The module providing parse_rtp_header, get_extension and Rewriter."""
-    if pure_python:
-        from . import rtp as impl
-    else:
-        from ._fast import packet as impl  # compiled by setup.py
-    return impl
 
 
 def _same_codec(a: Codec, b: Codec) -> bool:
@@ -65,13 +64,12 @@ def _same_codec(a: Codec, b: Codec) -> bool:
 
 
 class Producer:
-    """A track published into a room by one transport."""
+    """A track published into a room by one transport (control plane only: the packets
+    of its stream are received by the forwarding plane, sfu.plane).
 
-    def __new__(cls, transport, *args, **kwargs):
-        # a transport of the C data path (sfu._fast.datapath) gets a FastProducer
-        if cls is Producer and getattr(transport, "peer", None) is not None:
-            cls = FastProducer
-        return object.__new__(cls)
+    ``plane_id`` names its stream on the plane; the stream exists from the commit that
+    opens it (``open``) once its SSRC is known (announced, or learnt from the MID
+    header extension: ``learn_ssrc``), until ``close``."""
 
     def __init__(
         self,
@@ -81,9 +79,10 @@ class Producer:
         codec: Codec,
         ssrc: int | None,
         extensions: dict[int, str],
-        impl,
+        plane_id: int = 0,
     ) -> None:
         self.id = f"{transport.id}:{mid}"
+        self.plane_id = plane_id
         self.transport = transport
         self.room: Room | None = None
         self.kind = kind
@@ -92,25 +91,19 @@ class Producer:
         self.ssrc = ssrc
         self.extensions = extensions
         self.consumers: tuple[Consumer, ...] = ()
-        self._cache: list[tuple[int, bytes] | None] = [None] * CACHE_SIZE
-        self._unwrapper = SeqUnwrapper()
+        self.plane: ForwardingPlane | None = None  # from open to close
+        self.streaming = False  # the plane has its stream
         fb = set(codec.rtcp_fb)
         self.supports_nack = "nack" in fb
         self.supports_pli = "nack pli" in fb
         self.supports_fir = "ccm fir" in fb
         self.supports_remb = "goog-remb" in fb
-        # receive statistics (RFC 3550 A.3, A.8)
-        self.packets = 0
-        self.bytes = 0
-        self.base_ext_seq: int | None = None
-        self.highest_ext_seq = -1
-        self.jitter = 0.0
-        self._last_transit: float | None = None
         self._expected_prior = 0
         self._received_prior = 0
         self.last_sr_ntp = 0
         self.last_sr_time = 0.0
-        # NACK generator: extended seq -> [time first missed, tries, last request]
+        # NACK generator: extended seq -> [time first missed, tries, last request], fed by
+        # the plane's NACK log (drain_nack_log)
         self.missing: dict[int, list[float]] = {}
         # keyframe requests
         self._last_keyframe_request = -1e9
@@ -118,45 +111,60 @@ class Producer:
         self._fir_seq = 0
         self.keyframe_requests_sent = 0
         self.nacks_sent = 0
-        self.first_packet_time: float | None = None  # join-time metric (sfu.metrics)
         # forwarding held (a host muted it): every consumer of it is paused, also later ones
         self.paused = False
 
-    # -- receive ---------------------------------------------------------------
-    def on_packet(self, plain: bytes, seq: int, ts: int, now: float) -> None:
-        """Account, cache and track loss for one received packet (publisher's numbering)."""
-        ext = self._unwrapper.unwrap(seq)
-        self.packets += 1
-        self.bytes += len(plain)
-        self._cache[seq & (CACHE_SIZE - 1)] = (seq, plain)
-        if self.base_ext_seq is None:
-            self.base_ext_seq = ext
-            self.highest_ext_seq = ext
-            self.first_packet_time = now
-        elif ext > self.highest_ext_seq:
-            gap = ext - self.highest_ext_seq - 1
-            if gap and self.supports_nack:
-                if gap > NACK_MAX_GAP:
-                    self.missing.clear()
-                else:
-                    for s in range(self.highest_ext_seq + 1, ext):
-                        self.missing[s] = [now, 0, 0.0]
-            self.highest_ext_seq = ext
-        elif self.missing:
-            self.missing.pop(ext, None)
-        # interarrival jitter, RFC 3550 A.8
-        transit = now * self.codec.clock_rate - ts
-        if self._last_transit is not None:
-            d = abs(transit - self._last_transit)
-            if d < self.codec.clock_rate * 10:  # ignore timestamp jumps
-                self.jitter += (d - self.jitter) / 16.0
-        self._last_transit = transit
+    # -- the forwarding plane ---------------------------------------------------
+    def open(self, plane: ForwardingPlane) -> None:
+        """Start receiving: called when the offer that made this producer is committed
+        (MediaEngine._add_tracks). Building one changes nothing on any plane, so a
+        refused offer leaves nothing behind."""
+        self.plane = plane
+        self._add_stream()
 
-    def cached(self, seq: int) -> bytes | None:
-        entry = self._cache[seq & (CACHE_SIZE - 1)]
-        if entry is not None and entry[0] == seq:
-            return entry[1]
-        return None
+    def learn_ssrc(self, ssrc: int) -> None:
+        """Its SSRC, learnt from the MID header extension: the plane receives it from now on."""
+        self.ssrc = ssrc
+        self._add_stream()
+
+    def _add_stream(self) -> None:
+        plane = self.plane
+        if plane is None or self.streaming or self.ssrc is None:
+            return
+        plane.add_stream(self.plane_id, self.transport.plane_id, self.ssrc, self.codec.payload_type,
+                         self.codec.clock_rate, nack=self.supports_nack, nack_max_gap=NACK_MAX_GAP,
+                         cache_packets=CACHE_SIZE,
+                         cache_bytes=VIDEO_CACHE_BYTES if self.kind == "video" else AUDIO_CACHE_BYTES)
+        self.streaming = True
+        for consumer in self.consumers:
+            consumer.bind_plane()
+
+    def close(self) -> None:
+        """Unpublished: its SSRC is unknown to the plane again."""
+        if self.plane is not None and self.streaming:
+            self.plane.remove_stream(self.plane_id)
+        self.streaming = False
+        self.plane = None
+
+    def stats(self) -> StreamStats:
+        """Receive statistics of its stream (zeros before the plane has one)."""
+        if self.streaming:
+            return self.plane.stream_stats(self.plane_id)
+        return NO_STREAM_STATS
+
+    def drain_nack_log(self) -> None:
+        """Apply what the plane logged since the last call to ``missing``."""
+        if not self.streaming:
+            return
+        missing = self.missing
+        for kind, a, b, t in self.plane.drain_events(self.plane_id):
+            if kind == GAP:
+                for s in range(a, b):
+                    missing[s] = [t, 0, 0.0]
+            elif kind == RECOVERED:
+                missing.pop(a, None)
+            else:
+                missing.clear()
 
     # -- feedback to the publisher ---------------------------------------------
     def request_keyframe(self, now: float, throttle: float) -> rtcp.Pli | rtcp.Fir | None:
@@ -180,6 +188,7 @@ class Producer:
         return None
 
     def poll_nack(self, now: float) -> rtcp.Nack | None:
+        self.drain_nack_log()
         if not self.missing or self.ssrc is None:
             return None
         lost = []
@@ -199,14 +208,16 @@ class Producer:
 
     def report_block(self, now: float) -> rtcp.ReportBlock | None:
         """RFC 3550 §6.4.1 report block about this stream."""
-        if self.base_ext_seq is None or self.ssrc is None:
+        self.drain_nack_log()
+        stats = self.stats()
+        if stats.base_ext_seq is None or self.ssrc is None:
             return None
-        expected = self.highest_ext_seq - self.base_ext_seq + 1
-        lost = max(0, expected - self.packets)
+        expected = stats.highest_ext_seq - stats.base_ext_seq + 1
+        lost = max(0, expected - stats.packets)
         expected_interval = expected - self._expected_prior
-        received_interval = self.packets - self._received_prior
+        received_interval = stats.packets - self._received_prior
         self._expected_prior = expected
-        self._received_prior = self.packets
+        self._received_prior = stats.packets
         lost_interval = expected_interval - received_interval
         fraction = 0
         if expected_interval > 0 and lost_interval > 0:
@@ -218,16 +229,11 @@ class Producer:
             ssrc=self.ssrc,
             fraction_lost=fraction,
             packets_lost=min(lost, 0x7FFFFF),
-            highest_sequence=self.highest_ext_seq & 0xFFFFFFFF,
-            jitter=int(self.jitter) & 0xFFFFFFFF,
+            highest_sequence=stats.highest_ext_seq & 0xFFFFFFFF,
+            jitter=int(stats.jitter) & 0xFFFFFFFF,
             lsr=rtcp.ntp_middle32(self.last_sr_ntp) if self.last_sr_ntp else 0,
             dlsr=dlsr,
         )
-
-    def open(self) -> None:
-        """Start receiving: called when the offer that made this producer is committed
-        (MediaEngine._add_tracks). Building one changes nothing on any data path, so a
-        refused offer leaves nothing behind; the C data path registers its stream here."""
 
     def set_consumers(self, consumers: Iterable["Consumer"]) -> None:
         self.consumers = tuple(consumers)
@@ -240,13 +246,9 @@ class Producer:
 
 
 class Consumer:
-    """One subscriber's copy of a track: its own SSRC, numbering, PT and extension ids."""
-
-    def __new__(cls, transport, *args, **kwargs):
-        # a transport of the C data path (sfu._fast.datapath) gets a FastConsumer
-        if cls is Consumer and getattr(transport, "peer", None) is not None:
-            cls = FastConsumer
-        return object.__new__(cls)
+    """One subscriber's copy of a track: its own SSRC, numbering, PT and extension ids
+    (control plane only: ``plane_id`` names its subscription on the forwarding plane,
+    which holds the send state, from ``open`` to ``close``)."""
 
     def __init__(
         self,
@@ -255,9 +257,10 @@ class Consumer:
         mid: str,
         codec: Codec,
         extensions: dict[int, str],
-        impl,
+        plane_id: int = 0,
     ) -> None:
         self.id = f"{transport.id}:{mid}"
+        self.plane_id = plane_id
         self.transport = transport
         self.kind = kind
         self.mid = mid
@@ -265,40 +268,49 @@ class Consumer:
         self.extensions = extensions
         self.ssrc = random.getrandbits(32) or 1
         self.rtx_ssrc = (random.getrandbits(32) or 1) if codec.rtx_payload_type is not None else None
-        self.rtx_seq = random.getrandbits(16)
+        self.rtx_seq = random.getrandbits(16)  # where the RTX numbering starts
         self.cname = transport.cname
         self.msid = f"sfu-{transport.id} {kind}-{mid}"
         self.producer: Producer | None = None
+        self.plane: ForwardingPlane | None = None  # from open to close
         # bound by the control plane to one producer (meetings: Room.bind), never
         # given "the newest track of its kind" by the room (WHEP viewers are)
         self.explicit = False
-        self.rewriter = impl.Rewriter(self.ssrc, {}, {})
-        self.synced = False
         self.paused = False  # what forwarding obeys: held, or its producer is paused
         self.held = False  # paused by its subscriber's side (MediaEngine.set_paused)
         # keyframe gate: a video consumer that starts, resumes or moves to another producer
-        # sends nothing (and numbers nothing) until a packet starts a keyframe of its
+        # is sent nothing (and numbers nothing) until a packet starts a keyframe of its
         # producer's codec (sfu.rtp.is_keyframe; CODEC_OTHER: no detector, never gated)
         self.keyframe_codec = CODEC_OTHER
-        self.keyframe_wait = False
-        self.keyframe_since = 0.0  # when it began to hold packets (0: not yet), or last asked again
-        self.sync_seq: int | None = None  # output seq of the first packet since the last sync
-        self.last_out_seq: int | None = None
-        self.last_out_ts: int | None = None
         # where the output numbering starts (random, RFC 3550 §5.1), drawn here so that
-        # the C data path (which cannot call random) starts where this class would
+        # both planes start alike
         self.initial_seq = random.getrandbits(15)
         self.initial_ts = random.getrandbits(31)
-        self.last_out_time = 0.0
-        self.packets_sent = 0
-        self.octets_sent = 0
-        self.retransmissions = 0
         self.last_report: rtcp.ReportBlock | None = None
-        # metrics (sfu.metrics): first media time, RTT from RR LSR/DLSR (RFC 3550 §6.4.1)
-        self.first_packet_time: float | None = None
+        # metrics (sfu.metrics): RTT from RR LSR/DLSR (RFC 3550 §6.4.1)
         self.sr_sent: dict[int, float] = {}  # middle 32 bits of a translated SR's NTP time -> when sent
         self.rtt: float | None = None
-        self.nack_budget = NackBudget()  # (the C path keeps it in its Subscription)
+
+    def open(self, plane: ForwardingPlane) -> None:
+        """Committed: the plane has its subscription (unbound until ``attach``)."""
+        self.plane = plane
+        rtx_pt = self.codec.rtx_payload_type
+        plane.add_subscription(self.plane_id, self.transport.plane_id, self.ssrc, self.codec.clock_rate,
+                               initial_seq=self.initial_seq, initial_ts=self.initial_ts,
+                               rtx_ssrc=self.rtx_ssrc or 0,
+                               rtx_payload_type=rtx_pt if self.rtx_ssrc is not None and rtx_pt is not None else -1,
+                               rtx_seq=self.rtx_seq)
+
+    def close(self) -> None:
+        if self.plane is not None:
+            self.plane.remove_subscription(self.plane_id)
+        self.plane = None
+
+    def stats(self) -> SubscriptionStats:
+        """Send statistics and numbering of its subscription (zeros before it has one)."""
+        if self.plane is not None:
+            return self.plane.subscription_stats(self.plane_id)
+        return NO_SUBSCRIPTION_STATS
 
     def nack_window(self) -> float:
         """Seconds before a NACKed number is answered again: the RTT, bounded (the
@@ -312,45 +324,36 @@ class Consumer:
         return producer.kind == self.kind and _same_codec(producer.codec, self.codec)
 
     def attach(self, producer: Producer | None) -> None:
+        """Forward ``producer`` (or nothing): the plane's subscription is bound to its
+        stream (the keyframe gate armed for video), then paused or not as it is."""
         self.producer = producer
-        self.synced = False
         self.keyframe_codec = codec_id(producer.codec.name) if producer is not None and self.kind == "video" \
             else CODEC_OTHER
-        self.keyframe_wait = self.keyframe_codec != CODEC_OTHER
-        self.keyframe_since = 0.0
+        self.bind_plane()
         self.update_paused()
-        if producer is None:
+
+    def bind_plane(self) -> None:
+        """Bind the plane's subscription to the producer's stream (when the plane has it)."""
+        plane = self.plane
+        if plane is None:
             return
-        self.rewriter.set_pt_map({producer.codec.payload_type: self.codec.payload_type})
+        producer = self.producer
+        if producer is None or not producer.streaming:
+            plane.bind(self.plane_id, None, {}, {}, CODEC_OTHER)
+            return
         by_uri = {uri: i for i, uri in self.extensions.items() if uri in FORWARDED_EXTENSIONS}
-        self.rewriter.set_ext_map(
-            {i: by_uri[uri] for i, uri in producer.extensions.items() if uri in by_uri}
-        )
+        plane.bind(self.plane_id, producer.plane_id, {producer.codec.payload_type: self.codec.payload_type},
+                   {i: by_uri[uri] for i, uri in producer.extensions.items() if uri in by_uri},
+                   self.keyframe_codec)
 
     def update_paused(self) -> None:
-        """paused = held by the subscriber or its producer paused; on resume the output
-        numbering continues where it stopped (sync) so the receiver sees no restart."""
+        """paused = held by the subscriber or its producer paused; on resume the plane
+        continues the output numbering where it stopped and re-arms the keyframe gate."""
         paused = self.held or (self.producer is not None and self.producer.paused)
-        if self.paused and not paused:
-            self.synced = False
-            self.keyframe_wait = self.keyframe_codec != CODEC_OTHER
-            self.keyframe_since = 0.0
-        self.paused = paused
-
-    def sync(self, seq: int, ts: int, now: float) -> None:
-        """Set the deltas so that the output continues where it left off (or starts at random)."""
-        if self.last_out_seq is None:
-            out_seq = self.initial_seq
-            out_ts = self.initial_ts
-            self.first_packet_time = now
-        else:
-            out_seq = (self.last_out_seq + 1) & 0xFFFF
-            elapsed = max(1, int((now - self.last_out_time) * self.codec.clock_rate))
-            out_ts = (self.last_out_ts + elapsed) & 0xFFFFFFFF
-        self.rewriter.seq_delta = (out_seq - seq) & 0xFFFF
-        self.rewriter.ts_delta = (out_ts - ts) & 0xFFFFFFFF
-        self.synced = True
-        self.sync_seq = out_seq
+        if paused != self.paused:
+            self.paused = paused
+            if self.plane is not None:
+                self.plane.set_paused(self.plane_id, paused)
 
 
 class NackBudget:
@@ -597,147 +600,3 @@ def _codec_key(kind: str, codec: Codec) -> tuple:
     name = codec.name.lower()
     profile = codec.fmtp.get("profile-level-id", "42e01f")[:4].lower() if name == "h264" else ""
     return (kind, name, codec.clock_rate, profile)
-
-
-# -- the C data path ------------------------------------------------------------------
-#
-# With the C data path (sfu._fast.datapath), a Transport has a ``peer`` and its
-# Producers and Consumers are these subclasses: the per-packet state lives in C
-# (Stream, Subscription) and the attributes the control plane reads are
-# properties over it. Nothing else in the control plane changes.
-
-VIDEO_CACHE_BYTES = 512 * 1024  # packet cache arena per published stream (sfu._fast.datapath)
-AUDIO_CACHE_BYTES = 64 * 1024
-
-
-def _stream_stat(index: int, name: str):
-    def get(self):
-        stream = self.stream
-        return stream.stats()[index] if stream is not None else self.__dict__.get(name)
-
-    def set(self, value):
-        self.__dict__[name] = value
-
-    return property(get, set)
-
-
-class FastProducer(Producer):
-    """A Producer whose packets the C data path receives, caches and forwards."""
-
-    def __init__(self, transport, kind, mid, codec, ssrc, extensions, impl) -> None:
-        self.stream = None
-        self._ready = False  # opened (committed): until then no C stream, whatever its SSRC
-        super().__init__(transport, kind, mid, codec, ssrc, extensions, impl)
-
-    def open(self) -> None:
-        self._ready = True
-        self._open_stream()
-
-    packets = _stream_stat(0, "packets")
-    bytes = _stream_stat(1, "bytes")
-    base_ext_seq = _stream_stat(2, "base_ext_seq")
-    highest_ext_seq = _stream_stat(3, "highest_ext_seq")
-    jitter = _stream_stat(4, "jitter")
-
-    @property
-    def ssrc(self):
-        return self.__dict__.get("ssrc")
-
-    @ssrc.setter
-    def ssrc(self, value) -> None:
-        self.__dict__["ssrc"] = value
-        if self._ready:
-            self._open_stream()
-
-    @property
-    def room(self):
-        return self.__dict__.get("room")
-
-    @room.setter
-    def room(self, value) -> None:
-        self.__dict__["room"] = value
-        if value is None and self.stream is not None:
-            self.stream.close()  # unpublished: its SSRC is unknown to the C path again
-
-    @property
-    def first_packet_time(self):
-        stream = self.stream
-        return stream.first_packet_time if stream is not None else self.__dict__.get("first_packet_time")
-
-    @first_packet_time.setter
-    def first_packet_time(self, value) -> None:
-        self.__dict__["first_packet_time"] = value
-
-    def _open_stream(self) -> None:
-        if self.stream is not None or self.ssrc is None:
-            return
-        self.stream = self.transport.peer.add_stream(
-            self.ssrc, self.codec.payload_type, self.codec.clock_rate,
-            nack=self.supports_nack, nack_max_gap=NACK_MAX_GAP, cache_packets=CACHE_SIZE,
-            cache_bytes=VIDEO_CACHE_BYTES if self.kind == "video" else AUDIO_CACHE_BYTES, owner=self,
-        )
-        self.set_consumers(self.consumers)
-
-    def set_consumers(self, consumers: Iterable["Consumer"]) -> None:
-        super().set_consumers(consumers)
-        stream = self.stream
-        if stream is not None and not stream.closed:
-            stream.set_subscriptions([c.sub for c in self.consumers if isinstance(c, FastConsumer)])
-
-    def on_packet(self, plain: bytes, seq: int, ts: int, now: float) -> None:
-        raise RuntimeError("packets of a FastProducer are received by the C data path")
-
-    def cached(self, seq: int) -> bytes | None:
-        return self.stream.cached(seq) if self.stream is not None else None
-
-    def _drain_nack_log(self) -> None:
-        """Apply what the C path logged since the last tick to ``missing`` (as on_packet does)."""
-        if self.stream is None:
-            return
-        missing = self.missing
-        for kind, a, b, t in self.stream.drain_events():
-            if kind == "gap":
-                for s in range(a, b):
-                    missing[s] = [t, 0, 0.0]
-            elif kind == "recovered":
-                missing.pop(a, None)
-            else:
-                missing.clear()
-
-    def poll_nack(self, now: float):
-        self._drain_nack_log()
-        return super().poll_nack(now)
-
-    def report_block(self, now: float):
-        self._drain_nack_log()
-        return super().report_block(now)
-
-
-def _on_subscription(name: str):
-    return property(lambda self: getattr(self.sub, name), lambda self, value: setattr(self.sub, name, value))
-
-
-class FastConsumer(Consumer):
-    """A Consumer whose forwarding state is a C Subscription (shared Rewriter)."""
-
-    def __init__(self, transport, kind, mid, codec, extensions, impl) -> None:
-        self.sub = transport.peer.subscription(None, codec.clock_rate)
-        super().__init__(transport, kind, mid, codec, extensions, impl)
-        self.sub.rewriter = self.rewriter
-
-    synced = _on_subscription("synced")
-    paused = _on_subscription("paused")
-    last_out_seq = _on_subscription("last_out_seq")
-    last_out_ts = _on_subscription("last_out_ts")
-    last_out_time = _on_subscription("last_out_time")
-    packets_sent = _on_subscription("packets_sent")
-    octets_sent = _on_subscription("octets_sent")
-    initial_seq = _on_subscription("initial_seq")
-    initial_ts = _on_subscription("initial_ts")
-    first_packet_time = _on_subscription("first_packet_time")
-    rtx_seq = _on_subscription("rtx_seq")
-    keyframe_codec = _on_subscription("keyframe_codec")
-    keyframe_wait = _on_subscription("keyframe_wait")
-    keyframe_since = _on_subscription("keyframe_since")
-    sync_seq = _on_subscription("sync_seq")
-    retransmissions = _on_subscription("retransmissions")

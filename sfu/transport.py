@@ -2,9 +2,11 @@
 
 A Transport combines the sans-I/O pieces: ICE-lite consent and addressing
 (:mod:`sfu.ice`), the DTLS handshake (:mod:`sfu.dtls`) and the SRTP sessions
-(:mod:`sfu.srtp`).  It handles RTP and RTCP for the producers it publishes and
-the consumers it receives.  It sends through ``send(data, addr)`` given by
-the engine and never touches a socket itself.
+(:mod:`sfu.srtp`).  Its RTP is the forwarding plane's (``sfu.plane``): the
+transport gives the plane its address and, once DTLS is through, its SRTP keys
+(``set_keys``), and keeps an SRTP session of its own for RTCP only. It handles
+RTCP for the producers it publishes and the consumers it receives. It sends
+through ``send(data, addr)`` given by the engine and never touches a socket itself.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from typing import Callable
 
 from pylibsrtp import Error as SrtpError
 
-from . import rtcp
+from . import rtcp, rtp
 from .dtls import Closed, DtlsEndpoint, HandshakeComplete, HandshakeFailed
 from .events import CloseReason
 from .ice import IceLite
 from .log import event
 from .router import Consumer, Producer
-from .srtp import SrtpPair
+from .srtp import PROFILES, SrtpPair
 
 logger = logging.getLogger("sfu.transport")
 
@@ -50,12 +52,11 @@ class Transport:
         dtls_role: str,
         now: float,
         remote_pwd: str | None = None,
+        plane_id: int = 0,
     ) -> None:
         self.engine = engine
         self.id = secrets.token_hex(8)
-        # the C data path's view of this transport (None on the Python path)
-        datapath = getattr(engine, "datapath", None)
-        self.peer = datapath.new_peer(self) if datapath is not None else None
+        self.plane_id = plane_id  # its peer on the forwarding plane (added when the session is committed)
         self.room_name = room_name
         self.role = role  # "publish" | "subscribe"
         self.local_ufrag = secrets.token_hex(4)
@@ -169,11 +170,7 @@ class Transport:
             if ev is None:
                 return
             if isinstance(ev, HandshakeComplete):
-                self.srtp = SrtpPair(ev.srtp_profile, ev.local_key, ev.remote_key)
-                self.state = "connected"
-                event(logger, "transport connected", transport=self.id, role=self.role,
-                      room=self.room_name, srtp_profile=ev.srtp_profile)
-                self.engine.transport_connected(self, now)
+                self.connect_srtp(ev.srtp_profile, ev.local_key, ev.remote_key, now)
             elif isinstance(ev, HandshakeFailed):
                 self.engine.stats["dtls_failures"] += 1
                 event(logger, "dtls handshake failed", logging.WARNING, transport=self.id, reason=ev.reason)
@@ -181,54 +178,34 @@ class Transport:
             elif isinstance(ev, Closed):
                 self.close(CloseReason.DTLS_CLOSED)
 
-    def receive_rtp(self, data: bytes, now: float) -> None:
-        if self.srtp is None:
-            self.engine.drop("not_connected")
-            return
-        try:
-            plain = self.srtp.unprotect(data)
-        except SrtpError as exc:
-            self.engine.drop("srtp_replay" if "replay" in str(exc) else "srtp_auth")
-            return
-        except ValueError:  # longer than pylibsrtp's buffer (1500 bytes), as the C path's "too_long"
-            self.engine.drop("too_long")
-            return
-        impl = self.engine.impl
-        try:
-            pt, marker, seq, ts, ssrc, hlen = impl.parse_rtp_header(plain)
-        except ValueError:
-            self.engine.drop("malformed")
-            return
-        producer = self.producers_by_ssrc.get(ssrc)
-        if producer is None:
-            producer = self._learn_ssrc(plain, ssrc)
-            if producer is None:
-                self.srtp.remove_inbound_stream(ssrc)  # else one libsrtp stream per made-up SSRC
-                self.engine.drop("unknown_ssrc")
-                return
-        if pt != producer.codec.payload_type:
-            # e.g. RTX or FEC we did not negotiate: not forwardable
-            self.engine.drop("unknown_payload_type")
-            return
-        producer.on_packet(plain, seq, ts, now)
-        if producer.missing:  # NACKs to send (the C path tells the engine through take_dirty)
-            self.engine.schedule(self, now)
-        self.engine.forward(producer, plain, seq, ts, now)
+    def connect_srtp(self, profile: str, local_key: bytes, remote_key: bytes, now: float) -> None:
+        """DTLS is through: the plane forwards this peer's RTP with these keys; the
+        transport keeps a session of its own, with the same keys, for RTCP."""
+        self.srtp = SrtpPair(profile, local_key, remote_key)
+        self.engine.plane.set_keys(self.plane_id, PROFILES[profile], local_key, remote_key)
+        self.state = "connected"
+        event(logger, "transport connected", transport=self.id, role=self.role,
+              room=self.room_name, srtp_profile=profile)
+        self.engine.transport_connected(self, now)
 
-    def _learn_ssrc(self, plain: bytes, ssrc: int) -> Producer | None:
-        """Bind an SSRC that the offer did not announce, using the MID header extension."""
+    def learn_ssrc(self, plain: bytes, ssrc: int) -> Producer | None:
+        """Bind an SSRC that the offer did not announce, using the MID header extension
+        (the plane met it: ``plain`` is the decrypted packet); the plane then has its stream."""
         if self.mid_ext_id is None:
             if len(self.producers) == 1 and self.producers[0].ssrc is None:
                 producer = self.producers[0]
             else:
                 return None
         else:
-            mid = self.engine.impl.get_extension(plain, self.mid_ext_id)
+            try:
+                mid = rtp.get_extension(plain, self.mid_ext_id)
+            except ValueError:
+                return None
             producer = self.producers_by_mid.get(mid.decode("ascii", "replace")) if mid else None
             if producer is None or producer.ssrc is not None:
                 return None
-        producer.ssrc = ssrc
         self.producers_by_ssrc[ssrc] = producer
+        producer.learn_ssrc(ssrc)
         return producer
 
     def receive_rtcp(self, data: bytes, now: float) -> None:
@@ -270,14 +247,15 @@ class Transport:
         producer.last_sr_time = now
         # translate the SR for every subscriber so that their audio and video stay in sync
         for consumer in producer.consumers:
-            if not consumer.synced:
+            stats = consumer.stats()
+            if not stats.synced:
                 continue
             translated = rtcp.SenderReport(
                 ssrc=consumer.ssrc,
                 ntp_timestamp=sr.ntp_timestamp,
-                rtp_timestamp=(sr.rtp_timestamp + consumer.rewriter.ts_delta) & 0xFFFFFFFF,
-                packet_count=consumer.packets_sent & 0xFFFFFFFF,
-                octet_count=consumer.octets_sent & 0xFFFFFFFF,
+                rtp_timestamp=(sr.rtp_timestamp + stats.ts_delta) & 0xFFFFFFFF,
+                packet_count=stats.packets_sent & 0xFFFFFFFF,
+                octet_count=stats.octets_sent & 0xFFFFFFFF,
                 reports=[],
             )
             consumer.transport.send_rtcp([translated])
@@ -301,7 +279,7 @@ class Transport:
         self.engine.stats["nacks_received"] += 1
         if nack.ignored:  # numbers past rtcp.NACK_MAX_SEQS: never expanded, never answered
             self.engine.drops["nack_overflow"] += nack.ignored
-        if consumer is None or consumer.producer is None or not consumer.synced:
+        if consumer is None or consumer.producer is None or not consumer.stats().synced:
             return
         self.engine.retransmit(consumer, nack.lost, now)
 
@@ -405,7 +383,8 @@ class Transport:
             self.on_close(self, reason)
 
 
-def build_rtx(packet: bytes | bytearray | memoryview, header_length: int, rtx_pt: int, rtx_seq: int, rtx_ssrc: int) -> bytes:
+def build_rtx(packet: bytes | bytearray | memoryview, header_length: int, rtx_pt: int, rtx_seq: int,
+              rtx_ssrc: int) -> bytes:
     """RFC 4588 §4: the retransmission of an (already rewritten) packet on the RTX stream."""
     header = bytearray(packet[:header_length])
     osn = bytes(packet[2:4])

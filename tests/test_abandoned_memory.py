@@ -51,8 +51,8 @@ SCENARIO = textwrap.dedent(
                                              offer)
                 ids.append(info.id)
                 for p in engine.transports[info.id].producers:
-                    streams += 1
-                    mapped += p.stream.mapped  # nothing until the first packet
+                    streams += p.streaming
+                mapped += engine.plane.memory()  # nothing until the first packet
             for session_id in ids:  # what the consent timer does to a session that never connects
                 engine.close_session(session_id, "ice consent timeout")
             engine.tick(engine.now())  # the engine's timers let go of closed transports

@@ -1,14 +1,13 @@
-"""The C data path (sfu._fast.datapath) against the Python path it replaces.
+"""The C data path (sfu._fast.datapath) against the pure-Python reference.
 
 The oracle: one scripted session -- publishers, viewers, loss, reordering,
 duplicates, sequence and timestamp wrap, NACKs both ways, SR translation,
 pause/resume, late joins, a publisher replaced by another, SSRC learning by
-MID, hostile datagrams -- runs through three MediaEngines: the C path
-(``datapath="c"``), the Python loop with the Cython header rewrite
-(``"python"``) and the pure-Python reference (``"pure"``). With the same seed
-and the same SRTP keys, every datagram the SFU sends (forwarded RTP, RTCP,
-retransmissions) must be byte-identical, in the same order, to the same
-addresses; drop counters must agree too.
+MID, hostile datagrams -- runs through two MediaEngines: on the C plane
+(``datapath="c"``, sfu.plane_c) and on the pure-Python plane (``"pure"``,
+sfu.plane_py). With the same seed and the same SRTP keys, every datagram the
+SFU sends (forwarded RTP, RTCP, retransmissions) must be byte-identical, in the
+same order, to the same addresses; drop counters must agree too.
 
 Then the C path on its own: real sockets (recvmmsg/sendmmsg), hostile
 traffic that costs no Python and no allocation, the address table, the packet
@@ -38,7 +37,8 @@ from sfu._fast.packet import Rewriter
 from sfu.config import Config
 from sfu.dtls import Certificate
 from sfu.engine import MediaEngine
-from sfu.router import FastConsumer, FastProducer
+from sfu.plane_c import CPlane
+from sfu.plane_py import PythonPlane
 from sfu.srtp import SrtpPair
 
 pytestmark = pytest.mark.timeout(60)
@@ -103,17 +103,6 @@ def keys(port: int, profile: str) -> tuple[bytes, bytes]:
     return (hashlib.sha256(b"sfu-%d" % port).digest()[:n], hashlib.sha256(b"client-%d" % port).digest()[:n])
 
 
-class FakeUdp:
-    def __init__(self, out: list) -> None:
-        self.out = out
-
-    def sendto(self, data, addr) -> None:
-        self.out.append((bytes(data), addr))
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 class Harness:
     """A MediaEngine on a fake clock whose sends are recorded, driven like a socket would."""
 
@@ -122,17 +111,10 @@ class Harness:
         self.mode = mode
         self.profile = profile
         self.now = 1000.0
-        self.engine = MediaEngine(Config(consent_timeout=1e9, datapath=mode))
+        # capture=False and no socket: everything sent is dropped (the microbenchmarks)
+        self.engine = MediaEngine(Config(consent_timeout=1e9, datapath=mode), capture=capture)
         self.engine._loop = SimpleNamespace(time=lambda: self.now)
-        if mode == "c":
-            # capture=False and no socket: everything sent is dropped (the microbenchmarks)
-            self.engine.datapath = Datapath(self.engine.datagram_received, self.engine._unknown_ssrc,
-                                            capture=capture)
-            self.out = self.engine.datapath.captured
-        else:
-            self.out = []
-            self.engine._udp = FakeUdp(self.out) if capture else SimpleNamespace(
-                sendto=lambda data, addr: None, get_write_buffer_size=lambda: 0)
+        self.out = self.engine.plane.captured
         self.clients: dict[str, SrtpPair] = {}
         self.addrs: dict[str, tuple] = {}
 
@@ -147,18 +129,13 @@ class Harness:
         transport.addr = addr
         self.engine.address_changed(transport, None, addr)
         local, remote = keys(port, self.profile)
-        transport.srtp = SrtpPair(self.profile, local, remote)
-        transport.state = "connected"
-        self.engine.transport_connected(transport, self.now)
+        transport.connect_srtp(self.profile, local, remote, self.now)
         self.clients[name] = SrtpPair(self.profile, remote, local)
         self.addrs[name] = addr
         return transport
 
     def feed(self, data: bytes, addr) -> None:
-        if self.mode == "c":
-            self.engine.datapath.feed(data, addr, self.now)
-        else:
-            self.engine.datagram_received(data, addr)
+        self.engine.plane.feed(data, addr, self.now)
 
     def send_rtp(self, name: str, packet: bytes) -> bytes:
         protected = self.clients[name].protect(packet)
@@ -230,7 +207,7 @@ def script(h: Harness) -> dict:
 
     # a viewer NACKs two packets it did not get (one cached, one never received)
     c1 = h.video_consumer(v1)
-    lost_out = [(s + c1.rewriter.seq_delta) & 0xFFFF for s in (65505, 7)]
+    lost_out = [(s + c1.stats().seq_delta) & 0xFFFF for s in (65505, 7)]
     h.send_rtcp("v1", [rtcp.Nack(sender_ssrc=4242, media_ssrc=c1.ssrc, lost=lost_out)])
     # the publisher's sender report is translated for every viewer (RFC 3550 §6.4.1)
     h.send_rtcp("pub", [rtcp.SenderReport(ssrc=2222, ntp_timestamp=0x83AA7E80_00000000 + 12345,
@@ -301,13 +278,13 @@ COMMON_DROPS = ("unknown_source", "not_connected", "srtp_auth", "srtp_replay", "
 @pytest.mark.parametrize("profile", PROFILES)
 def test_fast_path_output_is_byte_identical_to_python_paths(profile):
     results = {}
-    for mode in ("c", "python", "pure"):
+    for mode in ("c", "pure"):
         h = Harness(mode, profile)
         facts = script(h)
         results[mode] = (h, facts)
     fast, _ = results["c"]
-    assert isinstance(next(iter(fast.engine.transports.values())).consumers[0], FastConsumer)
-    for mode in ("python", "pure"):
+    assert isinstance(fast.engine.plane, CPlane)
+    for mode in ("pure",):
         ref, _ = results[mode]
         assert len(fast.out) == len(ref.out), mode
         for i, (a, b) in enumerate(zip(fast.out, ref.out)):
@@ -643,12 +620,13 @@ def test_libsrtp_entry_points_are_checked_at_import():
     dp_module._load_libsrtp()  # idempotent
 
 
-def test_engine_uses_fast_objects_only_on_the_c_path():
-    for mode, fast in (("c", True), ("python", False), ("pure", False)):
+def test_engine_takes_its_plane_from_the_datapath_setting():
+    for mode, plane_class in (("c", CPlane), ("pure", PythonPlane)):
         engine = MediaEngine(Config(datapath=mode))
-        assert (engine.datapath is not None) == fast
+        assert isinstance(engine.plane, plane_class) and engine.plane.name == mode
         info = engine.create_session("r", "publish", offer("publish", audio_ssrc=1, video_ssrc=2))
         producer = engine.transports[info.id].producers[0]
-        assert isinstance(producer, FastProducer) == fast
-    with pytest.raises(ValueError):
-        MediaEngine(Config(datapath="fortran"))
+        assert producer.streaming and engine.plane.stream_stats(producer.plane_id).packets == 0
+    for mode in ("python", "fortran"):  # the in-between "python" mode is gone
+        with pytest.raises(ValueError):
+            MediaEngine(Config(datapath=mode))

@@ -214,9 +214,31 @@ def with_codec_changed(offer: str, mid: str) -> str:
     return "m=".join([head] + out)
 
 
+def plane_objects(engine) -> tuple[list[int], list[int]]:
+    """(streams, subscriptions): the plane ids the forwarding plane has, asked through
+    the interface (an unknown id is a KeyError) for every id the engine gave out."""
+    plane = engine.plane
+    streams, subs = [], []
+    for i in range(1, next(engine._plane_ids)):
+        for table, ask in ((streams, plane.stream_stats), (subs, plane.subscription_stats)):
+            try:
+                ask(i)
+            except KeyError:
+                continue
+            table.append(i)
+    return streams, subs
+
+
+def plane_ssrcs(engine, transport) -> list[int]:
+    """The SSRCs the plane receives from this transport (its producers' streams)."""
+    streams, _ = plane_objects(engine)
+    return sorted(p.ssrc for p in transport.producers if p.plane_id in streams)
+
+
 def engine_state(engine) -> dict:
     """Everything an offer could change: sessions, rooms, counts, the transports' tables
-    and, on the C data path, its peers and the streams registered on each."""
+    and what the forwarding plane has (its streams and subscriptions; on the C plane
+    its peers in the address table too)."""
     transports = engine.transports.values()
     return {
         "sessions": {t.id: engine.describe_session(t.id) for t in transports},
@@ -225,9 +247,9 @@ def engine_state(engine) -> dict:
         "totals": dict(engine.track_totals),
         "transports": {t.id: (t.sdp_version, t.mid_ext_id, sorted(t.producers_by_ssrc), sorted(t.producers_by_mid),
                               sorted(t.consumers_by_ssrc)) for t in transports},
-        "peers": engine.datapath.peers if engine.datapath is not None else None,
-        "streams": {t.id: sorted(s.ssrc for s in t.peer.streams) if t.peer is not None else None
-                    for t in transports},
+        "peers": engine.plane.datapath.peers if engine.plane.name == "c" else None,
+        "plane": plane_objects(engine),
+        "streams": {t.id: plane_ssrcs(engine, t) for t in transports},
     }
 
 
@@ -264,8 +286,9 @@ def test_refused_renegotiation_leaves_nothing_and_the_retry_publishes(engine, da
     producers = engine.describe_session(info.id)["producers"]
     assert list(producers) == ["0", "1", "2"]
     transport = engine.transports[info.id]
-    if datapath_mode == "c":  # the new track is received in C
-        assert sorted(s.ssrc for s in transport.peer.streams) == sorted(peer.ssrcs.values())
+    assert plane_ssrcs(engine, transport) == sorted(peer.ssrcs.values())  # the new track is received
+    if datapath_mode == "c":  # the C peer has exactly these streams (the refused offer left none)
+        assert sorted(s.ssrc for s in engine.plane._peers[transport.plane_id].streams) == sorted(peer.ssrcs.values())
     assert transport.producers_by_ssrc[peer.ssrcs["2"]].mid == "2"
     # and another participant can receive it
     v = engine.update_session(viewer.id, viewer_peer.offer(
@@ -297,8 +320,9 @@ def test_two_sections_with_one_ssrc_are_refused_before_anything_is_built(engine,
     with pytest.raises(sdp.SdpError, match="no audio or video section"):
         engine.create_session("r", "meeting", OfferPeer().offer([("0", "audio", "sendonly")]))
     assert len(built) == 2
-    for transport in built:
-        assert transport.peer is None or (transport.peer.streams == () and not transport.peer.registered)
+    assert plane_objects(engine) == ([], [])  # the plane got nothing of them
+    if engine.plane.name == "c":
+        assert engine.plane.datapath.peers == 0
     assert engine_state(engine) == before and engine.rooms == {} and engine.pending == {}
 
     # in a renegotiation: a new section may not take the SSRC of a kept track, but may
@@ -315,8 +339,8 @@ def test_two_sections_with_one_ssrc_are_refused_before_anything_is_built(engine,
         [("0", "audio", "sendonly"), ("1", "video", "inactive"), ("2", "video", "sendonly")]), {})
     transport = engine.transports[info.id]
     assert transport.producers_by_ssrc[peer.ssrcs["2"]].mid == "2"
-    if transport.peer is not None:
-        assert sorted(s.ssrc for s in transport.peer.streams) == sorted({peer.ssrcs["0"], peer.ssrcs["2"]})
+    assert plane_ssrcs(engine, transport) == sorted({peer.ssrcs["0"], peer.ssrcs["2"]})
+    assert len(plane_objects(engine)[0]) == 2
 
 
 def test_an_update_refused_by_a_limit_changes_nothing(engine):

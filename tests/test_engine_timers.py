@@ -154,4 +154,4 @@ def test_a_track_added_by_renegotiation_is_nacked_like_the_first(mode):
     h.advance(0.02)
     nacks = [p for p in rtcp_sent_to(h, "pub") if isinstance(p, rtcp.Nack)]
     assert [(n.media_ssrc, n.lost) for n in nacks] == [(ssrc, [102, 103])]
-    assert pub.producers_by_mid["1"].packets == 3
+    assert pub.producers_by_mid["1"].stats().packets == 3

@@ -63,7 +63,7 @@ def test_sdp_odd_lines_are_sdp_errors(line):
         sdp.parse_sdp(offer + line + "\r\n")
 
 
-@pytest.mark.parametrize("mode", ["python", "c"])
+@pytest.mark.parametrize("mode", ["pure", "c"])
 def test_oversized_srtp_from_a_peer_is_a_drop(mode):
     """An SRTP or SRTCP datagram longer than pylibsrtp's 1500-byte buffer, from a connected
     peer: a "too_long" drop on both paths, not an internal error with a traceback."""
@@ -76,7 +76,7 @@ def test_oversized_srtp_from_a_peer_is_a_drop(mode):
     pub = rig.connect("pub", "publish", 5000)
     rig.feed(bytes([0x80, 0x60]) + bytes(2046), pub.addr)  # RTP
     rig.feed(bytes([0x80, 0xC9]) + bytes(1998), pub.addr)  # RTCP (always the slow path)
-    rig.engine._fold_datapath()
+    rig.engine._fold_counters()
     drops = rig.engine.drops
     assert drops["internal_error"] == 0, drops
     assert drops["too_long"] == 2, drops
@@ -94,7 +94,7 @@ def test_closed_sessions_leave_the_timer_heap():
     from tests.sdp_offers import OfferPeer
 
     now = [1000.0]
-    engine = MediaEngine(Config(datapath="python"))
+    engine = MediaEngine(Config(datapath="pure"))
     engine._loop = SimpleNamespace(time=lambda: now[0])
     refs = []
     for _ in range(1000):
@@ -145,7 +145,7 @@ async def test_json_nested_too_deep_is_bad_request_not_an_error(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode, kind", [
-    ("python", "rtp"), ("python", "rtcp"), ("c", "rtcp"),
+    ("pure", "rtp"), ("pure", "rtcp"), ("c", "rtcp"),
     ("c", "rtp"),
 ])
 def test_made_up_ssrcs_cost_no_memory(mode, kind):
@@ -162,7 +162,7 @@ def test_made_up_ssrcs_cost_no_memory(mode, kind):
 
 
 @pytest.mark.parametrize("mode", [
-    "python",
+    "pure",
     "c",
 ])
 def test_malformed_extension_element_is_a_malformed_drop(mode):
@@ -188,18 +188,18 @@ def test_malformed_extension_element_is_a_malformed_drop(mode):
     rig.feed(pub.srtp.protect(good), pub.addr)
     rig.feed(pub.srtp.protect(bad), pub.addr)
     rig.take()
-    rig.engine._fold_datapath()
+    rig.engine._fold_counters()
     assert rig.engine.stats["rtp_forwarded"] == 1, dict(rig.engine.stats)
     # the viewer asks for it again: the cached packet is just as malformed
     consumer = next(c for c in rig.engine.transports[viewer.session].consumers if c.kind == "video")
-    lost = (2 + consumer.rewriter.seq_delta) & 0xFFFF
+    lost = (2 + consumer.stats().seq_delta) & 0xFFFF
     rig.now += 0.5
     rig.feed(viewer.srtp.protect_rtcp(rtcp.serialize([rtcp.Nack(1, consumer.ssrc, [lost])])), viewer.addr)
     rig.tick(0.02)
     rig.take()
-    rig.engine._fold_datapath()
+    rig.engine._fold_counters()
     drops = rig.engine.drops
     assert drops["internal_error"] == 0, dict(drops)
     assert drops["malformed"] >= 1, dict(drops)
-    if mode == "python":  # once in forward, once in retransmit
+    if mode == "pure":  # once in forward, once in retransmit
         assert drops["malformed"] == 2, dict(drops)

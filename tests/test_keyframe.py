@@ -294,7 +294,7 @@ def gate_script(h: Harness) -> dict:
     # a NACK before the gate opened is not answered
     h.send_rtcp("v1", [rtcp.Nack(sender_ssrc=4242, media_ssrc=c1.ssrc, lost=[c1.initial_seq, 7])])
     h.advance(0.02)
-    facts["v1_retransmissions_before_key"] = c1.retransmissions
+    facts["v1_retransmissions_before_key"] = c1.stats().retransmissions
     for k in range(8):
         h.send_rtp("pub", video(seq, 2222, key=k == 0))
         seq += 1
@@ -373,16 +373,16 @@ def gate_script(h: Harness) -> dict:
         h.send_rtp("pub2", video(500 + k, 3333, key=k == 6))
         h.advance(0.02)
     # a NACK of the last packet of the first publisher, after the move: not answered
-    facts["retransmissions_before_nack"] = c1.retransmissions
+    facts["retransmissions_before_nack"] = c1.stats().retransmissions
     last_of_pub = (sent[0] and struct.unpack_from("!H", video_to(h, "v1", c1.ssrc)[sent[0] - 1], 2)[0])
     h.send_rtcp("v1", [rtcp.Nack(sender_ssrc=4242, media_ssrc=c1.ssrc, lost=[last_of_pub])])
     h.advance(0.02)
-    facts["retransmissions_after_old_nack"] = c1.retransmissions
+    facts["retransmissions_after_old_nack"] = c1.stats().retransmissions
     # and one of the new publisher's: answered
     first_of_pub2 = struct.unpack_from("!H", video_to(h, "v1", c1.ssrc)[sent[0]], 2)[0]
     h.send_rtcp("v1", [rtcp.Nack(sender_ssrc=4242, media_ssrc=c1.ssrc, lost=[first_of_pub2])])
     h.advance(0.02)
-    facts["retransmissions_after_new_nack"] = c1.retransmissions
+    facts["retransmissions_after_new_nack"] = c1.stats().retransmissions
 
     # a viewer whose keyframe does not come (the request or the keyframe lost): it asks
     # again after each KEYFRAME_RETRY seconds of waiting, and no more often
@@ -406,13 +406,13 @@ def gate_script(h: Harness) -> dict:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_gate_output_is_byte_identical_on_all_paths(profile):
+def test_gate_output_is_byte_identical_on_both_paths(profile):
     results = {}
-    for mode in ("c", "python", "pure"):
+    for mode in ("c", "pure"):
         h = Harness(mode, profile)
         results[mode] = (h, gate_script(h))
     fast_h, fast_facts = results["c"]
-    for mode in ("python", "pure"):
+    for mode in ("pure",):
         ref_h, ref_facts = results[mode]
         assert ref_facts == fast_facts, mode
         assert len(fast_h.out) == len(ref_h.out), mode
@@ -420,7 +420,7 @@ def test_gate_output_is_byte_identical_on_all_paths(profile):
             assert a == b, f"datagram {i} differs from the {mode} path"
         for name in ("rtp_forwarded", "retransmissions", "nack_misses", "keyframe_requests_sent",
                      "keyframe_waits"):
-            fast_h.engine._fold_datapath()
+            fast_h.engine._fold_counters()
             assert fast_h.engine.stats[name] == ref_h.engine.stats[name], (mode, name)
 
 
@@ -454,7 +454,7 @@ def test_gate_holds_until_a_keyframe_and_numbering_stays_continuous(mode):
     # a NACK from before the move is not answered from the new publisher's cache; after it, it is
     assert f["retransmissions_after_old_nack"] == f["retransmissions_before_nack"]
     assert f["retransmissions_after_new_nack"] == f["retransmissions_before_nack"] + 1
-    h.engine._fold_datapath()
+    h.engine._fold_counters()
     assert h.engine.stats["keyframe_waits"] > 0
 
     for name, ssrc in (("v1", f["c1"]), ("v2", f["c2"])):

@@ -263,7 +263,6 @@ def test_room_indexes_agree_with_a_scan_after_random_churn():
     """Random publishes, subscriptions and leaves: every consumer of an automatic
     viewer gets what a scan of the room would give it, producer.consumers is exactly
     who is attached, and codec_preference is the newest-first scan."""
-    from sfu import rtp
 
     rng = random.Random(7)
     room = Room("r")
@@ -273,13 +272,13 @@ def test_room_indexes_agree_with_a_scan_after_random_churn():
         op = rng.random()
         if op < 0.3 or not producers:
             codec = _codec(rng.choice(["VP8", "vp8", "H264", "VP9"]), 96)
-            p = Producer(_Transport(f"p{step}"), "video", "0", codec, step + 1, {}, rtp)
+            p = Producer(_Transport(f"p{step}"), "video", "0", codec, step + 1, {})
             room.add_producer(p, lambda c: None)
             producers.append(p)
         elif op < 0.65:
             t = _Transport(f"v{step}")
             for mid in range(rng.randint(1, 3)):
-                c = Consumer(t, "video", str(mid), _codec(rng.choice(["VP8", "H264"]), 100), {}, rtp)
+                c = Consumer(t, "video", str(mid), _codec(rng.choice(["VP8", "H264"]), 100), {})
                 t.consumers.append(c)
                 room.add_consumer(c, lambda c: None)
                 consumers.append(c)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections import Counter, deque
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -19,23 +19,13 @@ from sfu import metrics, rtcp
 from sfu.events import (CloseReason, EndReason, MeetingEnded, MeetingStarted, ParticipantJoined, SessionClosed,
                         SessionCreated)
 from sfu.metrics import SO_MEMINFO, Metrics, ProcReader, headroom, sample_engine, socket_meminfo
+from sfu.router import NO_SUBSCRIPTION_STATS
 from sfu.transport import Transport
 
 pytestmark = pytest.mark.timeout(30)
 
 
 # -- fakes ------------------------------------------------------------------------------
-
-class FakeUdp:
-    def __init__(self, sock=None, queued=0):
-        self.sock, self.queued = sock, queued
-
-    def get_extra_info(self, name):
-        return self.sock if name == "socket" else None
-
-    def get_write_buffer_size(self):
-        return self.queued
-
 
 def producer(kind, packets=0, nbytes=0, first=None):
     return SimpleNamespace(kind=kind, packets=packets, bytes=nbytes, first_packet_time=first)
@@ -54,15 +44,32 @@ def transport(tid, role, created=0.0, producers=(), consumers=()):
 
 
 class FakeEngine:
-    def __init__(self, udp=None):
+    """What sfu.metrics reads of a MediaEngine: counters, media_stats() (plain data, here
+    made from fake transports), the plane's latency histogram and the socket."""
+
+    def __init__(self, sock=None):
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.transports: dict = {}
         self.rooms: dict = {}
-        self.latency_samples: deque = deque(maxlen=16)
-        self._udp = udp
-        self.impl = SimpleNamespace(__file__="/x/packet.cpython-311-x86_64-linux-gnu.so")
+        self.socket = sock
+        self.hist = None  # the plane's histogram (ForwardingPlane.latency())
+        self.datapath_mode = "c"
         self.listeners = []
+
+    def latency(self):
+        return self.hist
+
+    def media_stats(self):
+        return [{"id": t.id, "role": t.role, "created": t.created,
+                 "producers": [{"kind": p.kind, "packets": p.packets, "bytes": p.bytes,
+                                "first_packet_time": p.first_packet_time} for p in t.producers],
+                 "consumers": [{"id": c.id, "kind": c.kind, "attached": c.producer is not None,
+                                "packets": c.packets_sent, "bytes": c.octets_sent,
+                                "retransmissions": c.retransmissions, "first_packet_time": c.first_packet_time,
+                                "report": c.last_report, "clock_rate": c.codec.clock_rate, "rtt": c.rtt}
+                               for c in t.consumers]}
+                for t in self.transports.values()]
 
     def add_listener(self, cb):
         self.listeners.append(cb)
@@ -120,7 +127,7 @@ W = ("worker", "0")
 # -- sample_engine ----------------------------------------------------------------------
 
 def test_sample_sums_live_tracks_and_what_the_engine_retired():
-    e = FakeEngine(FakeUdp(queued=7))
+    e = FakeEngine(sock=object())
     e.stats.update({"rtp_packets_received_video": 10, "rtp_bytes_received_video": 1000,
                     "rtp_packets_forwarded_audio": 5, "rtp_bytes_forwarded_audio": 50, "rtx_sent_video": 2})
     e.transports = {
@@ -129,7 +136,7 @@ def test_sample_sums_live_tracks_and_what_the_engine_retired():
                                                          consumer("v:1", "video", 8, 800, rtx=1, attached=False)]),
     }
     e.rooms = {"r": object()}
-    e.latency_samples.extend([0.001, 0.002])
+    e.hist = {"buckets": [], "count": 0, "sum": 0.0}
     s = sample_engine(e)
     assert s.received == {"audio": [3, 30], "video": [14, 1400]}
     assert s.forwarded == {"audio": [11, 110], "video": [8, 800]}
@@ -138,9 +145,9 @@ def test_sample_sums_live_tracks_and_what_the_engine_retired():
     assert s.subscriptions == {"audio": 1, "video": 0}  # a detached consumer is no subscription
     assert s.sessions == {"publish": 1, "subscribe": 1}
     assert s.rooms == 1
-    assert s.latency == [0.001, 0.002] and not e.latency_samples  # drained
+    assert s.latency_hist is e.hist
     assert s.first_media == {"p": ("publish", 0.5)}
-    assert s.up and s.send_queue_bytes == 7
+    assert s.up and s.socket is e.socket
     assert s.forwarded_packets() == 19
 
 
@@ -148,9 +155,9 @@ def test_sample_of_an_engine_without_socket_is_down():
     assert not sample_engine(FakeEngine()).up
 
 
-def test_sample_of_the_c_data_path_reads_its_socket():
+def test_sample_reads_the_socket_the_plane_reads():
     e = FakeEngine()
-    e._sock = sock = object()
+    e.socket = sock = object()
     s = sample_engine(e)
     assert s.up and s.socket is sock and s.send_queue_bytes == 0
 
@@ -302,8 +309,8 @@ def test_transport_measures_rtt_from_lsr_and_dlsr():
     """RFC 3550 §6.4.1: RTT = A - LSR - DLSR, against the time we sent the translated SR."""
     sent = []
     sub = SimpleNamespace(send_rtcp=sent.append)
-    c = SimpleNamespace(ssrc=0xABC, synced=True, rewriter=SimpleNamespace(ts_delta=10), packets_sent=5,
-                        octets_sent=500, transport=sub, sr_sent={}, rtt=None, last_report=None)
+    stats = NO_SUBSCRIPTION_STATS._replace(synced=True, ts_delta=10, packets_sent=5, octets_sent=500)
+    c = SimpleNamespace(ssrc=0xABC, stats=lambda: stats, transport=sub, sr_sent={}, rtt=None, last_report=None)
     prod = SimpleNamespace(consumers=(c,), last_sr_ntp=0, last_sr_time=0.0)
     pub = SimpleNamespace(producers_by_ssrc={0x111: prod})
     ntp = (3_900_000_000 << 32) | 0x80000000
@@ -378,9 +385,12 @@ def test_node_idle_cores_from_proc_stat():
     assert m.node_idle_cores == pytest.approx(1.5)
 
 
-def test_latency_samples_and_loop_lag_histograms():
+def test_latency_and_loop_lag_histograms():
+    from sfu.metrics import LATENCY_BUCKETS
+
     m, e, *_ = make()
-    e.latency_samples.extend([30e-6, 3e-3])
+    e.hist = {"buckets": [(b, int(b >= 5e-05) + int(b >= 3e-3)) for b in LATENCY_BUCKETS] + [(float("inf"), 2)],
+              "count": 2, "sum": 30e-6 + 3e-3}
     m.update()
     m.loop_lag.labels("0").observe(0.004)
     got = scrape(m)
@@ -397,22 +407,21 @@ def test_c_data_path_latency_histogram_is_exposed_as_it_is():
     # one set of buckets: the metric is the C histogram, bucket for bucket
     assert LATENCY_BUCKETS_US == tuple(round(b * 1e6) for b in LATENCY_BUCKETS)
     e = FakeEngine()
-    e.datapath = SimpleNamespace(latency=Datapath(lambda data, addr: None).latency)  # a real, empty one
+    e.hist = Datapath(lambda data, addr: None).latency()  # a real, empty one
     m, *_ = make(e)
-    e.latency_samples.extend([30e-6])  # a Python-path sample adds to the same series
     m.update()
     got = scrape(m)
-    assert got[("sfu_forwarding_latency_seconds_count", (W,))] == 1
-    e.datapath.latency = lambda: {  # as Datapath.latency() reports after 3 packets
+    assert got[("sfu_forwarding_latency_seconds_count", (W,))] == 0
+    e.hist = {  # as Datapath.latency() reports after 3 packets
         "buckets": [(b * 1e-6, 0 if b < 500 else (1 if b < 3000 else 3)) for b in LATENCY_BUCKETS_US]
         + [(float("inf"), 3)], "count": 3, "sum": 0.008}
     m.update()
     got = scrape(m)
-    assert got[("sfu_forwarding_latency_seconds_count", (W,))] == 4
-    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "5e-05"), W))] == 1
-    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "0.002"), W))] == 2
-    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "0.003"), W))] == 4
-    assert got[("sfu_forwarding_latency_seconds_sum", (W,))] == pytest.approx(0.00803)
+    assert got[("sfu_forwarding_latency_seconds_count", (W,))] == 3
+    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "5e-05"), W))] == 0
+    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "0.002"), W))] == 1
+    assert got[("sfu_forwarding_latency_seconds_bucket", (("le", "0.003"), W))] == 3
+    assert got[("sfu_forwarding_latency_seconds_sum", (W,))] == pytest.approx(0.008)
 
 
 # -- kernel figures ----------------------------------------------------------------------------
@@ -427,7 +436,7 @@ def test_socket_buffers_queue_and_receive_overflow_of_our_socket():
             sender.sendto(b"x" * 1000, sock.getsockname())
         queued, dropped = socket_meminfo(sock)
         assert queued > 0 and dropped > 0
-        m, e, clock, cpu, proc = make(FakeEngine(FakeUdp(sock, queued=1234)))
+        m, e, clock, cpu, proc = make(FakeEngine(sock))
         proc.udp = (1, 1)  # /proc is only the fallback: SO_MEMINFO answers
         proc.snmp = {"RcvbufErrors": 20, "SndbufErrors": 3, "InErrors": 21}
         m.update()
@@ -435,7 +444,7 @@ def test_socket_buffers_queue_and_receive_overflow_of_our_socket():
         assert got[("sfu_worker_up", (W,))] == 1
         assert got[("sfu_packets_dropped_total", (("reason", "receive_buffer_overflow"), W))] == dropped
         assert got[("sfu_udp_queue_bytes", (("direction", "receive"), W))] == queued
-        assert got[("sfu_udp_queue_bytes", (("direction", "send"), W))] == 1234
+        assert got[("sfu_udp_queue_bytes", (("direction", "send"), W))] == 0  # the plane queues itself
         assert got[("sfu_udp_socket_buffer_bytes", (("direction", "receive"), W))] == \
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         assert got[("sfu_node_udp_errors_total", (("type", "receive_buffer"),))] == 20
@@ -510,7 +519,7 @@ def test_kernel_figures_fall_back_to_proc_without_so_meminfo():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         assert socket_meminfo(NoMeminfo(sock)) is None
-        m, e, clock, cpu, proc = make(FakeEngine(FakeUdp(NoMeminfo(sock))))
+        m, e, clock, cpu, proc = make(FakeEngine(NoMeminfo(sock)))
         proc.udp = (4096, 17)
         m.update()
         got = scrape(m)
@@ -608,7 +617,7 @@ async def test_refused_sessions_and_http_connections_are_counted(tmp_path):
         await writer.drain()
         assert b"408" in await asyncio.wait_for(reader.read(), 10.0)  # then closed
         writer.close()
-        m.engine._fold_datapath()
+        m.engine._fold_counters()
         after = scrape(m)
         assert after[("sfu_sessions_refused_total", (("reason", "too_many_tracks"), W))] == 1
         assert after[("sfu_http_connections_refused_total", (("reason", "header_timeout"), W))] == 1

@@ -1,12 +1,21 @@
-"""Room decisions: which consumer receives which producer (no sockets)."""
+"""Room decisions: which consumer receives which producer (no sockets), and the
+commands they give the forwarding plane."""
 
 from types import SimpleNamespace
 
-import pytest
-
-from sfu import rtp
 from sfu.router import Consumer, Producer, Room
+from sfu.rtp import CODEC_OTHER, CODEC_VP8
 from sfu.sdp import Codec
+
+
+class RecordingPlane:
+    """The commands a forwarding plane is given (sfu.plane), recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, *args))
 
 
 def vp8(pt=96):
@@ -14,16 +23,15 @@ def vp8(pt=96):
 
 
 def transport(name):
-    return SimpleNamespace(id=name, cname=name, consumers=[], rtcp_ssrc=1)
+    return SimpleNamespace(id=name, cname=name, consumers=[], rtcp_ssrc=1, plane_id=0)
 
 
-def producer(t, ssrc):
-    p = Producer(t, "video", "0", vp8(), ssrc, {}, rtp)
-    return p
+def producer(t, ssrc, plane_id=0):
+    return Producer(t, "video", "0", vp8(), ssrc, {}, plane_id)
 
 
-def consumer(t, mid, pt=100):
-    c = Consumer(t, "video", mid, vp8(pt), {}, rtp)
+def consumer(t, mid, pt=100, plane_id=0):
+    c = Consumer(t, "video", mid, vp8(pt), {}, plane_id)
     t.consumers.append(c)
     return c
 
@@ -58,16 +66,25 @@ def test_waiting_consumers_attach_to_distinct_new_tracks():
 
 
 def test_removed_producer_hands_consumers_to_the_next_track():
+    plane = RecordingPlane()
     room = Room("r")
-    pa, pb = producer(transport("a"), 1), producer(transport("b"), 2)
+    pa, pb = producer(transport("a"), 1, plane_id=1), producer(transport("b"), 2, plane_id=2)
+    pa.open(plane)
+    pb.open(plane)
     room.add_producer(pa, lambda c: None)
     room.add_producer(pb, lambda c: None)
-    c = consumer(transport("v"), "0")
+    c = consumer(transport("v"), "0", plane_id=3)
+    c.open(plane)
     room.add_consumer(c, lambda c: None)
     assert c.producer is pb
+    plane.calls.clear()
     room.remove_producer(pb, lambda c: None)
+    pb.close()
     assert c.producer is pa and pa.consumers == (c,)
-    assert not c.synced  # numbering continues from where it left off at the next packet
+    # the plane's subscription moved to pa's stream (numbering continues there, gated
+    # until a keyframe), and pb's stream went
+    assert plane.calls == [("bind", 3, None, {}, {}, CODEC_OTHER), ("bind", 3, 1, {96: 100}, {}, CODEC_VP8),
+                           ("remove_stream", 2)]
 
 
 def test_publisher_does_not_receive_itself():
@@ -79,14 +96,25 @@ def test_publisher_does_not_receive_itself():
     assert c.producer is None
 
 
-@pytest.mark.parametrize("last_seq,in_seq", [(None, 100), (65535, 7), (10, 65000)])
-def test_consumer_numbering_is_continuous_across_sources(last_seq, in_seq):
-    c = consumer(transport("v"), "0")
-    c.last_out_seq, c.last_out_ts, c.last_out_time = last_seq, 1000, 0.0
-    if last_seq is None:
-        c.last_out_ts = None
-    c.sync(in_seq, 5000, now=0.5)
-    out = (in_seq + c.rewriter.seq_delta) & 0xFFFF
-    if last_seq is not None:
-        assert out == (last_seq + 1) & 0xFFFF
-        assert (5000 + c.rewriter.ts_delta) & 0xFFFFFFFF == 1000 + 45000  # 0.5 s at 90 kHz later
+def test_a_producer_learnt_later_binds_its_consumers_and_pauses_reach_the_plane():
+    plane = RecordingPlane()
+    room = Room("r")
+    p = producer(transport("a"), None, plane_id=1)
+    p.open(plane)  # no SSRC yet: no stream
+    room.add_producer(p, lambda c: None)
+    c = consumer(transport("v"), "0", plane_id=2)
+    c.open(plane)
+    room.add_consumer(c, lambda c: None)
+    assert c.producer is p and ("bind", 2, None, {}, {}, CODEC_OTHER) in plane.calls
+    plane.calls.clear()
+    p.learn_ssrc(1234)  # from the MID header extension
+    assert plane.calls[0][:4] == ("add_stream", 1, 0, 1234)
+    assert plane.calls[1] == ("bind", 2, 1, {96: 100}, {}, CODEC_VP8)
+    plane.calls.clear()
+    p.set_paused(True)
+    c.held = True
+    c.update_paused()  # already paused: no command
+    c.held = False
+    c.update_paused()
+    p.set_paused(False)
+    assert plane.calls == [("set_paused", 2, True), ("set_paused", 2, False)]

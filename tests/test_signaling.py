@@ -398,7 +398,7 @@ async def test_garbage_never_escapes_as_an_exception(signaling):
 # -- host mute: the engine holds a producer's forwarding ------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["c", "python", "pure"])
+@pytest.mark.parametrize("mode", ["c", "pure"])
 def test_paused_producer_forwards_nothing_and_resumes_where_it_stopped(mode):
     """MediaEngine.pause_producer: every subscriber of the track (also one that
     subscribes while it is held) gets nothing; on resume, output numbering

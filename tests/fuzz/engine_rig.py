@@ -5,9 +5,9 @@ Each peer connects for real: its offer (bench.loadgen.build_offer) goes
 through ``create_session``, a signed STUN Binding request selects its address
 (sfu.ice), a DTLS handshake with a client ``DtlsEndpoint`` runs through the
 engine's receive path, and the exported keys give the peer its own
-``SrtpPair``. What the engine sends is captured (C path: ``Datapath`` with
-``capture=True``; Python path: a fake UDP transport) and handed to the peers
-by address during the handshake, dropped afterwards.
+``SrtpPair``. What the engine sends is captured (its forwarding plane, C or
+pure, made with ``capture=True``) and handed to the peers by address during
+the handshake, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -28,17 +28,6 @@ from sfu.srtp import SrtpPair
 CLIENT_CERT = Certificate.generate()
 
 
-class FakeUdp:
-    def __init__(self, out: list) -> None:
-        self.out = out
-
-    def sendto(self, data, addr) -> None:
-        self.out.append((bytes(data), addr))
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 @dataclass
 class Peer:
     name: str
@@ -54,35 +43,19 @@ class Peer:
 
 class Rig:
     def __init__(self, mode: str) -> None:
-        from sfu._fast.datapath import Datapath
-
         random.seed(9)
         self.mode = mode
         self.now = 1000.0
-        self.engine = MediaEngine(Config(consent_timeout=1e9, datapath=mode))
+        self.engine = MediaEngine(Config(consent_timeout=1e9, datapath=mode), capture=True)
         self.engine._loop = SimpleNamespace(time=lambda: self.now)
-        if mode == "c":
-            self.engine.datapath = Datapath(self.engine.datagram_received, self.engine._unknown_ssrc,
-                                            capture=True)
-            self.out = self.engine.datapath.captured
-        else:
-            self.out = []
-            self.engine._udp = FakeUdp(self.out)
+        self.out = self.engine.plane.captured
         self.peers: dict[str, Peer] = {}
 
     # -- driving ---------------------------------------------------------------------------
     def feed(self, data: bytes, addr: tuple) -> None:
-        if self.mode == "c":
-            self.engine.datapath.feed(data, addr, self.now)
-        else:
-            self.engine.datagram_received(data, addr)
-
-    def flush(self) -> None:
-        if self.mode == "c":
-            self.engine.datapath.flush()
+        self.engine.plane.feed(data, addr, self.now)
 
     def take(self) -> list[tuple[bytes, tuple]]:
-        self.flush()
         out = list(self.out)
         self.out.clear()
         return out

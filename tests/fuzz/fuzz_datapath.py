@@ -3,8 +3,8 @@
 
 A MediaEngine with ``datapath="c"`` and two peers connected for real (ICE,
 DTLS, SRTP; tests/fuzz/engine_rig.py): a publisher (audio + video) and a
-viewer. ``FUZZ_DATAPATH=python`` runs the same target through the Python
-path (``MediaEngine.datagram_received``) instead.
+viewer. ``FUZZ_DATAPATH=pure`` runs the same target through the pure-Python
+plane (sfu.plane_py) instead.
 
 Input: one control byte, then the datagram.
 
@@ -168,10 +168,9 @@ last_counts: dict = {}
 
 def counter_delta() -> dict:
     engine = rig.engine
+    engine._fold_counters()  # what the plane counted
     now = dict(engine.stats)
     now.update(engine.drops)
-    if engine.datapath is not None:
-        now.update({k: v for k, v in engine.datapath.counters().items() if v})
     delta = {k: v - last_counts.get(k, 0) for k, v in now.items() if v != last_counts.get(k, 0)}
     last_counts.clear()
     last_counts.update(now)
@@ -234,10 +233,9 @@ def bounded() -> None:
     engine = rig.engine
     assert len(engine.transports) <= 2, len(engine.transports)
     assert len(engine.by_addr) <= 2 + 16, len(engine.by_addr)  # ICE may hold a candidate address
-    if engine.datapath is not None:
-        assert engine.datapath.peers <= 2, engine.datapath.peers
-        assert engine.datapath.queued == 0, engine.datapath.queued
-        engine._fold_datapath()
+    if engine.plane.name == "c":
+        assert engine.plane.datapath.peers <= 2, engine.plane.datapath.peers
+        assert engine.plane.datapath.queued == 0, engine.plane.datapath.queued
     assert totals["reconnects"] <= 1000, totals
 
 

@@ -1,6 +1,6 @@
 """Fuzz target: the demultiplexer (sfu/demux.py ``classify``) and the engine's
-entry for a datagram on the shared port (``MediaEngine.datagram_received``,
-the Python path), from a connected peer's address and from unknown ones.
+entry for a datagram on the shared port (the pure-Python plane's ``feed``, then
+``MediaEngine.slow_path``), from a connected peer's address and from unknown ones.
 
 Input: one control byte (bit 0: from the connected publisher, else from an
 address made of the datagram's last bytes), then the datagram, as is.
@@ -25,7 +25,7 @@ with fuzz_imports():
 
 from engine_rig import Rig
 
-rig = Rig("python")
+rig = Rig("pure")
 rig.connect("pub", "publish", 5000)
 rig.connect("viewer", "subscribe", 5001)
 
@@ -56,10 +56,12 @@ def one_input(data: bytes) -> None:
     else:
         tail = (datagram[-3:] + b"\x00\x00\x00")[:3]
         addr = (f"10.{tail[0]}.{tail[1]}.{tail[2]}", 1024 + tail[0] * 251 + tail[1])
+    rig.engine._fold_counters()
     drops = sum(rig.engine.drops.values())
     rig.now += 0.001
     rig.feed(datagram, addr)
     rig.take()
+    rig.engine._fold_counters()
     if kind == demux.UNKNOWN or (peer is None and kind != demux.STUN):
         assert sum(rig.engine.drops.values()) > drops, (datagram[:32].hex(), rig.engine.drops)
 

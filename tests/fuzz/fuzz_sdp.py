@@ -33,7 +33,7 @@ except ImportError:  # before the limits of issue 9
 
 FIXTURES = ROOT / "tests" / "fixtures" / "sdp"
 ROLES = ("publish", "subscribe", "meeting")
-engine = MediaEngine(Config(datapath="python", consent_timeout=1e9))  # the resident never sends STUN
+engine = MediaEngine(Config(datapath="pure", consent_timeout=1e9))  # the resident never sends STUN
 RESIDENT = engine.create_session("room", "publish", (FIXTURES / "chromium_publish.sdp").read_text()).id
 DICTIONARY = sorted({line for path in Path(FIXTURES).glob("*.sdp") for line in path.read_bytes().split(b"\r\n")
                      if line})

@@ -54,7 +54,7 @@ asyncio.set_event_loop(loop)
 # SQLite in memory: the real store and schema, and nothing left on disk when libFuzzer exits
 service = MeetingService(HistoryStore.from_config(":memory:", "."), grace_period=3600.0, heartbeat_interval=3600.0)
 loop.run_until_complete(service.start())
-engine = MediaEngine(Config(datapath="python", consent_timeout=1e9))
+engine = MediaEngine(Config(datapath="pure", consent_timeout=1e9))
 signaling = Signaling(engine, service)
 
 
