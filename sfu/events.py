@@ -8,7 +8,7 @@ what each audience is told, so no table elsewhere translates it:
 - ``label``: the ``reason`` label of ``sfu_session_leaves_total`` (sfu/metrics.py),
   a bounded set;
 - ``end_reason``: how the session ends in the meeting history and in the
-  ``participant_left`` event (one of ``sfu.history.END_REASONS``);
+  ``participant_left`` event (a ``LeaveReason``, below);
 - ``told``: the ``reason`` of the ``media_closed`` event a WebSocket participant gets
   (docs/protocol.md).
 
@@ -27,12 +27,26 @@ from dataclasses import dataclass
 from enum import Enum
 
 
+# LeaveReason first: CloseReason.end_reason is one; the meeting events below use it too
+class LeaveReason(str, Enum):
+    """Why a history session ended: stored as its value in ``sessions.end_reason``
+    (sfu/history.py), shown by the history API and in the ``participant_left`` event."""
+
+    LEFT = "left"
+    KICKED = "kicked"  # a host ended the meeting (or removed the participant)
+    TIMED_OUT = "timed out"  # the connection died without a goodbye
+    SERVER_STOPPED = "server stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class CloseReason(str, Enum):
     """Why the engine closed a session or unpublished a track (str-valued: JSON and logs
     show the value)."""
 
     label: str
-    end_reason: str
+    end_reason: LeaveReason
     told: str
 
     #                   value                   label             end_reason        told (media_closed)
@@ -50,7 +64,7 @@ class CloseReason(str, Enum):
         member = str.__new__(cls, value)
         member._value_ = value
         member.label = label
-        member.end_reason = end_reason
+        member.end_reason = LeaveReason(end_reason)
         member.told = told
         return member
 
@@ -110,19 +124,6 @@ EngineEvent = SessionCreated | SessionConnected | SessionUpdated | SessionClosed
 
 
 # -- the meeting service's events (sfu/meetings.py) ------------------------------------------
-
-class LeaveReason(str, Enum):
-    """Why a history session ended: stored as its value in ``sessions.end_reason``
-    (sfu/history.py), shown by the history API and in the ``participant_left`` event."""
-
-    LEFT = "left"
-    KICKED = "kicked"  # a host ended the meeting (or removed the participant)
-    TIMED_OUT = "timed out"  # the connection died without a goodbye
-    SERVER_STOPPED = "server stopped"
-
-    def __str__(self) -> str:
-        return self.value
-
 
 class EndReason(str, Enum):
     """Why a meeting ended: the ``reason`` of the ``meeting_ended`` event (docs/protocol.md)."""
