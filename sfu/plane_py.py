@@ -11,7 +11,7 @@ bytes, counts the same counters and keeps the same statistics and NACK log
        20..63   DTLS, 128..191 RTCP ──────────────► listener.slow_path
        128..191 RTP ─► _rtp: unprotect (the peer's SrtpPair), header check,
                      stream by SSRC (unknown: listener.unknown_ssrc)
-                  ─► _Stream.on_packet: statistics, NACK log, packet cache
+                  ─► Stream.on_packet: statistics, NACK log, packet cache
                   ─► _forward: per subscription keyframe gate, sync, rewrite
                      (sfu.rtp.Rewriter), padding-only timestamp hold, protect, send
 
@@ -28,18 +28,18 @@ what would be sent in ``captured`` instead (tests).
 from __future__ import annotations
 
 import logging
-import socket
 import struct
 import time
 from collections import deque
 
 from pylibsrtp import Error as SrtpError
 
-from .plane import CLEAR, GAP, RECOVERED, ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
+from .plane import CLEAR, ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
+from .plane_py_state import Peer, Stream, Sub, address, build_rtx
 from .router import (
     KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, NACK_DEDUPE_SLOTS,
 )
-from .rtp import CODEC_OTHER, Rewriter, is_keyframe, parse_rtp_header
+from .rtp import CODEC_OTHER, is_keyframe, parse_rtp_header
 from .srtp import PROFILES, SrtpPair
 
 logger = logging.getLogger("sfu.plane_py")
@@ -49,7 +49,6 @@ _PROFILE_NAMES = {number: name for name, number in PROFILES.items()}
 RX_SLOT = 2048  # longest datagram received (longer: "too_long"), as the C path's
 RX_MAX = 1500  # longest SRTP packet unprotected (pylibsrtp's limit too)
 RX_PER_CALL = 1024  # datagrams read per readiness callback (then yield to the loop)
-EVENT_RING = 4096  # NACK log events kept per stream between two drains
 SEND_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes waiting for a full socket before sends are dropped
 LATENCY_SAMPLE_MASK = 63  # 1 forwarded datagram in 64 is timed
 # upper bounds in microseconds (last: +Inf), as sfu._fast.datapath and sfu.metrics.LATENCY_BUCKETS
@@ -77,184 +76,6 @@ _NAMES = STAT_NAMES + DROP_NAMES
 _pack_ts = struct.Struct("!I").pack_into
 
 
-def _address(addr: tuple) -> tuple[tuple, tuple]:
-    """(key, canonical tuple) of a socket-module address, as the C address table sees it:
-    IPv4 (text, port); IPv6 (text, port, flowinfo 0, scope). ValueError when it is neither."""
-    host = addr[0]
-    port = int(addr[1])
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"bad port {port}")
-    if isinstance(host, bytes):
-        host = host.decode("ascii")
-    if ":" not in host:
-        try:
-            text = socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, host))
-        except OSError:
-            raise ValueError(f"bad IPv4 address {host!r}") from None
-        return (text, port), (text, port)
-    host = host.split("%")[0]
-    try:
-        text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
-    except OSError:
-        raise ValueError(f"bad IPv6 address {host!r}") from None
-    scope = int(addr[3]) if len(addr) >= 4 else 0
-    return (text, port, scope), (text, port, 0, scope)
-
-
-class _Peer:
-    """One transport: its address (when known), SRTP sessions (when connected), streams by SSRC."""
-
-    __slots__ = ("id", "key", "addr", "registered", "srtp", "protect", "unprotect", "streams")
-
-    def __init__(self, peer: int) -> None:
-        self.id = peer
-        self.key = None
-        self.addr = None  # where its copies go (kept when another peer takes the address)
-        self.registered = False  # in the address table
-        self.srtp: SrtpPair | None = None
-        self.protect = None
-        self.unprotect = None
-        self.streams: dict[int, _Stream] = {}
-
-
-class _Stream:
-    """One received SSRC: statistics (RFC 3550 A.1, A.3, A.8), NACK log, packet cache, fan-out."""
-
-    __slots__ = (
-        "id", "peer", "ssrc", "payload_type", "clock_rate", "nack", "nack_max_gap", "subs",
-        "packets", "bytes", "started", "unwrap_highest", "base", "highest", "jitter", "first_time",
-        "last_transit", "events", "overflow", "dirty",
-        "cache_packets", "arena_size", "pos", "c_seq", "c_pos", "c_data", "held",
-    )
-
-    def __init__(self, stream: int, peer: _Peer, ssrc: int, payload_type: int, clock_rate: int,
-                 nack: bool, nack_max_gap: int, cache_packets: int, cache_bytes: int) -> None:
-        self.id = stream
-        self.peer = peer
-        self.ssrc = ssrc
-        self.payload_type = payload_type
-        self.clock_rate = float(clock_rate)
-        self.nack = nack
-        self.nack_max_gap = nack_max_gap
-        self.subs: tuple[_Sub, ...] = ()
-        self.packets = 0
-        self.bytes = 0
-        self.started = False
-        self.unwrap_highest = 0
-        self.base: int | None = None
-        self.highest = -1
-        self.jitter = 0.0
-        self.first_time: float | None = None
-        self.last_transit: float | None = None
-        self.events: list[tuple] = []
-        self.overflow = False
-        self.dirty = False
-        # the packet cache, as the C arena: a log of cache_bytes at logical positions that
-        # grow forever (a packet never straddles the end), indexed by the seq's low bits
-        self.cache_packets = cache_packets
-        self.arena_size = cache_bytes
-        self.pos = 0
-        self.c_seq: list[int] | None = None  # allocated on the first packet
-        self.c_pos: list[int] | None = None
-        self.c_data: list[bytes | None] | None = None
-        self.held = 0  # bytes of c_data
-
-    def store(self, seq: int, packet: bytes, n: int) -> None:
-        c_seq = self.c_seq
-        if c_seq is None:
-            if not self.arena_size:
-                return
-            c_seq = self.c_seq = [-1] * self.cache_packets
-            self.c_pos = [0] * self.cache_packets
-            self.c_data = [None] * self.cache_packets
-        slot = seq & (self.cache_packets - 1)
-        size = self.arena_size
-        old = self.c_data[slot]
-        if old is not None:
-            self.held -= len(old)
-        if n > size or n > 0xFFFF:
-            c_seq[slot] = -1
-            self.c_data[slot] = None
-            return
-        start = self.pos
-        if start % size + n > size:
-            start = (start // size + 1) * size
-        self.pos = start + n
-        c_seq[slot] = seq
-        self.c_pos[slot] = start
-        self.c_data[slot] = packet
-        self.held += n
-
-    def cached(self, seq: int) -> bytes | None:
-        if self.c_seq is None:
-            return None
-        slot = seq & (self.cache_packets - 1)
-        if self.c_seq[slot] != seq or self.pos > self.c_pos[slot] + self.arena_size:
-            return None  # another seq, or overwritten since
-        return self.c_data[slot]
-
-
-class _Sub:
-    """One subscriber's copy of a stream: rewriting, numbering, keyframe gate, NACK budget."""
-
-    __slots__ = (
-        "id", "peer", "ssrc", "clock_rate", "initial_seq", "initial_ts", "rtx_ssrc", "rtx_pt", "rtx_seq",
-        "rewriter", "stream", "paused", "synced", "keyframe_codec", "keyframe_wait", "keyframe_since",
-        "sync_seq", "last_seq", "last_ts", "last_out_time", "first_time", "packets_sent", "octets_sent",
-        "retransmissions", "nack_started", "nack_tokens", "nack_last_time", "nack_last_bytes", "nack_seqs",
-        "nack_times",
-    )
-
-    def __init__(self, sub: int, peer: _Peer, ssrc: int, clock_rate: int, initial_seq: int, initial_ts: int,
-                 rtx_ssrc: int, rtx_pt: int, rtx_seq: int) -> None:
-        self.id = sub
-        self.peer = peer
-        self.ssrc = ssrc
-        self.clock_rate = float(clock_rate)
-        self.initial_seq = initial_seq & 0xFFFF
-        self.initial_ts = initial_ts & 0xFFFFFFFF
-        self.rtx_ssrc = rtx_ssrc
-        self.rtx_pt = rtx_pt if rtx_ssrc else -1
-        self.rtx_seq = rtx_seq & 0xFFFF
-        self.rewriter = Rewriter(ssrc, {}, {})
-        self.stream: _Stream | None = None
-        self.paused = False
-        self.synced = False
-        self.keyframe_codec = CODEC_OTHER
-        self.keyframe_wait = False
-        self.keyframe_since = 0.0  # when it began to hold packets (0: not yet), or last asked again
-        self.sync_seq: int | None = None  # output seq of the first packet since the last sync
-        self.last_seq: int | None = None
-        self.last_ts = 0
-        self.last_out_time = 0.0
-        self.first_time: float | None = None
-        self.packets_sent = 0
-        self.octets_sent = 0
-        self.retransmissions = 0
-        # the NACK budget (sfu.router.NackBudget, field for field)
-        self.nack_started = False
-        self.nack_tokens = 0.0
-        self.nack_last_time = 0.0
-        self.nack_last_bytes = 0
-        self.nack_seqs: list[int] | None = None
-        self.nack_times: list[float] | None = None
-
-    def sync(self, seq: int, ts: int, now: float) -> None:
-        """Continue the output numbering where it left off (or start at initial_seq/ts)."""
-        if self.last_seq is None:
-            out_seq = self.initial_seq
-            out_ts = self.initial_ts
-            self.first_time = now
-        else:
-            out_seq = (self.last_seq + 1) & 0xFFFF
-            elapsed = max(1, int((now - self.last_out_time) * self.clock_rate))
-            out_ts = (self.last_ts + elapsed) & 0xFFFFFFFF
-        self.rewriter.seq_delta = out_seq - seq
-        self.rewriter.ts_delta = out_ts - ts
-        self.synced = True
-        self.sync_seq = out_seq
-
-
 class PythonPlane(ForwardingPlane):
     """The forwarding plane in pure Python (``sfu.rtp``, pylibsrtp): the oracle of the C one."""
 
@@ -264,11 +85,11 @@ class PythonPlane(ForwardingPlane):
         self.listener = listener
         self.capture = capture
         self.captured: list = []
-        self._peers: dict[int, _Peer] = {}
-        self._streams: dict[int, _Stream] = {}
-        self._subs: dict[int, _Sub] = {}
-        self._table: dict[tuple, _Peer] = {}  # source address key -> peer
-        self._dirty: list[_Stream] = []
+        self._peers: dict[int, Peer] = {}
+        self._streams: dict[int, Stream] = {}
+        self._subs: dict[int, Sub] = {}
+        self._table: dict[tuple, Peer] = {}  # source address key -> peer
+        self._dirty: list[Stream] = []
         self._c = [0] * len(_NAMES)
         self._taken = [0] * len(_NAMES)
         self._buf = bytearray(RX_SLOT)  # a rewritten copy (never longer than its source, <= RX_MAX)
@@ -362,7 +183,7 @@ class PythonPlane(ForwardingPlane):
             self._c[D_TOO_LONG] += 1
             return
         try:
-            addr = _address(addr)[1]
+            addr = address(addr)[1]
         except (ValueError, IndexError, TypeError):
             addr = None
         self._datagram(data, addr, now)
@@ -372,7 +193,7 @@ class PythonPlane(ForwardingPlane):
         if len(data) > RX_SLOT:
             self._c[D_SEND_ERROR] += 1
             return
-        self._send(data, _address(addr)[1])
+        self._send(data, address(addr)[1])
 
     def _send(self, data: bytes, addr) -> None:
         c = self._c
@@ -442,11 +263,11 @@ class PythonPlane(ForwardingPlane):
     def add_peer(self, peer: int) -> None:
         if peer in self._peers:
             raise ValueError(f"peer {peer} exists")
-        self._peers[peer] = _Peer(peer)
+        self._peers[peer] = Peer(peer)
 
     def set_address(self, peer: int, addr: tuple) -> None:
         p = self._peers[peer]
-        key, canonical = _address(addr)
+        key, canonical = address(addr)
         if p.registered and self._table.get(p.key) is p:
             del self._table[p.key]
         other = self._table.get(key)
@@ -492,7 +313,8 @@ class PythonPlane(ForwardingPlane):
             raise ValueError("bad SSRC or payload type")
         if ssrc in p.streams:
             raise ValueError(f"SSRC {ssrc} already has a stream on this peer")
-        s = _Stream(stream, p, ssrc, payload_type, clock_rate, nack, nack_max_gap, cache_packets, cache_bytes)
+        s = Stream(stream, p, ssrc, payload_type, clock_rate, nack, nack_max_gap, cache_packets, cache_bytes,
+                   self._dirty)
         p.streams[ssrc] = s
         self._streams[stream] = s
 
@@ -515,7 +337,7 @@ class PythonPlane(ForwardingPlane):
         if sub in self._subs:
             raise ValueError(f"subscription {sub} exists")
         p = self._peers[peer]
-        self._subs[sub] = _Sub(sub, p, ssrc, clock_rate, initial_seq, initial_ts, rtx_ssrc, rtx_payload_type,
+        self._subs[sub] = Sub(sub, p, ssrc, clock_rate, initial_seq, initial_ts, rtx_ssrc, rtx_payload_type,
                                rtx_seq)
 
     def bind(self, sub: int, stream: int | None, pt_map: dict[int, int], ext_map: dict[int, int],
@@ -537,7 +359,7 @@ class PythonPlane(ForwardingPlane):
         s.keyframe_since = 0.0
 
     @staticmethod
-    def _unbind(s: _Sub) -> None:
+    def _unbind(s: Sub) -> None:
         s.stream = None
         s.synced = False
         s.keyframe_codec = CODEC_OTHER
@@ -599,7 +421,7 @@ class PythonPlane(ForwardingPlane):
             self._c[D_INTERNAL_ERROR] += 1
             logger.exception("slow path failed")
 
-    def _rtp(self, peer: _Peer, data: bytes, n: int, now: float) -> None:
+    def _rtp(self, peer: Peer, data: bytes, n: int, now: float) -> None:
         c = self._c
         c[C_RX_RTP] += 1
         unprotect = peer.unprotect
@@ -637,10 +459,10 @@ class PythonPlane(ForwardingPlane):
             c[D_UNKNOWN_PAYLOAD_TYPE] += 1  # e.g. RTX or FEC we did not negotiate
             return
         n = len(plain)
-        self._on_packet(stream, plain, n, seq, ts, now)
+        stream.on_packet(plain, n, seq, ts, now)
         self._forward(stream, plain, n, seq, ts, hlen, now)
 
-    def _learn(self, peer: _Peer, plain: bytes, ssrc: int) -> bool:
+    def _learn(self, peer: Peer, plain: bytes, ssrc: int) -> bool:
         try:
             return bool(self.listener.unknown_ssrc(peer.id, ssrc, plain))
         except Exception:
@@ -648,53 +470,7 @@ class PythonPlane(ForwardingPlane):
             logger.exception("unknown_ssrc callback failed")
             return False
 
-    def _on_packet(self, st: _Stream, plain: bytes, n: int, seq: int, ts: int, now: float) -> None:
-        """Receive statistics, the NACK log and the cache (sfu._fast.datapath Stream._on_packet)."""
-        if not st.started:
-            st.started = True
-            st.unwrap_highest = ext = seq
-        else:
-            delta = (seq - st.unwrap_highest) & 0xFFFF
-            if delta < 0x8000:
-                ext = st.unwrap_highest + delta
-                st.unwrap_highest = ext
-            else:
-                ext = st.unwrap_highest + delta - 0x10000
-        st.packets += 1
-        st.bytes += n
-        st.store(seq, plain, n)
-        if st.base is None:
-            st.base = st.highest = ext
-            st.first_time = now
-        elif ext > st.highest:
-            gap = ext - st.highest - 1
-            if gap and st.nack:
-                if gap > st.nack_max_gap:
-                    self._event(st, (CLEAR, 0, 0, now))
-                else:
-                    self._event(st, (GAP, st.highest + 1, ext, now))
-            st.highest = ext
-        elif st.nack:
-            self._event(st, (RECOVERED, ext, None, now))
-        # interarrival jitter, RFC 3550 A.8
-        transit = now * st.clock_rate - ts
-        last = st.last_transit
-        if last is not None:
-            d = abs(transit - last)
-            if d < st.clock_rate * 10:  # ignore timestamp jumps
-                st.jitter += (d - st.jitter) / 16.0
-        st.last_transit = transit
-
-    def _event(self, st: _Stream, event: tuple) -> None:
-        if not st.dirty:  # first event since the last drain: tell the control plane (take_dirty)
-            st.dirty = True
-            self._dirty.append(st)
-        if len(st.events) >= EVENT_RING:
-            st.overflow = True
-            return
-        st.events.append(event)
-
-    def _keyframe_needed(self, st: _Stream) -> None:
+    def _keyframe_needed(self, st: Stream) -> None:
         if self._streams.get(st.id) is not st:
             return  # removed by a callback of this very packet
         try:
@@ -703,7 +479,7 @@ class PythonPlane(ForwardingPlane):
             self._c[D_INTERNAL_ERROR] += 1
             logger.exception("keyframe_needed callback failed")
 
-    def _forward(self, st: _Stream, plain: bytes, n: int, seq: int, ts: int, hlen: int, now: float) -> None:
+    def _forward(self, st: Stream, plain: bytes, n: int, seq: int, ts: int, hlen: int, now: float) -> None:
         """The fan-out: one rewritten, protected copy per subscription."""
         subs = st.subs
         c = self._c
@@ -843,9 +619,10 @@ class PythonPlane(ForwardingPlane):
 
     # -- what comes back -------------------------------------------------------------------
     def take_dirty(self) -> list[int]:
-        dirty, self._dirty = self._dirty, []
         streams = self._streams
-        return [st.id for st in dirty if streams.get(st.id) is st]
+        out = [st.id for st in self._dirty if streams.get(st.id) is st]
+        self._dirty.clear()  # (the list the streams append to)
+        return out
 
     def drain_events(self, stream: int) -> list[tuple]:
         st = self._streams[stream]
@@ -897,18 +674,3 @@ class PythonPlane(ForwardingPlane):
         """Bytes of cached packets and logged events held now (approximate)."""
         return sum(st.held + 8 * st.cache_packets * (st.c_seq is not None) + 40 * len(st.events)
                    for st in self._streams.values())
-
-
-def build_rtx(buf: bytearray, n: int, header_length: int, rtx_pt: int, rtx_seq: int, rtx_ssrc: int) -> bytes:
-    """RFC 4588 §4: the retransmission of the rewritten packet ``buf[:n]`` on the RTX stream
-    (its header, the original seq, the payload without padding)."""
-    header = bytearray(buf[:header_length])
-    osn = bytes(buf[2:4])
-    end = n
-    if header[0] & 0x20:  # strip padding: RTX carries the payload only
-        end -= buf[n - 1]
-        header[0] &= 0xDF
-    header[1] = (header[1] & 0x80) | rtx_pt
-    struct.pack_into("!H", header, 2, rtx_seq)
-    struct.pack_into("!I", header, 8, rtx_ssrc)
-    return bytes(header) + osn + bytes(buf[header_length:max(end, header_length)])
