@@ -89,6 +89,7 @@ class PythonPlane(ForwardingPlane):
         self._streams: dict[int, Stream] = {}
         self._subs: dict[int, Sub] = {}
         self._table: dict[tuple, Peer] = {}  # source address key -> peer
+        self._targets: dict[tuple, tuple] = {}  # send(): address -> its canonical form (bounded)
         self._dirty: list[Stream] = []
         self._c = [0] * len(_NAMES)
         self._taken = [0] * len(_NAMES)
@@ -193,7 +194,12 @@ class PythonPlane(ForwardingPlane):
         if len(data) > RX_SLOT:
             self._c[D_SEND_ERROR] += 1
             return
-        self._send(data, address(addr)[1])
+        target = self._targets.get(addr)
+        if target is None:
+            if len(self._targets) >= 4096:
+                self._targets.clear()
+            target = self._targets[addr] = address(addr)[1]
+        self._send(data, target)
 
     def _send(self, data: bytes, addr) -> None:
         c = self._c
@@ -394,8 +400,10 @@ class PythonPlane(ForwardingPlane):
             return
         if addr is None:
             peer = None
-        else:
-            peer = self._table.get(addr if len(addr) == 2 else (addr[0], addr[1], addr[3]))
+        elif len(addr) == 2:  # IPv4, as the kernel spells it
+            peer = self._table.get(addr)
+        else:  # IPv6: a link-local host comes as "fe80::1%eth0", the scope is addr[3]
+            peer = self._table.get((addr[0].split("%")[0], addr[1], addr[3]))
         if peer is None:
             c[D_UNKNOWN_SOURCE] += 1
             return
