@@ -368,7 +368,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the server's --consent-timeout: how soon it reaps the abandoned sessions")
     p.add_argument("--drain", type=float, default=None,
                    help="seconds to wait at the end for the server to reap everything (default consent + 10)")
-    p.add_argument("--datapath", default="c", choices=("c", "python", "pure"))
+    p.add_argument("--datapath", default="c", choices=("c", "pure"))
     p.add_argument("--connect-timeout", type=float, default=15.0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for soak.json/.md")
     args = p.parse_args(argv)

@@ -1,9 +1,9 @@
 """Load sweep: raise the load on one SFU worker until it loses packets or saturates.
 
     python -m bench.sweep [--scenario webinar,meeting,audio,joinstorm,memory]
-                          [--datapath c,python] [--seconds 4] [--out bench/results]
+                          [--datapath c,pure] [--seconds 4] [--out bench/results]
 
-For each data path (``sfu serve --datapath c|python|pure``, one SFU process
+For each data path (``sfu serve --datapath c|pure``, one SFU process
 each, in the same run) and each scenario, synthetic participants
 (bench/loadgen.py: real WHIP/WHEP, ICE, DTLS, SRTP) connect once; the
 viewers' sockets are then read by one native thread (bench/sink.pyx) and the
@@ -707,7 +707,7 @@ def summarize(result: dict, args) -> dict:
                                            "sfu_within_2ms": half.get("sfu_latency_within_2ms"),
                                            "wakeup_late_ms_p99": half.get("wakeup_late_ms_p99"),
                                            "wakeup_late_over_2ms": half.get("wakeup_late_over_2ms")}
-    for other in ("python", "pure"):
+    for other in ("pure",):
         slow = by.get((other, "webinar"))
         if fast and slow:
             pairs = [(a, b) for a in fast["steps"] for b in slow["steps"]
@@ -726,8 +726,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     lst = lambda typ: (lambda s: [typ(x) for x in s.split(",") if x.strip()])  # noqa: E731
     p.add_argument("--scenario", dest="scenarios", type=lst(str), default=["webinar", "meeting", "audio", "joinstorm"],
                    help=f"comma-separated, of {', '.join(SCENARIOS)}")
-    p.add_argument("--datapath", dest="datapaths", type=lst(str), default=["c", "python", "pure"],
-                   help="SFU data paths to compare in this run (c, python, pure); the first gets the floor")
+    p.add_argument("--datapath", dest="datapaths", type=lst(str), default=["c", "pure"],
+                   help="SFU data paths to compare in this run (c, pure); the first gets the floor")
     p.add_argument("--compare-scenarios", type=lst(str), default=["webinar"],
                    help="scenarios also run on the other data paths (the first runs all)")
     p.add_argument("--rates", type=lst(float), default=[100, 200, 400, 700, 1000, 1500, 2000, 2500, 3000, 4000],
@@ -762,7 +762,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
     for d in args.datapaths:
-        if d not in ("c", "python", "pure"):
+        if d not in ("c", "pure"):
             p.error(f"unknown data path {d!r}")
     return args
 

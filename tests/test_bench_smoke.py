@@ -375,7 +375,7 @@ def test_sweep_smoke_report_and_no_loss(netns, tmp_path):
     out = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.sweep", "--scenario", "webinar", "--rooms", "1", "--viewers", "3",
-         "--rates", "50,100", "--seconds", "1.5", "--warmup", "0.5", "--datapath", "c,python",
+         "--rates", "50,100", "--seconds", "1.5", "--warmup", "0.5", "--datapath", "c,pure",
          "--quiet", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=140,
     )
@@ -388,7 +388,7 @@ def test_sweep_smoke_report_and_no_loss(netns, tmp_path):
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({image})" in report
     by_path = {s["datapath"]: s for s in result["sweeps"]}
-    assert set(by_path) == {"c", "python"}
+    assert set(by_path) == {"c", "pure"}
     for sweep in by_path.values():
         assert len(sweep["steps"]) == 2
         for step in sweep["steps"]:
@@ -403,7 +403,7 @@ def test_sweep_smoke_report_and_no_loss(netns, tmp_path):
     assert all(step["sfu_latency_samples"] > 0 and step["sfu_latency_ms_p99"] is not None for step in fast)
     assert "SFU p99 ms" in report
     assert all(step["wakeup_late_ms_p99"] is not None for step in fast)
-    assert result["summary"]["python_over_fast_cpu_per_packet"]["at_rates"] == [50.0, 100.0]
+    assert result["summary"]["pure_over_fast_cpu_per_packet"]["at_rates"] == [50.0, 100.0]
 
 
 def test_histogram_quantile_interpolates_like_promql():
