@@ -309,8 +309,8 @@ class Metrics:
         self.loop_lag = Histogram("sfu_event_loop_lag_seconds",
                                   "How late the worker's event loop ran a timer (sampled every 0.1 s)",
                                   ["worker"], buckets=LAG_BUCKETS, registry=r)
-        # sfu_forwarding_latency_seconds: the C data path keeps its own histogram (same buckets,
-        # every forwarded packet), exposed as it is; the Python paths' samples are counted here
+        # sfu_forwarding_latency_seconds: the forwarding plane keeps its own histogram (same
+        # buckets), exposed as it is; samples counted here (none now) add to it
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
         self.latency_sum = 0.0
         self.join_time = Histogram("sfu_join_time_seconds",
@@ -408,7 +408,7 @@ class Metrics:
         family = HistogramMetricFamily(
             "sfu_forwarding_latency_seconds",
             "Time a forwarded packet spent in the SFU: from its arrival (the kernel's receive timestamp on "
-            "the C data path, every packet; the receive handler on the Python paths, 1 packet in 64) to "
+            "the C data path, every packet; the receive handler on the pure-Python plane, 1 packet in 64) to "
             "its copies handed to the kernel", labels=["worker"])
         c_path = self.sample.latency_hist
         c_buckets = c_path["buckets"] if c_path else None

@@ -11,8 +11,9 @@
 cdef class Subscription:
     """One subscriber's copy of a stream: its Rewriter, destination Peer and send state.
 
-    Mirrors the fields of ``sfu.router.Consumer`` that the forwarding loop
-    reads and writes (``FastConsumer`` exposes them as properties).
+    Named by an integer id through ``sfu.plane_c.CPlane`` (which keeps its
+    Rewriter and RTX parameters); its statistics are read as
+    ``sfu.plane.SubscriptionStats``.
     """
 
     cdef readonly Peer peer
@@ -30,7 +31,7 @@ cdef class Subscription:
     cdef uint32_t _last_ts
     cdef bint _has_first
     cdef double _first_time
-    # keyframe gate (sfu.router.Consumer.keyframe_wait): nothing is sent, nor numbered,
+    # keyframe gate (sfu.plane.ForwardingPlane.bind): nothing is sent, nor numbered,
     # until a packet of keyframe_codec starts a keyframe
     cdef public bint keyframe_wait
     cdef public int keyframe_codec
@@ -100,7 +101,7 @@ cdef class Subscription:
             self._sync_seq = <uint16_t>(int(value) & 0xFFFF)
 
     cdef inline void _sync(self, uint16_t seq, uint32_t ts, double now) noexcept:
-        """Continue the output numbering where it left off (sfu.router.Consumer.sync)."""
+        """Continue the output numbering where it left off (as the pure-Python plane does)."""
         cdef uint16_t out_seq
         cdef uint32_t out_ts
         cdef int64_t elapsed
@@ -128,7 +129,7 @@ cdef class Subscription:
 
     def retransmit(self, Stream stream, lost, double now, double window, int rtx_pt, uint32_t rtx_ssrc,
                    double fraction, double floor_rate, double burst):
-        """sfu.engine.MediaEngine.retransmit in C: answer the sequence numbers ``lost`` (this
+        """ForwardingPlane.retransmit in C: answer the sequence numbers ``lost`` (this
         subscriber's numbering) from ``stream``'s packet cache, with no Python per packet.
 
         The policy of sfu.router.NackBudget: a number answered less than ``window`` seconds
@@ -266,7 +267,7 @@ cdef class Stream:
     cdef double _first_time
     cdef bint _has_transit
     cdef double _last_transit
-    # NACK log: what Producer.on_packet does to Producer.missing, as events
+    # NACK log: the events Producer.drain_nack_log applies to Producer.missing
     cdef int64_t* _ev_a
     cdef int64_t* _ev_b
     cdef double* _ev_t
@@ -399,7 +400,7 @@ cdef class Stream:
 
     cdef inline void _on_packet(self, const uint8_t* p, Py_ssize_t n, uint16_t seq, uint32_t ts,
                                 double now) noexcept:
-        """sfu.router.Producer.on_packet, event for event."""
+        """Receive statistics, cache and NACK log, event for event as the pure-Python plane."""
         cdef int64_t ext, gap
         cdef uint16_t delta
         cdef double transit, d

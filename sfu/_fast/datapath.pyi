@@ -15,7 +15,7 @@ def _load_libsrtp() -> None:
     """Take srtp_protect/srtp_unprotect from pylibsrtp's cffi module; ImportError if their type changed."""
 
 class Subscription:
-    """One subscriber's copy of a stream (the C twin of sfu.router.Consumer's send state)."""
+    """One subscriber's copy of a stream (sfu.plane_c.CPlane names it by an integer id)."""
 
     peer: Peer
     rewriter: Rewriter | None

@@ -29,10 +29,11 @@ the latency of each forwarded packet -- from the kernel's receive timestamp
 (SO_TIMESTAMPNS, so time queued in the socket counts) to the return of the
 sendmmsg that sent its copies -- goes into a histogram (``latency()``).
 
-It mirrors the Python path of ``sfu.engine.MediaEngine.forward`` and
-``sfu.router.Producer.on_packet`` step by step, with the same drop reasons;
-``tests/test_datapath.py`` feeds both the same packets and compares the
-output byte for byte. ``feed(data, addr, now)`` is the sans-I/O entry used by
+It is the C forwarding plane behind ``sfu.plane_c.CPlane`` (the interface is
+``sfu.plane``) and mirrors the pure-Python plane (``sfu.plane_py.PythonPlane``)
+step by step, with the same drop reasons; ``tests/test_plane.py`` and
+``tests/test_datapath.py`` feed both the same packets and compare the output
+byte for byte. ``feed(data, addr, now)`` is the sans-I/O entry used by
 those tests; ``on_readable()`` is the socket entry (``loop.add_reader``).
 
 libsrtp is called through function pointers taken from pylibsrtp's cffi
@@ -117,7 +118,7 @@ cdef enum:  # counters
     C_RETRANSMISSIONS
     C_NACK_MISSES
     C_KEYFRAME_WAITS
-    # drops (MediaEngine.drops), same names as the Python path
+    # drops (MediaEngine.drops), same names as the pure-Python plane
     D_UNKNOWN_SOURCE
     D_NOT_CONNECTED
     D_SRTP_AUTH
@@ -669,7 +670,7 @@ cdef class Datapath:
             return False
 
     cdef void _rtp(self, Peer peer, uint8_t* buf, Py_ssize_t n, double now):
-        """transport.receive_rtp + producer.on_packet + engine.forward, in C."""
+        """PythonPlane._rtp (receive, statistics, cache, then the fan-out), in C."""
         cdef int length = <int>n
         cdef int rc
         cdef Py_ssize_t hlen
@@ -711,7 +712,7 @@ cdef class Datapath:
         self._forward(stream, buf, length, now)
 
     cdef void _forward(self, Stream stream, const uint8_t* buf, Py_ssize_t n, double now):
-        """sfu.engine.MediaEngine.forward, in C."""
+        """PythonPlane._forward, in C."""
         cdef tuple subs = stream.subs
         cdef Py_ssize_t count = PyTuple_GET_SIZE(subs)
         cdef Subscription sub
@@ -729,14 +730,14 @@ cdef class Datapath:
             return
         if buf[0] & 0x20:
             # padding only (a bandwidth probe): sent with the subscriber's last timestamp,
-            # see MediaEngine._padding_only
+            # see sfu.plane_py
             hold_ts = _header_length(buf, n) + buf[n - 1] == n
         for obj in subs:
             sub = <Subscription>obj
             dest = sub.peer
             if dest._tx == NULL or sub.paused or not dest.registered or sub.rewriter is None:
                 continue
-            if sub.keyframe_wait:  # sfu.engine.MediaEngine.forward: the keyframe gate
+            if sub.keyframe_wait:  # the keyframe gate (sfu.plane.ForwardingPlane.bind)
                 if key < 0:
                     key = _is_keyframe(sub.keyframe_codec, buf, n)
                 if not key:
@@ -760,7 +761,7 @@ cdef class Datapath:
             if m == -1:
                 continue  # payload type not mapped for this subscriber
             if m < 0:  # a header extension element overruns its block (RFC 8285)
-                self._counters[D_MALFORMED] += 1  # once, as MediaEngine.forward
+                self._counters[D_MALFORMED] += 1  # once, as PythonPlane._forward
                 return
             length = <int>m
             held = hold_ts and sub._has_last
