@@ -231,8 +231,12 @@ class MediaEngine:
 
         first = next(m for m in offer.media if not m.rejected)
         dtls_role = "client" if first.setup == "passive" else "server"
+        config = self.config
         transport = Transport(self, room_name, role, first.ice_ufrag, first.fingerprints, dtls_role, now,
-                              remote_pwd=first.ice_pwd, plane_id=next(self._plane_ids))
+                              certificate=self.certificate, consent_timeout=config.consent_timeout,
+                              keyframe_interval=config.keyframe_interval_min,
+                              publisher_bitrate=config.publisher_bitrate, remote_pwd=first.ice_pwd,
+                              plane_id=next(self._plane_ids))
 
         answers: list[sdp.AnswerMedia] = []
         producers: list[Producer] = []
@@ -260,7 +264,6 @@ class MediaEngine:
         self.by_ufrag[transport.local_ufrag] = transport
         self.pending[transport.id] = transport
         self.pending_by_room.setdefault(room_name, {})[transport.id] = transport
-        transport.on_close = self._transport_closed
         transport.order = next(self._transport_order)
         self.schedule(transport, now)
         self._add_tracks(transport, room, producers, consumers, binds)
@@ -613,8 +616,10 @@ class MediaEngine:
             "drops": dict(self.drops),
         }
 
-    # -- callbacks from transports ---------------------------------------------------
-    def _transport_closed(self, transport: Transport, reason: CloseReason) -> None:
+    # -- TransportHost (sfu.transport): what transports report -----------------------------
+    def transport_closed(self, transport: Transport, reason: CloseReason) -> None:
+        if self.transports.get(transport.id) is not transport:
+            return  # never committed (a refused offer's)
         self._connected_or_closed(transport)
         self._retire(transport.producers, transport.consumers)
         for producer in transport.producers:
@@ -656,6 +661,9 @@ class MediaEngine:
             del self.by_addr[old]
         self.by_addr[new] = transport
         self.plane.set_address(transport.plane_id, new)
+
+    def srtp_keys(self, transport: Transport, profile: int, local_key: bytes, remote_key: bytes) -> None:
+        self.plane.set_keys(transport.plane_id, profile, local_key, remote_key)
 
     def transport_connected(self, transport: Transport, now: float) -> None:
         self._connected_or_closed(transport)

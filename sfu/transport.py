@@ -2,11 +2,12 @@
 
 A Transport combines the sans-I/O pieces: ICE-lite consent and addressing
 (:mod:`sfu.ice`), the DTLS handshake (:mod:`sfu.dtls`) and the SRTP sessions
-(:mod:`sfu.srtp`).  Its RTP is the forwarding plane's (``sfu.plane``): the
-transport gives the plane its address and, once DTLS is through, its SRTP keys
-(``set_keys``), and keeps an SRTP session of its own for RTCP only. It handles
-RTCP for the producers it publishes and the consumers it receives. It sends
-through ``send(data, addr)`` given by the engine and never touches a socket itself.
+(:mod:`sfu.srtp`).  Its RTP is the forwarding plane's (``sfu.plane``): once
+DTLS is through, its SRTP keys go to the plane, and the transport keeps an SRTP
+session of its own for RTCP only. It handles RTCP for the producers it publishes
+and the consumers it receives. It holds no engine: it reports to a
+:class:`TransportHost` (what it sends, its timers, its counters, what happened
+to it, keyframe requests and NACKs to answer) and never touches a socket itself.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import math
 import random
 import secrets
 import struct
-from typing import Callable
+from collections import Counter
+from typing import Protocol
 
 from pylibsrtp import Error as SrtpError
 
 from . import rtcp, rtp
-from .dtls import Closed, DtlsEndpoint, HandshakeComplete, HandshakeFailed
+from .dtls import Certificate, Closed, DtlsEndpoint, HandshakeComplete, HandshakeFailed
 from .events import CloseReason
 from .ice import IceLite
 from .log import event
@@ -41,20 +43,58 @@ DTLS_RELEASE_AFTER = 0.0
 MAX_RTCP_SSRCS = 32
 
 
+class TransportHost(Protocol):
+    """What a Transport reports to and asks of its owner (sfu.engine.MediaEngine)."""
+
+    stats: Counter  # counters by name (sfu.metrics)
+    drops: Counter  # dropped packets by reason
+
+    def send(self, data: bytes, addr: tuple) -> None:
+        """Send one datagram (STUN, DTLS, SRTCP) from the shared port."""
+
+    def schedule(self, transport: "Transport", when: float) -> None:
+        """Call ``transport.tick`` at the first timer tick at or after ``when``."""
+
+    def drop(self, reason: str) -> None: ...
+
+    def address_changed(self, transport: "Transport", old: tuple | None, new: tuple) -> None:
+        """ICE selected ``new``: datagrams from it are this transport's, media goes there."""
+
+    def srtp_keys(self, transport: "Transport", profile: int, local_key: bytes, remote_key: bytes) -> None:
+        """DTLS is through: the forwarding plane gets the keys for the transport's RTP."""
+
+    def transport_connected(self, transport: "Transport", now: float) -> None: ...
+
+    def transport_closed(self, transport: "Transport", reason: CloseReason) -> None: ...
+
+    def request_keyframe(self, producer: Producer, now: float) -> None:
+        """A subscriber asked (PLI, FIR) for a keyframe of ``producer``."""
+
+    def retransmit(self, consumer: Consumer, lost_seqs: list[int], now: float) -> None:
+        """A subscriber's NACK of these sequence numbers (its numbering)."""
+
+
 class Transport:
     def __init__(
         self,
-        engine,
+        host: TransportHost,
         room_name: str,
         role: str,
         remote_ufrag: str,
         remote_fingerprints: list[tuple[str, str]],
         dtls_role: str,
         now: float,
+        *,
+        certificate: Certificate,
+        consent_timeout: float,
+        keyframe_interval: float,
+        publisher_bitrate: int,
         remote_pwd: str | None = None,
         plane_id: int = 0,
     ) -> None:
-        self.engine = engine
+        self.host = host
+        self.keyframe_interval = keyframe_interval  # seconds between two keyframe requests to a publisher
+        self.publisher_bitrate = publisher_bitrate  # REMB to publishers (bits/s)
         self.id = secrets.token_hex(8)
         self.plane_id = plane_id  # its peer on the forwarding plane (added when the session is committed)
         self.room_name = room_name
@@ -70,11 +110,11 @@ class Transport:
             self.local_ufrag,
             self.local_pwd,
             remote_ufrag=remote_ufrag,
-            consent_timeout=engine.config.consent_timeout,
+            consent_timeout=consent_timeout,
             created=now,
             remote_pwd=remote_pwd,  # verifies a new address before media moves there (sfu.ice)
         )
-        self.dtls = DtlsEndpoint(engine.certificate, dtls_role, remote_fingerprints,
+        self.dtls = DtlsEndpoint(certificate, dtls_role, remote_fingerprints,
                                  release_after=DTLS_RELEASE_AFTER)
         self.dtls_role = dtls_role
         self.srtp: SrtpPair | None = None
@@ -86,11 +126,10 @@ class Transport:
         self.mid_ext_id: int | None = None
         self.consumers: list[Consumer] = []
         self.consumers_by_ssrc: dict[int, Consumer] = {}
-        self.on_close: Callable[[Transport, CloseReason], None] | None = None
         self._next_report = now + 1.0
-        # the engine's timer heap (MediaEngine.schedule): when this transport ticks next
+        # the host's timer heap (MediaEngine.schedule): when this transport ticks next
         self.timer_at = math.inf
-        self.order = 0  # creation order, set by the engine
+        self.order = 0  # creation order, set by the host
         self._dtls_started = False
         self.rtcp_errors = 0
         self._rtcp_ssrcs: set[int] = set()  # unannounced RTCP senders whose SRTP stream is kept
@@ -100,7 +139,7 @@ class Transport:
         if self.addr is None:
             return
         for datagram in self.dtls.datagrams_to_send():
-            self.engine.send(datagram, self.addr)
+            self.host.send(datagram, self.addr)
 
     def send_rtcp(self, packets: list) -> None:
         if self.srtp is None or self.addr is None or not packets:
@@ -110,8 +149,8 @@ class Transport:
         except (SrtpError, ValueError):
             self.rtcp_errors += 1
             return
-        self.engine.send(data, self.addr)
-        stats = self.engine.stats
+        self.host.send(data, self.addr)
+        stats = self.host.stats
         stats["rtcp_packets_sent"] += 1
         stats["rtcp_bytes_sent"] += len(data)
         for packet in packets:
@@ -125,20 +164,20 @@ class Transport:
         limited = ice.errors_ratelimited
         response = ice.receive(data, addr, now)
         if response is not None:
-            self.engine.send(response, addr)
+            self.host.send(response, addr)
         elif ice.errors_ratelimited != limited:
-            self.engine.drop("stun_error_ratelimited")
+            self.host.drop("stun_error_ratelimited")
         self._flush_ice(now)
         self._follow_ice(now)
 
     def _flush_ice(self, now: float) -> None:
         """Send our verification requests (sfu.ice) and keep their timer."""
         for datagram, to in self.ice.datagrams_to_send():
-            self.engine.stats["ice_verification_requests_sent"] += 1
-            self.engine.send(datagram, to)
+            self.host.stats["ice_verification_requests_sent"] += 1
+            self.host.send(datagram, to)
         timer = self.ice.get_timer()
         if timer is not None:
-            self.engine.schedule(self, timer)
+            self.host.schedule(self, timer)
 
     def _follow_ice(self, now: float) -> None:
         """Send to the address ICE selected: the first one (and start DTLS there),
@@ -148,21 +187,21 @@ class Transport:
             old = self.addr
             self.addr = selected
             if old is not None:
-                self.engine.stats["ice_address_changes"] += 1
+                self.host.stats["ice_address_changes"] += 1
                 event(logger, "transport address changed", transport=self.id, role=self.role)
-            self.engine.address_changed(self, old, selected)
+            self.host.address_changed(self, old, selected)
             if not self._dtls_started:
                 self._dtls_started = True
                 self.dtls.start(now)
                 self._flush_dtls()
-                self.engine.schedule(self, now)  # the handshake's timers
+                self.host.schedule(self, now)  # the handshake's timers
 
     def receive_dtls(self, data: bytes, now: float) -> None:
         self.dtls.receive(data, now)
         self._flush_dtls()
         self._drain_dtls_events(now)
         if self.state != "closed":
-            self.engine.schedule(self, now)  # the handshake's timers may have moved
+            self.host.schedule(self, now)  # the handshake's timers may have moved
 
     def _drain_dtls_events(self, now: float) -> None:
         while True:
@@ -172,7 +211,7 @@ class Transport:
             if isinstance(ev, HandshakeComplete):
                 self.connect_srtp(ev.srtp_profile, ev.local_key, ev.remote_key, now)
             elif isinstance(ev, HandshakeFailed):
-                self.engine.stats["dtls_failures"] += 1
+                self.host.stats["dtls_failures"] += 1
                 event(logger, "dtls handshake failed", logging.WARNING, transport=self.id, reason=ev.reason)
                 self.close(CloseReason.DTLS_FAILED)
             elif isinstance(ev, Closed):
@@ -182,11 +221,11 @@ class Transport:
         """DTLS is through: the plane forwards this peer's RTP with these keys; the
         transport keeps a session of its own, with the same keys, for RTCP."""
         self.srtp = SrtpPair(profile, local_key, remote_key)
-        self.engine.plane.set_keys(self.plane_id, PROFILES[profile], local_key, remote_key)
+        self.host.srtp_keys(self, PROFILES[profile], local_key, remote_key)
         self.state = "connected"
         event(logger, "transport connected", transport=self.id, role=self.role,
               room=self.room_name, srtp_profile=profile)
-        self.engine.transport_connected(self, now)
+        self.host.transport_connected(self, now)
 
     def learn_ssrc(self, plain: bytes, ssrc: int) -> Producer | None:
         """Bind an SSRC that the offer did not announce, using the MID header extension
@@ -209,18 +248,18 @@ class Transport:
         return producer
 
     def receive_rtcp(self, data: bytes, now: float) -> None:
-        self.engine.stats["rtcp_packets_received"] += 1
-        self.engine.stats["rtcp_bytes_received"] += len(data)
+        self.host.stats["rtcp_packets_received"] += 1
+        self.host.stats["rtcp_bytes_received"] += len(data)
         if self.srtp is None:
-            self.engine.drop("not_connected")
+            self.host.drop("not_connected")
             return
         try:
             plain = self.srtp.unprotect_rtcp(data)
         except SrtpError as exc:
-            self.engine.drop("srtp_replay" if "replay" in str(exc) else "srtp_auth")
+            self.host.drop("srtp_replay" if "replay" in str(exc) else "srtp_auth")
             return
         except ValueError:  # longer than pylibsrtp's buffer (1500 bytes), as the C path's "too_long"
-            self.engine.drop("too_long")
+            self.host.drop("too_long")
             return
         ssrc = int.from_bytes(data[4:8], "big")  # the stream libsrtp authenticated it with
         if ssrc not in self.producers_by_ssrc and ssrc not in self._rtcp_ssrcs:
@@ -231,7 +270,7 @@ class Transport:
         try:
             packets = rtcp.parse_compound(plain)
         except ValueError:
-            self.engine.drop("malformed")
+            self.host.drop("malformed")
             return
         for packet in packets:
             handler = _RTCP_HANDLERS.get(type(packet))
@@ -276,39 +315,39 @@ class Transport:
 
     def _on_nack(self, nack: rtcp.Nack, now: float) -> None:
         consumer = self.consumers_by_ssrc.get(nack.media_ssrc)
-        self.engine.stats["nacks_received"] += 1
+        self.host.stats["nacks_received"] += 1
         if nack.ignored:  # numbers past rtcp.NACK_MAX_SEQS: never expanded, never answered
-            self.engine.drops["nack_overflow"] += nack.ignored
+            self.host.drops["nack_overflow"] += nack.ignored
         if consumer is None or consumer.producer is None or not consumer.stats().synced:
             return
-        self.engine.retransmit(consumer, nack.lost, now)
+        self.host.retransmit(consumer, nack.lost, now)
 
     def _on_pli(self, pli: rtcp.Pli, now: float) -> None:
-        self.engine.stats["plis_received"] += 1
+        self.host.stats["plis_received"] += 1
         consumer = self.consumers_by_ssrc.get(pli.media_ssrc)
         if consumer is not None and consumer.producer is not None:
-            self.engine.request_keyframe(consumer.producer, now)
+            self.host.request_keyframe(consumer.producer, now)
 
     def _on_fir(self, fir: rtcp.Fir, now: float) -> None:
-        self.engine.stats["firs_received"] += 1
+        self.host.stats["firs_received"] += 1
         for ssrc, _seq in fir.entries:
             consumer = self.consumers_by_ssrc.get(ssrc)
             if consumer is not None and consumer.producer is not None:
-                self.engine.request_keyframe(consumer.producer, now)
+                self.host.request_keyframe(consumer.producer, now)
 
     # -- timers ----------------------------------------------------------------
     def tick(self, now: float) -> None:
         if self.state == "closed":
             return
         if self.ice.is_expired(now):
-            self.engine.stats["consent_timeouts"] += 1
+            self.host.stats["consent_timeouts"] += 1
             self.close(CloseReason.CONSENT_TIMEOUT)
             return
         if self.ice.get_timer() is not None:  # a new address being verified (sfu.ice)
             failed = self.ice.verifications_failed
             self.ice.handle_timer(now)
             if self.ice.verifications_failed != failed:
-                self.engine.stats["ice_verifications_failed"] += 1
+                self.host.stats["ice_verifications_failed"] += 1
             self._flush_ice(now)  # and its next timer (next_timer does not know it)
         timer = self.dtls.get_timer()
         if timer is not None and timer <= now:
@@ -324,14 +363,14 @@ class Transport:
             nack = producer.poll_nack(now)
             if nack is not None:
                 feedback.append(nack)
-            pli = producer.poll_keyframe(now, self.engine.config.keyframe_interval_min)
+            pli = producer.poll_keyframe(now, self.keyframe_interval)
             if pli is not None:
                 feedback.append(pli)
         if now >= self._next_report:
             self._next_report = now + 1.0
             feedback.extend(self._reports(now))
         if feedback:
-            self.engine.stats["nacks_sent"] += sum(isinstance(p, rtcp.Nack) for p in feedback)
+            self.host.stats["nacks_sent"] += sum(isinstance(p, rtcp.Nack) for p in feedback)
             self.send_rtcp(feedback)
 
     def next_timer(self, now: float) -> float:
@@ -349,7 +388,7 @@ class Transport:
             return when
         if self._next_report < when:
             when = self._next_report
-        throttle = self.engine.config.keyframe_interval_min
+        throttle = self.keyframe_interval
         for producer in self.producers:
             if producer.missing:  # NACK retries are polled on every tick
                 return now
@@ -364,7 +403,7 @@ class Transport:
         out: list = [rtcp.ReceiverReport(ssrc=self.rtcp_ssrc, reports=blocks[:31])]
         remb_ssrcs = [p.ssrc for p in self.producers if p.supports_remb and p.ssrc is not None]
         if remb_ssrcs:
-            out.append(rtcp.Remb(sender_ssrc=self.rtcp_ssrc, bitrate=self.engine.config.publisher_bitrate,
+            out.append(rtcp.Remb(sender_ssrc=self.rtcp_ssrc, bitrate=self.publisher_bitrate,
                                  ssrcs=remb_ssrcs))
         return out if blocks or remb_ssrcs else []
 
@@ -379,8 +418,7 @@ class Transport:
             self._flush_dtls()
         self.state = "closed"
         event(logger, "transport closed", transport=self.id, role=self.role, room=self.room_name, reason=reason)
-        if self.on_close is not None:
-            self.on_close(self, reason)
+        self.host.transport_closed(self, reason)
 
 
 def build_rtx(packet: bytes | bytearray | memoryview, header_length: int, rtx_pt: int, rtx_seq: int,
@@ -400,7 +438,7 @@ def build_rtx(packet: bytes | bytearray | memoryview, header_length: int, rtx_pt
 
 _EARLY = 1e-6  # seconds (see Transport.next_timer)
 
-_RTCP_SENT_STATS = {  # engine.stats keys of the feedback we send (sfu.metrics)
+_RTCP_SENT_STATS = {  # host.stats keys of the feedback we send (sfu.metrics)
     rtcp.Nack: "rtcp_nack_sent",
     rtcp.Pli: "rtcp_pli_sent",
     rtcp.Fir: "rtcp_fir_sent",
