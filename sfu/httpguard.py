@@ -13,6 +13,10 @@ factory of aiohttp's ``web.Server`` (see :class:`GuardedSite`) and
   when its source (an IPv4 address, an IPv6 /64) already has ``max_per_source``
   connections open.
 
+With TLS (``--tls-cert``) the listener accepts plain TCP and each admitted
+connection starts its handshake from :class:`GuardedProtocol`, so that both
+bounds also hold for connections that never finish their handshake.
+
 Idle keep-alive connections (between requests) are bounded by aiohttp's own
 ``keepalive_timeout`` (``--http-idle-timeout``), which also closes a connection
 whose next request head never completes. :func:`raise_fd_limit` raises the
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 import time
 from typing import Callable
 
@@ -37,6 +42,7 @@ REFUSED = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nConne
            b"Content-Length: 39\r\n\r\ntoo many connections from this address\n")
 TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nConnection: close\r\n"
              b"Content-Length: 38\r\n\r\nthe request head did not come in time\n")
+MAX_EARLY = 1024 * 1024  # request bytes kept while a finished TLS handshake is handed over (more: closed)
 LOG_INTERVAL = 10.0  # seconds between two log lines about refused / timed-out connections
 
 
@@ -109,41 +115,92 @@ class ConnectionGuard:
         event(logger, "http connections closed by the guard", logging.WARNING, refused_total=self.refused,
               header_timeouts_total=self.timed_out, open=self.open, sources=len(self.per_source))
 
-    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+    def wrap(self, factory: Callable[[], asyncio.Protocol],
+             tls: ssl.SSLContext | None = None) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server``: each connection's protocol
-        from ``factory`` (aiohttp's ``web.Server``) behind a :class:`GuardedProtocol`."""
-        return lambda: GuardedProtocol(self, factory())
+        from ``factory`` (aiohttp's ``web.Server``) behind a :class:`GuardedProtocol`,
+        which upgrades it to TLS with ``tls`` once admitted."""
+        return lambda: GuardedProtocol(self, factory(), tls)
 
 
 class GuardedProtocol(asyncio.Protocol):
     """Forwards everything to ``inner`` (aiohttp's RequestHandler) once admitted;
-    times the first request head."""
+    times the first request head.
 
-    __slots__ = ("guard", "inner", "transport", "source", "_timer", "_tail", "_admitted")
+    With ``tls`` the listener is plain TCP and this protocol starts TLS itself
+    (``loop.start_tls``) after the connection is admitted: the cap per source
+    counts connections still in their handshake, and the header timer runs from
+    the TCP connect, so a client that never finishes its handshake holds its
+    descriptor no longer than one that never finishes its request head.  A
+    connection refused or timed out before its handshake is done is closed
+    without an answer (an HTTP answer would be garbage to a TLS client)."""
 
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+    __slots__ = ("guard", "inner", "tls", "transport", "source", "_timer", "_tail", "_admitted", "_made", "_early")
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol, tls: ssl.SSLContext | None = None) -> None:
         self.guard = guard
         self.inner = inner
+        self.tls = tls
         self.transport: asyncio.Transport | None = None
         self.source = ""
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._admitted = False
+        self._made = False  # inner.connection_made was called (after the handshake with TLS)
+        self._early = b""  # with TLS: request bytes that came before the handover
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.source = source_of(transport.get_extra_info("peername"))
         if not self.guard.admit(self.source):
-            transport.write(REFUSED)
-            transport.close()
+            if self.tls is None:
+                transport.write(REFUSED)
+                transport.close()
+            else:
+                transport.abort()
             return
         self._admitted = True
         if self.guard.header_timeout > 0:
             self._timer = asyncio.get_running_loop().call_later(self.guard.header_timeout, self._expire)
+        if self.tls is not None:
+            # start_tls must take over the transport before connection_made returns: the
+            # loop starts reading right after it, and a ClientHello read by this protocol
+            # would be lost to TLS (a task would start one loop iteration too late)
+            start = asyncio.get_running_loop().start_tls(
+                transport, self, self.tls, server_side=True,
+                ssl_handshake_timeout=self.guard.header_timeout or None)
+            run_eagerly(start, self._tls_ready, lambda _exc: self._tls_failed(transport))
+            return
+        self._made = True
         self.inner.connection_made(transport)
 
+    def _tls_ready(self, tls_transport) -> None:
+        if tls_transport is None or tls_transport.is_closing() or not self._admitted:
+            # lost (start_tls then returns None) or timed out just as the handshake completed
+            if tls_transport is not None:
+                tls_transport.abort()
+            self._release()
+            return
+        self.transport = tls_transport
+        self._made = True
+        self.inner.connection_made(tls_transport)
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
+
+    def _tls_failed(self, transport) -> None:
+        """A failed or timed-out handshake, or a peer gone during it."""
+        transport.abort()
+        self._release()
+
     def data_received(self, data: bytes) -> None:
-        if not self._admitted:
+        if not self._made:
+            if self._admitted and self.tls is not None:
+                # decrypted right after the handshake, before start_tls has handed over the
+                # transport (that takes one trip through the loop): kept for inner
+                self._early += data
+                if len(self._early) > MAX_EARLY and self.transport is not None:
+                    self.transport.abort()
             return
         if self._timer is not None:
             if head_complete(self._tail, data):
@@ -155,19 +212,26 @@ class GuardedProtocol(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self):
-        if not self._admitted:
+        if not self._made:
             return None
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
-        if self._admitted:
+        if self._made:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._admitted:
+        if self._made:
             self.inner.resume_writing()
 
     def connection_lost(self, exc) -> None:
+        made = self._made
+        self._made = False
+        self._release()
+        if made:
+            self.inner.connection_lost(exc)
+
+    def _release(self) -> None:
         if not self._admitted:
             return
         self._admitted = False
@@ -175,38 +239,53 @@ class GuardedProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.guard.release(self.source)
-        self.inner.connection_lost(exc)
 
     def _expire(self) -> None:
         self._timer = None
         if self.transport is None or self.transport.is_closing():
             return
         self.guard.expired()
+        if not self._made:  # still in the TLS handshake
+            self.transport.abort()
+            return
         self.transport.write(TIMED_OUT)
         self.transport.close()
 
 
+def run_eagerly(coro, on_result: Callable, on_error: Callable[[BaseException], None]) -> None:
+    """Run ``coro`` now, up to its first wait, then on as each future it waits for
+    completes (what a task does, minus the first trip through the loop: Python 3.12's
+    eager tasks); its value goes to ``on_result``, an exception to ``on_error``."""
+    try:
+        future = coro.send(None)
+    except StopIteration as stop:
+        on_result(stop.value)
+        return
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - handed over
+        on_error(exc)
+        return
+    if future is None:  # a bare yield (asyncio.sleep(0)): once round the loop
+        asyncio.get_running_loop().call_soon(run_eagerly, coro, on_result, on_error)
+        return
+    future.add_done_callback(lambda _done: run_eagerly(coro, on_result, on_error))
+
+
 class GuardedSite(web.TCPSite):
-    """``web.TCPSite`` whose connections go through ``guard`` (same arguments)."""
+    """``web.TCPSite`` whose connections go through ``guard`` (same arguments;
+    with ``ssl_context`` the guard admits each connection before its handshake)."""
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int | None, *,
-                 guard: ConnectionGuard, ssl_handshake_timeout: float | None = None, **kwargs) -> None:
+                 guard: ConnectionGuard, **kwargs) -> None:
         super().__init__(runner, host, port, **kwargs)
         self.guard = guard
-        # with TLS the guarded protocol sees a connection only once its handshake is done:
-        # this bounds how long a connection may stay in the handshake (sfu/tls.py)
-        self.ssl_handshake_timeout = ssl_handshake_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with the runner
         server = self._runner.server
         assert server is not None
-        extra = {}
-        if self._ssl_context is not None and self.ssl_handshake_timeout:
-            extra["ssl_handshake_timeout"] = self.ssl_handshake_timeout
         self._server = await asyncio.get_running_loop().create_server(
-            self.guard.wrap(server), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port, **extra)
+            self.guard.wrap(server, self._ssl_context), self._host, self._port,
+            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]
 

@@ -56,8 +56,7 @@ class Server:
         await self._runner.setup()
         # header timeout and cap per source (sfu/httpguard.py)
         site = GuardedSite(self._runner, self.config.host, self.config.http_port, guard=self.http_guard,
-                           ssl_context=ssl_context,
-                           ssl_handshake_timeout=self.config.http_header_timeout or None)
+                           ssl_context=ssl_context)  # TLS after admission, within the header timeout
         await site.start()
         self.http_port = self._runner.addresses[0][1]
 

@@ -228,6 +228,87 @@ async def test_a_silent_handshake_and_a_silent_request_are_closed(tmp_path):
         server.stop()
 
 
+# -- the connection guard in front of the handshake, on both event loops ------------------------
+
+def guarded_tls_scenario(cert: str, key: str) -> dict:
+    """A GuardedSite with TLS in this process: the cap per source counts connections
+    still in their handshake, a silent handshake is timed out, every slot comes back."""
+    from aiohttp import web
+
+    from sfu.httpguard import ConnectionGuard, GuardedSite
+
+    async def scenario() -> dict:
+        context, _info = tls.server_context(cert, key)
+        app = web.Application()
+        async def index(request):
+            return web.Response(text="secure" if request.secure else "plain")
+
+        app.router.add_get("/", index)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        guard = ConnectionGuard(header_timeout=1.0, max_per_source=2)
+        site = GuardedSite(runner, "127.0.0.1", 0, guard=guard, ssl_context=context)
+        await site.start()
+        port = runner.addresses[0][1]
+        out = {}
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"https://127.0.0.1:{port}/", ssl=trusting(cert)) as r:
+                    out["body"] = await r.text()
+            # two connections that never send a ClientHello fill this source's slots
+            silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            out["open_while_silent"] = guard.open
+            try:
+                await asyncio.open_connection("127.0.0.1", port, ssl=trusting(cert), server_hostname="localhost")
+                out["third"] = "connected"
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+                out["third"] = "refused"
+            out["refused"] = guard.refused
+            # the silent ones are closed by the header timer
+            for reader, writer in silent:
+                try:
+                    out.setdefault("silent_read", []).append(await asyncio.wait_for(reader.read(10), 15))
+                except ConnectionResetError:
+                    out.setdefault("silent_read", []).append(b"")
+                writer.close()
+            out["timed_out"] = guard.timed_out
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"https://127.0.0.1:{port}/", ssl=trusting(cert)) as r:
+                    out["after"] = r.status
+            # a client refusing the certificate: its slot comes back too
+            async with aiohttp.ClientSession() as http:
+                try:
+                    await http.get(f"https://127.0.0.1:{port}/")
+                except aiohttp.ClientConnectorCertificateError:
+                    out["untrusting"] = "refused"
+            for _ in range(50):
+                if guard.open == 0:
+                    break
+                await asyncio.sleep(0.05)
+            out["open_at_end"] = guard.open
+        finally:
+            await runner.cleanup()
+        return out
+
+    return scenario
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_guard_admits_before_the_handshake(tmp_path, loop):
+    import uvloop
+
+    cert, key, _x = write_pair(tmp_path)
+    scenario = guarded_tls_scenario(cert, key)
+    out = (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())
+    assert out["body"] == "secure"
+    assert out["open_while_silent"] == 2
+    assert out["third"] == "refused" and out["refused"] == 1, out
+    assert out["silent_read"] == [b"", b""] and out["timed_out"] == 2, out
+    assert out["after"] == 200 and out["untrusting"] == "refused"
+    assert out["open_at_end"] == 0, out
+
+
 # -- files and flags that cannot be used: one line, exit code 4, nothing started --------------
 
 def test_only_one_of_the_two_flags(tmp_path):
