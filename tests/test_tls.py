@@ -499,3 +499,25 @@ def test_meeting_page_socket_follows_the_page_scheme(tmp_path, origin, scheme):
     host = origin.split("://", 1)[1]
     assert socket["url"].startswith(f"{scheme}://{host}/ws?token="), socket
     assert all(r["url"].startswith(origin) for r in requests if r["kind"] == "fetch"), requests
+
+
+def test_warnings_about_the_certificate_served(tmp_path, caplog):
+    """An expiring certificate and a key file others may read are logged at start."""
+    cert, key = tls.make_self_signed(["localhost"], datetime.datetime.now(datetime.timezone.utc)
+                                     - tls.DEV_VALIDITY + datetime.timedelta(days=3))
+    cert_path, key_path = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o644)
+    _context, info = tls.server_context(str(cert_path), str(key_path))
+    caplog.set_level(logging.INFO, logger="sfu.server")
+    server_module.log_tls(info, "0.0.0.0")
+    warnings_logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings_logged == ["tls: the certificate expires soon",
+                               "tls: the private key file is readable by group or others: chmod 600 it"]
+    key_path.chmod(0o600)
+    caplog.clear()
+    _context, info = tls.server_context(*write_pair(tmp_path, stem="fresh")[:2])
+    server_module.log_tls(info, "0.0.0.0")
+    assert [r.getMessage() for r in caplog.records] == ["tls enabled: https and wss"]
