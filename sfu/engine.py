@@ -18,13 +18,10 @@ later talk to it across a process boundary with the same calls:
 and events (the dataclasses of sfu/events.py) given to every listener added with
 ``add_listener(callback)``.
 
-The packets themselves are a forwarding plane's (``self.plane``, the interface of
-sfu/plane.py: ``sfu.plane_c.CPlane`` for ``datapath="c"``, ``sfu.plane_py.PythonPlane``
-for ``"pure"``). The engine is its listener: what the plane does not handle itself
-(STUN, DTLS, RTCP) comes back through ``slow_path``, an SSRC it does not know
-through ``unknown_ssrc``, a subscriber still waiting for a keyframe through
-``keyframe_needed``; every change of who receives what is a plane command issued
-where the control plane decides it.
+The packets are a forwarding plane's (``self.plane``, sfu/plane.py: CPlane for
+``datapath="c"``, PythonPlane for ``"pure"``), given a command wherever the control
+plane decides who receives what; the engine is its listener (``slow_path``: STUN,
+DTLS, RTCP; ``unknown_ssrc``; ``keyframe_needed``) and its transports' host.
 """
 
 from __future__ import annotations

@@ -174,3 +174,24 @@ def test_slow_path_and_send(setup):
     assert [a for _, a in listener.slow] == [VIEW, PUB]
     p.send(b"hello", VIEW)
     assert p.captured == [(b"hello", VIEW)]
+
+
+def test_numbering_continues_across_a_rebind_to_another_stream(setup):
+    p, listener, clients = setup
+    p.add_stream(10, 1, 0x1111, 96, 90000)
+    p.add_stream(11, 1, 0x5555, 96, 90000)
+    p.add_subscription(20, 2, 0x2222, 90000, initial_seq=65534, initial_ts=0xFFFFFF00)
+    p.bind(20, 10, {96: 96}, {}, CODEC_OTHER)
+    for seq in (100, 101):
+        p.feed(clients[1].protect(rtp(seq, 9000 + seq, 0x1111)), PUB, 1.0 + seq / 1000)
+    p.bind(20, 11, {96: 96}, {}, codec_id("VP8"))  # another publisher's stream, gated
+    p.feed(clients[1].protect(rtp(7, 1, 0x1111)), PUB, 1.2)  # the old stream: not sent any more
+    p.feed(clients[1].protect(rtp(40000, 5, 0x5555, keyframe=False)), PUB, 1.3)  # held
+    p.feed(clients[1].protect(rtp(40001, 6, 0x5555)), PUB, 1.5)  # a keyframe
+    out = sent_to(p, VIEW, clients[2])
+    seqs = [struct.unpack("!H", o[2:4])[0] for o in out]
+    stamps = [struct.unpack("!I", o[4:8])[0] for o in out]
+    assert seqs == [65534, 65535, 0]  # across the wrap, one stream for the viewer
+    assert stamps[1] == (0xFFFFFF00 + 1) & 0xFFFFFFFF
+    assert stamps[2] == (stamps[1] + round((1.5 - 1.101) * 90000)) & 0xFFFFFFFF  # the time between
+    assert {struct.unpack("!I", o[8:12])[0] for o in out} == {0x2222}
