@@ -57,8 +57,8 @@ class Config:
     meetings_per_minute: float = 10.0  # POST /api/meetings per identity and minute (0: no limit)
     heartbeat_interval: float = 10.0  # open sessions are marked alive in the store this often
     dev: bool = False  # the page may get a token for any room and name from the server
-    # media forwarding: "c" (sfu._fast.datapath), "python" (Python loop + Cython header
-    # rewrite), "pure" (all Python: the test oracle and benchmark baseline)
+    # the forwarding plane (sfu/plane.py): "c" (sfu.plane_c over sfu._fast.datapath) or
+    # "pure" (sfu.plane_py, all Python: the test oracle and benchmark baseline)
     datapath: str = "c"
 
     @property
@@ -101,7 +101,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
                                        "(0: no limit; admins are not limited)"),
     "meetings_per_minute": (float, "POST /api/meetings per identity and minute (0: no limit)"),
     "heartbeat_interval": (float, "seconds between history heartbeats of open sessions"),
-    "datapath": (str, "media forwarding: c (fast path), python or pure (reference, benchmark baseline)"),
+    "datapath": (str, "forwarding plane: c (the C data path) or pure (Python reference, benchmark baseline)"),
 }
 # boolean switches: a bare flag on the command line, SFU_<NAME>=1/true/yes in the environment
 _SWITCHES: dict[str, str] = {
