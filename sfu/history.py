@@ -62,6 +62,18 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS sessions_by_meeting ON sessions (meeting_id)",
     "CREATE INDEX IF NOT EXISTS sessions_by_identity ON sessions (identity)",
+    # the audit log (sfu/audit.py): who read, exported or deleted whose history
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        audit_id TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        actor_identity TEXT NOT NULL,
+        action TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX IF NOT EXISTS audit_by_time ON audit_log (at)",
+    "CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log (actor_identity)",
 )
 
 _MEETING_COLS = "meeting_id, room, topic, creator_identity, creator_name, started_at, ended_at"
