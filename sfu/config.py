@@ -52,11 +52,17 @@ class Config:
     auth_leeway: float = 30.0  # seconds of clock skew allowed on a token's exp and nbf
     db: str | None = None  # default: SQLite file <data_dir>/history.sqlite3; or postgresql://...
     retention_days: float = 180.0  # meetings that ended longer ago are purged
+    audit_retention_days: float = 365.0  # audit log rows (sfu/audit.py) older than this are purged
     grace_period: float = 30.0  # an emptied meeting ends this many seconds after its last leave
     max_meetings_per_identity: int = 10  # running meetings one identity may create (0: no limit)
     meetings_per_minute: float = 10.0  # POST /api/meetings per identity and minute (0: no limit)
     heartbeat_interval: float = 10.0  # open sessions are marked alive in the store this often
     dev: bool = False  # the page may get a token for any room and name from the server
+    # chat and polls of the meeting protocol (sfu/chat.py, sfu/polls.py, docs/protocol.md 4.8-4.10)
+    keep_chat: bool = False  # store chat messages with the meeting's history (same retention, erasure)
+    chat_max_chars: int = 2000  # characters of one chat message
+    chat_burst: int = 10  # chat messages one participant may send at once ...
+    chat_per_minute: float = 30.0  # ... and then per minute (a token bucket)
     # the forwarding plane (sfu/plane.py): "c" (sfu.plane_c over sfu._fast.datapath) or
     # "pure" (sfu.plane_py, all Python: the test oracle and benchmark baseline)
     datapath: str = "c"
@@ -96,16 +102,21 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "auth_leeway": (float, "seconds of clock skew allowed on a token's exp and nbf"),
     "db": (str, "history database: postgresql://... (default: SQLite in the data directory)"),
     "retention_days": (float, "days to keep the history of ended meetings"),
+    "audit_retention_days": (float, "days to keep the audit log of reads, exports and deletions of history"),
     "grace_period": (float, "seconds an emptied meeting waits for someone to rejoin before it ends"),
     "max_meetings_per_identity": (int, "running meetings one identity may create with POST /api/meetings "
                                        "(0: no limit; admins are not limited)"),
     "meetings_per_minute": (float, "POST /api/meetings per identity and minute (0: no limit)"),
     "heartbeat_interval": (float, "seconds between history heartbeats of open sessions"),
+    "chat_max_chars": (int, "characters allowed in one chat message"),
+    "chat_burst": (int, "chat messages one participant may send in a burst"),
+    "chat_per_minute": (float, "chat messages one participant may send per minute after the burst"),
     "datapath": (str, "forwarding plane: c (the C data path) or pure (Python reference, benchmark baseline)"),
 }
 # boolean switches: a bare flag on the command line, SFU_<NAME>=1/true/yes in the environment
 _SWITCHES: dict[str, str] = {
     "dev": "development mode: the page may ask the server for a token for any room and name",
+    "keep_chat": "store meeting chat with the meeting's history (creator-readable; same retention and erasure)",
     "tls_self_signed": "with --dev: serve HTTPS/WSS with a self-signed certificate made (once) in the data "
                        "directory, for localhost, 127.0.0.1 and ::1",
 }
@@ -146,4 +157,6 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         if value is None:
             value = environ.get("SFU_" + name.upper(), "").strip().lower() in ("1", "true", "yes", "on")
         values[name] = bool(value)
+    if values.get("datapath", Config.datapath) not in ("c", "pure"):  # one line at start, not a traceback
+        raise SystemExit(f"sfu: --datapath (SFU_DATAPATH) must be c or pure, not {values['datapath']!r}")
     return dataclasses.replace(Config(), **values)

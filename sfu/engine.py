@@ -716,6 +716,10 @@ class MediaEngine:
         """The plane's forwarding-latency histogram (sfu.metrics)."""
         return self.plane.latency()
 
+    def queued_bytes(self) -> int:
+        """Bytes in the plane's user-space send queue (sfu.metrics)."""
+        return self.plane.queued_bytes()
+
     @property
     def socket(self) -> socket.socket | None:
         """The bound UDP socket while started (sfu.metrics reads its queues)."""
@@ -729,8 +733,12 @@ class MediaEngine:
             producers = []
             for producer in transport.producers:
                 s = producer.stats()
-                producers.append({"kind": producer.kind, "packets": s.packets, "bytes": s.bytes,
-                                  "first_packet_time": s.first_packet_time})
+                producers.append({"id": producer.id, "kind": producer.kind, "packets": s.packets, "bytes": s.bytes,
+                                  "first_packet_time": s.first_packet_time,
+                                  # uplink quality (sfu.diagnostics): numbers the publisher sent
+                                  # (highest - first + 1) and interarrival jitter in seconds
+                                  "expected": s.highest_ext_seq - s.base_ext_seq + 1 if s.base_ext_seq is not None
+                                  else 0, "jitter": s.jitter / producer.codec.clock_rate})
             consumers = []
             for consumer in transport.consumers:
                 s = consumer.stats()
@@ -738,7 +746,8 @@ class MediaEngine:
                                   "packets": s.packets_sent, "bytes": s.octets_sent,
                                   "retransmissions": s.retransmissions, "first_packet_time": s.first_packet_time,
                                   "report": consumer.last_report, "clock_rate": consumer.codec.clock_rate,
-                                  "rtt": consumer.rtt})
+                                  "rtt": consumer.rtt,
+                                  "producer": consumer.producer.id if consumer.producer is not None else None})
             out.append({"id": transport.id, "role": transport.role, "created": transport.created,
                         "producers": producers, "consumers": consumers})
         return out

@@ -185,6 +185,7 @@ def sample_engine(engine) -> EngineSample:
     if sock is not None:
         s.up = True
         s.socket = sock
+        s.send_queue_bytes = engine.queued_bytes()  # the plane's user-space send queue
     return s
 
 

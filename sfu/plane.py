@@ -135,7 +135,8 @@ class ForwardingPlane(ABC):
 
     @abstractmethod
     def remove_stream(self, stream: int) -> None:
-        """Stop receiving it (its SSRC is unknown again); its subscriptions are unbound."""
+        """Stop receiving it (its SSRC is unknown again, libsrtp forgets its replay state);
+        its subscriptions are unbound."""
 
     # -- subscriptions (one subscriber's copy of a stream) ----------------------------------
     @abstractmethod
@@ -146,12 +147,15 @@ class ForwardingPlane(ABC):
 
     @abstractmethod
     def bind(self, sub: int, stream: int | None, pt_map: dict[int, int], ext_map: dict[int, int],
-             keyframe_codec: int) -> None:
+             keyframe_codec: int, rtx_payload_type: int | None = None) -> None:
         """Forward ``stream`` (None: nothing) to the subscription, rewriting payload types
         (``pt_map``) and header-extension ids (``ext_map``; others are removed). The
         numbering continues where it stopped, so the subscriber sees one stream. With a
         ``keyframe_codec`` other than ``sfu.rtp.CODEC_OTHER`` nothing is sent before a packet
-        that starts a keyframe of that codec (the keyframe gate)."""
+        that starts a keyframe of that codec (the keyframe gate). ``rtx_payload_type``:
+        the RTX payload type of the subscriber's codec from now on (-1: no RTX, answers
+        to NACKs are plain retransmissions; None: unchanged), as a renegotiation that
+        changed the codec decided; it needs the RTX SSRC given at ``add_subscription``."""
 
     @abstractmethod
     def set_paused(self, sub: int, paused: bool) -> None:
@@ -159,7 +163,8 @@ class ForwardingPlane(ABC):
         numbering and re-arms the keyframe gate."""
 
     @abstractmethod
-    def remove_subscription(self, sub: int) -> None: ...
+    def remove_subscription(self, sub: int) -> None:
+        """Forget it, and the libsrtp state of its SSRC (and RTX SSRC) on its peer."""
 
     @abstractmethod
     def retransmit(self, sub: int, seqs: list[int], now: float, window: float) -> None:
@@ -197,6 +202,10 @@ class ForwardingPlane(ABC):
     def latency(self) -> dict:
         """Forwarding latency histogram: {"buckets": [(upper bound s, cumulative count)...],
         "count", "sum"} (the buckets of ``sfu.metrics.LATENCY_BUCKETS``)."""
+
+    @abstractmethod
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the plane's user-space send queue (the socket was full)."""
 
     @abstractmethod
     def memory(self) -> int:

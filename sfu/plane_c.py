@@ -44,7 +44,9 @@ class CPlane(ForwardingPlane):
         self._peers: dict[int, object] = {}  # id -> datapath.Peer
         self._streams: dict[int, object] = {}  # id -> datapath.Stream
         self._subs: dict[int, _Sub] = {}
+        self._srtp: dict[int, SrtpPair] = {}  # peer id -> the pair its C Peer uses (stream removal)
         self._fanout: dict[int, dict[int, None]] = {}  # stream id -> its subscriptions, in bind order
+        self._stream_peer: dict[int, int] = {}  # stream id -> its peer id
         self._sock = None
         self._loop = None
 
@@ -82,7 +84,9 @@ class CPlane(ForwardingPlane):
 
     def set_keys(self, peer: int, profile, local_key: bytes, remote_key: bytes) -> None:
         name = profile if isinstance(profile, str) else _PROFILE_NAMES[profile]
-        self._peers[peer].set_srtp(SrtpPair(name, local_key, remote_key))
+        pair = SrtpPair(name, local_key, remote_key)
+        self._peers[peer].set_srtp(pair)
+        self._srtp[peer] = pair
 
     def remove_peer(self, peer: int) -> None:
         c = self._peers.get(peer)
@@ -94,6 +98,7 @@ class CPlane(ForwardingPlane):
             self.remove_stream(stream_id)
         c.close()
         del self._peers[peer]
+        self._srtp.pop(peer, None)
 
     # -- streams -------------------------------------------------------------------------
     def add_stream(self, stream: int, peer: int, ssrc: int, payload_type: int, clock_rate: int, *,
@@ -105,12 +110,16 @@ class CPlane(ForwardingPlane):
             ssrc, payload_type, clock_rate, nack=nack, nack_max_gap=nack_max_gap,
             cache_packets=cache_packets, cache_bytes=cache_bytes, owner=stream)
         self._fanout[stream] = {}
+        self._stream_peer[stream] = peer
 
     def remove_stream(self, stream: int) -> None:
         c = self._streams.pop(stream, None)
         if c is None:
             return
         c.close()
+        pair = self._srtp.get(self._stream_peer.pop(stream, None))
+        if pair is not None:  # libsrtp's replay state of the SSRC (~370 bytes)
+            pair.remove_inbound_stream(c.ssrc)
         for sub_id in self._fanout.pop(stream, {}):
             self._unbind(self._subs[sub_id])
 
@@ -126,10 +135,12 @@ class CPlane(ForwardingPlane):
         self._subs[sub] = _Sub(c, peer, rtx_ssrc, rtx_payload_type)
 
     def bind(self, sub: int, stream: int | None, pt_map: dict[int, int], ext_map: dict[int, int],
-             keyframe_codec: int) -> None:
+             keyframe_codec: int, rtx_payload_type: int | None = None) -> None:
         s = self._subs[sub]
         if stream is not None and stream not in self._streams:
             raise KeyError(stream)
+        if rtx_payload_type is not None:
+            s.rtx_pt = rtx_payload_type if s.rtx_ssrc else -1
         if s.stream != stream:
             if s.stream is not None:
                 self._fanout[s.stream].pop(sub, None)
@@ -171,6 +182,11 @@ class CPlane(ForwardingPlane):
             self._fanout[s.stream].pop(sub, None)
             self._push(s.stream)
             s.stream = None
+        pair = self._srtp.get(s.peer)
+        if pair is not None:  # libsrtp's outbound state of its SSRCs (~370 bytes each)
+            pair.remove_outbound_stream(s.c.rewriter.ssrc)
+            if s.rtx_ssrc:
+                pair.remove_outbound_stream(s.rtx_ssrc)
 
     def _push(self, stream: int) -> None:
         c = self._streams.get(stream)
@@ -224,6 +240,9 @@ class CPlane(ForwardingPlane):
 
     def latency(self) -> dict:
         return self.datapath.latency()
+
+    def queued_bytes(self) -> int:
+        return self.datapath.queued_bytes
 
     def memory(self) -> int:
         return sum(c.mapped for c in self._streams.values())

@@ -330,6 +330,8 @@ class PythonPlane(ForwardingPlane):
             return
         if s.peer.streams.get(s.ssrc) is s:
             del s.peer.streams[s.ssrc]
+            if s.peer.srtp is not None:  # libsrtp's replay state of the SSRC (~370 bytes)
+                s.peer.srtp.remove_inbound_stream(s.ssrc)
         for sub in s.subs:
             self._unbind(sub)
         s.subs = ()
@@ -347,9 +349,11 @@ class PythonPlane(ForwardingPlane):
                                rtx_seq)
 
     def bind(self, sub: int, stream: int | None, pt_map: dict[int, int], ext_map: dict[int, int],
-             keyframe_codec: int) -> None:
+             keyframe_codec: int, rtx_payload_type: int | None = None) -> None:
         s = self._subs[sub]
         target = self._streams[stream] if stream is not None else None
+        if rtx_payload_type is not None:
+            s.rtx_pt = rtx_payload_type if s.rtx_ssrc else -1
         if target is not None:  # checked before anything changes
             s.rewriter.set_pt_map(pt_map)
             s.rewriter.set_ext_map(ext_map)
@@ -387,6 +391,11 @@ class PythonPlane(ForwardingPlane):
         if s.stream is not None:
             s.stream.subs = tuple(x for x in s.stream.subs if x is not s)
             s.stream = None
+        srtp = s.peer.srtp
+        if srtp is not None:  # libsrtp's outbound state of its SSRCs (~370 bytes each)
+            srtp.remove_outbound_stream(s.ssrc)
+            if s.rtx_ssrc:
+                srtp.remove_outbound_stream(s.rtx_ssrc)
 
     # -- per datagram ----------------------------------------------------------------------
     def _datagram(self, data: bytes, addr, now: float) -> None:
@@ -677,6 +686,9 @@ class PythonPlane(ForwardingPlane):
             total += count
             out.append((_BOUNDS[i] if i < len(_BOUNDS) else float("inf"), total))
         return {"buckets": out, "count": self._hist_count, "sum": self._hist_sum}
+
+    def queued_bytes(self) -> int:
+        return self._queued
 
     def memory(self) -> int:
         """Bytes of cached packets and logged events held now (approximate)."""

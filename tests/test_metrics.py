@@ -56,9 +56,14 @@ class FakeEngine:
         self.hist = None  # the plane's histogram (ForwardingPlane.latency())
         self.datapath_mode = "c"
         self.listeners = []
+        self.queued = 0  # the plane's send queue (ForwardingPlane.queued_bytes())
 
     def latency(self):
         return self.hist
+
+    def queued_bytes(self):
+        return self.queued
+
 
     def media_stats(self):
         return [{"id": t.id, "role": t.role, "created": t.created,
@@ -160,6 +165,8 @@ def test_sample_reads_the_socket_the_plane_reads():
     e.socket = sock = object()
     s = sample_engine(e)
     assert s.up and s.socket is sock and s.send_queue_bytes == 0
+    e.queued = 1234
+    assert sample_engine(e).send_queue_bytes == 1234
 
 
 # -- the collector ------------------------------------------------------------------------

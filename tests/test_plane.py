@@ -489,6 +489,70 @@ def s_remove(w: World) -> dict:
     return f
 
 
+def s_srtp_forget(w: World) -> dict:
+    """remove_stream / remove_subscription forget the libsrtp state of their SSRCs: a
+    stream added again for the SSRC accepts a datagram its predecessor already received
+    (fresh replay window), a subscription added again for the SSRC starts a fresh
+    rollover counter (a subscriber with a fresh session decrypts it)."""
+    f = {}
+    w.peer(1, 5000)
+    w.peer(2, 6000)
+    w.plane.add_stream(10, 1, 1111, VP8_PT, 90000)
+    w.plane.add_subscription(20, 2, 2222, 90000, initial_seq=65530, initial_ts=0, rtx_ssrc=2229,
+                             rtx_payload_type=RTX_PT)
+    w.plane.bind(20, 10, {VP8_PT: OUT_PT}, {}, CODEC_OTHER)
+    datagrams = [w.clients[1].protect(rtp(VP8_PT, 500 + i, 3000 * i, 1111)) for i in range(10)]
+    for i, d in enumerate(datagrams):
+        w.raw(1, d, 1.0 + 0.01 * i)
+    f["first"] = [header(p)[2] for p in w.received(2)]  # through the wrap: ROC 1 on the plane
+    w.plane.retransmit(20, [65535], 1.2, 0.1)  # its RTX SSRC has outbound state too
+    w.received(2)
+    w.plane.remove_subscription(20)
+    w.plane.remove_stream(10)
+    w.plane.add_stream(11, 1, 1111, VP8_PT, 90000)
+    w.plane.add_subscription(21, 2, 2222, 90000, initial_seq=100, initial_ts=0)
+    w.plane.bind(21, 11, {VP8_PT: OUT_PT}, {}, CODEC_OTHER)
+    w.raw(1, datagrams[-1], 2.0)  # a replay for the old stream, new to the new one
+    out = [d for d, a in w.plane.captured if a == w.addrs[2]][w.seen[2]:]
+    fresh = SrtpPair(w.profile, *reversed(keys("2", w.profile)))  # the subscriber's new session
+    try:
+        f["again"] = [header(fresh.unprotect(d))[2:5] for d in out]
+    except pylibsrtp.Error as exc:
+        f["again"] = str(exc)
+    f["counters"] = w.counters()
+    return f
+
+
+def s_rtx_change(w: World) -> dict:
+    """bind() changes the RTX payload type (a renegotiated codec) or turns RTX off."""
+    f = {}
+    w.peer(1, 5000)
+    w.peer(2, 6000)
+    w.plane.add_stream(10, 1, 1111, VP8_PT, 90000)
+    w.plane.add_subscription(20, 2, 2222, 90000, initial_seq=10, initial_ts=0, rtx_ssrc=2229,
+                             rtx_payload_type=RTX_PT, rtx_seq=7)
+    w.plane.bind(20, 10, {VP8_PT: OUT_PT}, {}, CODEC_OTHER)
+    for i in range(5):
+        w.send(1, rtp(VP8_PT, 500 + i, 3000 * i, 1111), 1.0 + 0.01 * i)
+    w.received(2)
+    out = []
+    for i, rtx_pt in enumerate((None, RTX_PT + 2, None, -1)):
+        t = 1.1 + 0.2 * i
+        w.plane.bind(20, 10, {VP8_PT: OUT_PT + 1}, {}, CODEC_OTHER, rtx_payload_type=rtx_pt)
+        w.send(1, rtp(VP8_PT, 505 + i, 3000 * (5 + i), 1111), t)
+        sent = header(w.received(2)[0])[2]
+        before = len(w.plane.captured)
+        w.plane.retransmit(20, [sent], t + 0.01, 0.1)
+        if rtx_pt == -1:  # the very same datagram again (the client's replay check refuses it)
+            out.append([w.plane.captured[-1] == w.plane.captured[before - 1], len(w.plane.captured) - before])
+            w.seen[2] += 1
+        else:
+            out.append([(h[0], h[2], h[4]) for h in map(header, w.received(2))])
+    f["out"] = out
+    f["counters"] = w.counters()
+    return f
+
+
 def s_fuzz(w: World) -> dict:
     """Random and truncated datagrams never raise, and every one is counted once."""
     w.peer(1, 5000)
@@ -675,8 +739,8 @@ def s_random_commands(w: World) -> dict:
 
 
 SCRIPTS = {f.__name__[2:]: f for f in (s_forward, s_unknown_ssrc, s_drops, s_keyframe_gate, s_pause_resume,
-                                       s_rebind, s_padding, s_nack_log, s_retransmit, s_remove, s_fuzz,
-                                       s_addresses, s_random_commands)}
+                                       s_rebind, s_padding, s_nack_log, s_retransmit, s_remove, s_srtp_forget,
+                                       s_rtx_change, s_fuzz, s_addresses, s_random_commands)}
 
 
 def run(kind: str, script: str, profile: str = CM) -> tuple[World, dict]:
@@ -819,6 +883,23 @@ def test_removals_stop_forwarding(kind):
     assert not f["unbound"]
     assert f["peer_gone"][1] == {"rx_packets": 1, "rx_bytes": 210, "unknown_source": 1}
     assert f["memory_with_packets"] >= 200 and f["memory"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_removals_forget_the_srtp_state_of_their_ssrcs(kind):
+    _, f = run(kind, "srtp_forget")
+    assert f["first"] == [65530, 65531, 65532, 65533, 65534, 65535, 0, 1, 2, 3]
+    # the replayed datagram is received by the new stream and sent with a fresh ROC
+    assert f["again"] == [(100, 0, 2222)], f["again"]  # (seq, timestamp, SSRC)
+    assert "srtp_replay" not in f["counters"] and "srtp_protect" not in f["counters"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bind_changes_the_rtx_payload_type(kind):
+    _, f = run(kind, "rtx_change")
+    # (payload type, seq, SSRC) of each answer: RTX numbered 8, 9, 10, then a plain resend
+    assert f["out"] == [[(RTX_PT, 8, 2229)], [(RTX_PT + 2, 9, 2229)], [(RTX_PT + 2, 10, 2229)],
+                        [True, 1]], f["out"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

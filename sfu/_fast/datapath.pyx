@@ -462,6 +462,14 @@ cdef class Datapath:
     def queued(self):
         return self._q_len - self._q_start
 
+    @property
+    def queued_bytes(self):
+        """Bytes of the entries waiting in the send queue."""
+        cdef size_t i, total = 0
+        for i in range(self._q_start, self._q_len):
+            total += self._tx_iov[i].iov_len
+        return total
+
     def take_dirty(self):
         """The streams that logged NACK log events (see Stream.drain_events) since the
         last call, each once per drain: the engine ticks only their transports."""
