@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_token_arguments(sub.add_parser("token", help="mint an access token (JWT) for a room"))
     add_history_arguments(sub.add_parser("history", help="list, show or export meeting history"))
+    from .audit import add_audit_arguments
+
+    add_audit_arguments(sub.add_parser("audit", help="who read, exported or deleted personal history (admins)"))
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -44,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = config.from_args(args)
         return history_command(args, cfg.db, cfg.data_dir)
+    if args.command == "audit":
+        from .audit import audit_command
+
+        cfg = config.from_args(args)
+        return audit_command(args, cfg.db, cfg.data_dir)
     parser.error(f"unknown command {args.command}")
     return 2
 

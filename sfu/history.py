@@ -62,6 +62,56 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS sessions_by_meeting ON sessions (meeting_id)",
     "CREATE INDEX IF NOT EXISTS sessions_by_identity ON sessions (identity)",
+    # chat kept with --keep-chat (sfu/chat.py); recipient_* NULL: to everyone
+    """CREATE TABLE IF NOT EXISTS chat_messages (
+        message_id TEXT PRIMARY KEY,
+        meeting_id TEXT NOT NULL REFERENCES meetings (meeting_id) ON DELETE CASCADE,
+        sent_at DOUBLE PRECISION NOT NULL,
+        sender_identity TEXT NOT NULL,
+        sender_name TEXT NOT NULL,
+        sender_participant TEXT NOT NULL,
+        recipient_identity TEXT,
+        recipient_name TEXT,
+        recipient_participant TEXT,
+        body TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS chat_by_meeting ON chat_messages (meeting_id, sent_at)",
+    "CREATE INDEX IF NOT EXISTS chat_by_sender ON chat_messages (sender_identity)",
+    "CREATE INDEX IF NOT EXISTS chat_by_recipient ON chat_messages (recipient_identity)",
+    # polls (sfu/polls.py): poll_votes (who chose what) for named polls only
+    """CREATE TABLE IF NOT EXISTS polls (
+        poll_id TEXT PRIMARY KEY,
+        meeting_id TEXT NOT NULL REFERENCES meetings (meeting_id) ON DELETE CASCADE,
+        question TEXT NOT NULL,
+        options TEXT NOT NULL,
+        multiple INTEGER NOT NULL,
+        anonymous INTEGER NOT NULL,
+        creator_identity TEXT NOT NULL,
+        creator_name TEXT NOT NULL,
+        opened_at DOUBLE PRECISION NOT NULL,
+        closed_at DOUBLE PRECISION
+    )""",
+    "CREATE INDEX IF NOT EXISTS polls_by_meeting ON polls (meeting_id, opened_at)",
+    """CREATE TABLE IF NOT EXISTS poll_votes (
+        poll_id TEXT NOT NULL REFERENCES polls (poll_id) ON DELETE CASCADE,
+        voter_identity TEXT NOT NULL,
+        voter_name TEXT NOT NULL,
+        choices TEXT NOT NULL,
+        voted_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (poll_id, voter_identity)
+    )""",
+    """CREATE TABLE IF NOT EXISTS poll_counts (
+        poll_id TEXT NOT NULL REFERENCES polls (poll_id) ON DELETE CASCADE,
+        option_index INTEGER NOT NULL,
+        votes INTEGER NOT NULL,
+        PRIMARY KEY (poll_id, option_index)
+    )""",
+    """CREATE TABLE IF NOT EXISTS poll_voters (
+        poll_id TEXT NOT NULL REFERENCES polls (poll_id) ON DELETE CASCADE,
+        voter_identity TEXT NOT NULL,
+        voter_name TEXT NOT NULL,
+        PRIMARY KEY (poll_id, voter_identity)
+    )""",
     # the audit log (sfu/audit.py): who read, exported or deleted whose history
     """CREATE TABLE IF NOT EXISTS audit_log (
         audit_id TEXT PRIMARY KEY,
@@ -74,6 +124,23 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS audit_by_time ON audit_log (at)",
     "CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log (actor_identity)",
+)
+
+# what goes with a purged meeting (purge), children first; ? is the ended_before time
+_ENDED = "SELECT meeting_id FROM meetings WHERE ended_at IS NOT NULL AND ended_at < ?"
+_PURGE_CHILDREN = tuple(
+    f"DELETE FROM {table} WHERE poll_id IN (SELECT poll_id FROM polls WHERE meeting_id IN ({_ENDED}))"
+    for table in ("poll_votes", "poll_counts", "poll_voters")) + (
+    f"DELETE FROM polls WHERE meeting_id IN ({_ENDED})",
+    f"DELETE FROM chat_messages WHERE meeting_id IN ({_ENDED})",
+)
+# erase_identity beyond sessions: (pseudonym, ERASED_NAME, identity); their chat text goes
+_ERASE_CHILDREN = (
+    "UPDATE chat_messages SET sender_identity = ?, sender_name = ?, body = '' WHERE sender_identity = ?",
+    "UPDATE chat_messages SET recipient_identity = ?, recipient_name = ? WHERE recipient_identity = ?",
+    "UPDATE polls SET creator_identity = ?, creator_name = ? WHERE creator_identity = ?",
+    "UPDATE poll_votes SET voter_identity = ?, voter_name = ? WHERE voter_identity = ?",
+    "UPDATE poll_voters SET voter_identity = ?, voter_name = ? WHERE voter_identity = ?",
 )
 
 _MEETING_COLS = "meeting_id, room, topic, creator_identity, creator_name, started_at, ended_at"
@@ -428,6 +495,29 @@ class HistoryStore:
                                "ORDER BY joined_at, session_id", (meeting_id,))
         return [SessionRecord(*row) for row in rows]
 
+    async def attended(self, identity: str, meeting_id: str | None = None,
+                       limit: int = 1000) -> list[tuple[Meeting, list[SessionRecord]]]:
+        """Own history: the meetings ``identity`` has sessions in (newest first; one
+        meeting with ``meeting_id``), each with that identity's sessions only."""
+        where, params = "identity = ?", [identity]
+        if meeting_id is not None:
+            where, params = "identity = ? AND meeting_id = ?", [identity, meeting_id]
+        meetings = [Meeting(*row) for row in await self._run(
+            self.backend.query, f"SELECT {_MEETING_COLS} FROM meetings WHERE meeting_id IN "
+            f"(SELECT meeting_id FROM sessions WHERE {where}) ORDER BY started_at DESC, meeting_id LIMIT ?",
+            (*params, limit))]
+        if not meetings:
+            return []
+        marks = ", ".join("?" for _ in meetings)
+        rows = await self._run(
+            self.backend.query, f"SELECT {_SESSION_COLS} FROM sessions WHERE identity = ? AND "
+            f"meeting_id IN ({marks}) ORDER BY joined_at, session_id",
+            (identity, *[m.meeting_id for m in meetings]))
+        mine: dict[str, list[SessionRecord]] = {m.meeting_id: [] for m in meetings}
+        for row in rows:
+            mine[row[1]].append(SessionRecord(*row))
+        return [(m, mine[m.meeting_id]) for m in meetings]
+
     async def open_sessions(self) -> list[SessionRecord]:
         rows = await self._run(self.backend.query,
                                f"SELECT {_SESSION_COLS} FROM sessions WHERE left_at IS NULL", ())
@@ -436,6 +526,8 @@ class HistoryStore:
     async def purge(self, ended_before: float) -> int:
         """Delete meetings that ended before ``ended_before`` and their sessions."""
         def work():
+            for statement in _PURGE_CHILDREN:  # chat and polls (sfu/chat.py, sfu/polls.py)
+                self.backend.execute(statement, (ended_before,))
             self.backend.execute(
                 "DELETE FROM sessions WHERE meeting_id IN (SELECT meeting_id FROM meetings "
                 "WHERE ended_at IS NOT NULL AND ended_at < ?)", (ended_before,))
@@ -447,11 +539,12 @@ class HistoryStore:
             await self._run(self.backend.after_erase)
         return count
 
-    async def erase_identity(self, identity: str) -> int:
+    async def erase_identity(self, identity: str, pseudonym: str | None = None) -> int:
         """Anonymise a person: their sessions and the meetings they created get a
-        random pseudonym (so attendance totals still add up) and no name.
+        random pseudonym (so attendance totals still add up) and no name; the
+        audit rows where they are the actor get the same pseudonym (sfu/audit.py).
         Returns the number of rows changed."""
-        pseudonym = "erased-" + secrets.token_hex(6)
+        pseudonym = pseudonym or new_pseudonym()
 
         def work():
             changed = self.backend.execute(
@@ -460,11 +553,20 @@ class HistoryStore:
             changed += self.backend.execute(
                 "UPDATE meetings SET creator_identity = ?, creator_name = ? WHERE creator_identity = ?",
                 (pseudonym, ERASED_NAME, identity))
+            changed += self.backend.execute(
+                "UPDATE audit_log SET actor_identity = ? WHERE actor_identity = ?", (pseudonym, identity))
+            for statement in _ERASE_CHILDREN:  # chat and polls
+                changed += self.backend.execute(statement, (pseudonym, ERASED_NAME, identity))
             return changed
 
         changed = await self._run(self._tx, work)
         await self._run(self.backend.after_erase)
         return changed
+
+
+def new_pseudonym() -> str:
+    """What an erased identity becomes (in the history and as an actor in the audit log)."""
+    return "erased-" + secrets.token_hex(6)
 
 
 # -- reports -----------------------------------------------------------------------------
@@ -499,6 +601,28 @@ def session_dict(record: SessionRecord, now: float) -> dict:
         "duration_seconds": round(record.duration(now), 3),
         "end_reason": record.end_reason,
     }
+
+
+def own_meeting_dict(meeting: Meeting, mine: list[SessionRecord], identity: str, now: float) -> dict:
+    """One meeting of a participant's own history: only their own sessions and
+    times (no one else's name, identity or times, not even the creator's); the
+    creator's entry links the full attendance view and its export."""
+    own = [{"joined_at": iso(r.joined_at), "left_at": iso(r.left_at),
+            "duration_seconds": round(r.duration(now), 3), "end_reason": r.end_reason} for r in mine]
+    entry = {
+        "meeting_id": meeting.meeting_id, "room": meeting.room, "topic": meeting.topic,
+        "joined_at": iso(min((r.joined_at for r in mine), default=None)),
+        "left_at": None if any(r.left_at is None for r in mine)
+        else iso(max((r.left_at for r in mine), default=None)),
+        "duration_seconds": round(sum(r.duration(now) for r in mine), 3),
+        "sessions": own,
+        "creator": bool(meeting.creator_identity) and meeting.creator_identity == identity,
+    }
+    if entry["creator"]:
+        base = f"/api/meetings/{meeting.meeting_id}"
+        entry["attendance"] = {"view": base, "export_csv": base + "/export?format=csv",
+                               "export_json": base + "/export?format=json"}
+    return entry
 
 
 def attendance(meeting: Meeting, sessions: list[SessionRecord], now: float) -> dict:
@@ -564,7 +688,7 @@ def export(report: dict, fmt: str) -> tuple[str, str]:
 __all__ = [
     "END_REASONS", "DuplicateMeeting", "HistoryStore", "Meeting", "SessionRecord", "asdict",
     "attendance", "export", "export_csv", "export_json", "iso", "meeting_dict", "open_backend",
-    "session_dict", "StoreUnavailable", "EXIT_STORE_UNAVAILABLE",
+    "session_dict", "StoreUnavailable", "EXIT_STORE_UNAVAILABLE", "own_meeting_dict", "new_pseudonym",
 ]
 
 

@@ -46,6 +46,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from . import audit
 from .auth import AuthError, Claims
 from .clock import Clock, Timer, as_clock
 from .events import (EndReason, LeaveReason, MeetingEnded, MeetingEvent, MeetingStarted, ParticipantJoined,
@@ -159,11 +160,13 @@ class CreateLimiter:
 
 class MeetingService:
     def __init__(self, store: HistoryStore, grace_period: float = 30.0, heartbeat_interval: float = 10.0,
-                 retention_days: float = 180.0, clock: Clock | Callable[[], float] | None = None) -> None:
+                 retention_days: float = 180.0, clock: Clock | Callable[[], float] | None = None,
+                 audit_retention_days: float = 365.0) -> None:
         self.store = store
         self.grace_period = grace_period
         self.heartbeat_interval = heartbeat_interval
         self.retention_days = retention_days
+        self.audit_retention_days = audit_retention_days  # the audit log's own (sfu/audit.py)
         # clock() is wall time (what the store records), clock.now() and call_later the timers';
         # a plain callable is wall time with the loop's timers (sfu.clock.as_clock)
         self.clock: Clock = as_clock(clock)
@@ -413,6 +416,9 @@ class MeetingService:
         count = await self.store.purge(cutoff)
         if count:
             event(logger, "history purged", meetings=count, retention_days=self.retention_days)
+        audit_rows = await audit.purge(self.store, self.clock() - self.audit_retention_days * 86400.0)
+        if audit_rows:
+            event(logger, "audit log purged", rows=audit_rows, audit_retention_days=self.audit_retention_days)
         return count
 
     def _every(self, name: str, interval: float, callback: Callable[[], None]) -> None:

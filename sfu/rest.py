@@ -9,8 +9,16 @@ Every request carries an access token (``Authorization: Bearer``, or a
 | ``GET /api/meetings`` | any | meetings the caller created; every meeting for an admin |
 | ``GET /api/meetings/{id}`` | creator, admin | the meeting, its sessions, per-identity totals |
 | ``GET /api/meetings/{id}/export?format=csv\\|json`` | creator, admin | attendance file |
+| ``GET /api/meetings/{id}/chat`` | creator, admin | the chat kept with ``--keep-chat`` (sfu/chat.py) |
+| ``GET /api/meetings/{id}/polls``, ``.../polls/export?format=csv\\|json`` | creator, admin | its polls and results (sfu/polls.py) |
 | ``DELETE /api/meetings/{id}`` | host grant for its room (or the creator with a host grant), admin | ends it now, disconnects everyone |
-| ``DELETE /api/people/{identity}`` | admin | anonymises that person's sessions and meetings |
+| ``DELETE /api/people/{identity}`` | admin | anonymises that person's sessions and meetings (and their audit rows as actor) |
+| ``GET /api/me/meetings`` | any | own history: the meetings the caller attended, each with only their own join/leave times and duration; the creator's entries link the attendance view and export |
+| ``GET /api/me/meetings/{id}`` | any who attended it | one such entry; 403 for a meeting the caller did not attend |
+| ``GET /api/audit?actor=&action=&kind=&object_id=&since=&limit=`` | admin | the audit log: who read, exported or deleted which history, when |
+
+Every read, export and deletion of history above is written to the audit log
+(sfu/audit.py) before the answer is sent.
 | ``POST /api/dev/token`` ``{"room", "name"}`` | anyone, only with ``sfu serve --dev`` | a token for a new random identity |
 """
 
@@ -24,9 +32,12 @@ from typing import Callable
 from aiohttp import web
 
 from .auth import AuthError, Claims, Grants, authorize, mint_token, token_from_request, verify_token
-from .history import attendance, export, meeting_dict
+from . import audit
+from .history import attendance, export, meeting_dict, new_pseudonym, own_meeting_dict
+from .chat import stored_messages
 from .log import event
 from .meetings import Conflict, CreateLimiter, MeetingService, NotFound, TooMany, can_read_history
+from .polls import export_polls, stored_polls
 
 logger = logging.getLogger("sfu.rest")
 
@@ -91,7 +102,9 @@ def _now(request: web.Request) -> float:
     return request.app[MEETINGS_KEY].clock()
 
 
-async def _readable_meeting(request: web.Request):
+async def _readable_meeting(request: web.Request, action: str = audit.READ, detail: str = ""):
+    """The meeting if the caller may read its history; the read (or export) is
+    audited (sfu/audit.py) before the caller gets anything."""
     meetings = request.app[MEETINGS_KEY]
     claims = claims_of(request)
     meeting = await meetings.store.get_meeting(request.match_info["meeting_id"])
@@ -99,6 +112,10 @@ async def _readable_meeting(request: web.Request):
         raise NotFound(request.match_info["meeting_id"])
     if not can_read_history(meeting, claims):
         raise AuthError(403, "only the meeting's creator or an admin may read its history")
+    as_creator = bool(meeting.creator_identity) and meeting.creator_identity == claims.identity
+    how = "creator" if as_creator else "admin"
+    await audit.record(meetings.store, claims.identity, action, audit.ATTENDANCE, meeting.meeting_id,
+                       f"{how} {detail}".strip())
     return meeting
 
 
@@ -149,10 +166,10 @@ async def get_meeting(request: web.Request) -> web.Response:
 
 @_handler
 async def export_meeting(request: web.Request) -> web.Response:
-    meeting = await _readable_meeting(request)
     fmt = request.query.get("format", "json").lower()
     if fmt not in ("csv", "json"):
         raise _BadRequest("format must be csv or json")
+    meeting = await _readable_meeting(request, audit.EXPORT, fmt)
     sessions = await request.app[MEETINGS_KEY].store.sessions(meeting.meeting_id)
     body, content_type = export(attendance(meeting, sessions, _now(request)), fmt)
     return web.Response(text=body, content_type=content_type, charset="utf-8", headers={
@@ -175,9 +192,68 @@ async def erase_person(request: web.Request) -> web.Response:
     if not claims.grants.admin:
         raise AuthError(403, "only an admin may erase a person's history")
     identity = request.match_info["identity"]
-    changed = await request.app[MEETINGS_KEY].store.erase_identity(identity)
+    store = request.app[MEETINGS_KEY].store
+    pseudonym = new_pseudonym()
+    changed = await store.erase_identity(identity, pseudonym)
+    # the audit row names the pseudonym, never the erased identity (an admin who
+    # erases themselves is the pseudonym as actor too)
+    actor = pseudonym if claims.identity == identity else claims.identity
+    await audit.record(store, actor, audit.DELETE, audit.PERSON, pseudonym)
     event(logger, "person erased from history", rows=changed)
-    return web.json_response({"erased": changed})
+    return web.json_response({"erased": changed, "pseudonym": pseudonym})
+
+
+def _limit(request: web.Request, default: int = 100) -> int:
+    try:
+        return max(1, min(int(request.query.get("limit", str(default))), 1000))
+    except ValueError:
+        raise _BadRequest("limit must be a number") from None
+
+
+@_handler
+async def my_meetings(request: web.Request) -> web.Response:
+    """Own history: only the caller's own sessions, whatever their grants."""
+    claims = claims_of(request)
+    store = request.app[MEETINGS_KEY].store
+    attended = await store.attended(claims.identity, limit=_limit(request))
+    await audit.record(store, claims.identity, audit.READ, audit.ATTENDANCE, audit.ALL, "own")
+    now = _now(request)
+    return web.json_response({"identity": claims.identity, "meetings": [
+        own_meeting_dict(m, mine, claims.identity, now) for m, mine in attended]})
+
+
+@_handler
+async def my_meeting(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    store = request.app[MEETINGS_KEY].store
+    meeting_id = request.match_info["meeting_id"]
+    attended = await store.attended(claims.identity, meeting_id)
+    if not attended:
+        if await store.get_meeting(meeting_id) is None:
+            raise NotFound(meeting_id)
+        raise AuthError(403, "you did not attend this meeting")
+    await audit.record(store, claims.identity, audit.READ, audit.ATTENDANCE, meeting_id, "own")
+    meeting, mine = attended[0]
+    return web.json_response(own_meeting_dict(meeting, mine, claims.identity, _now(request)))
+
+
+@_handler
+async def read_audit(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    if not claims.grants.admin:
+        raise AuthError(403, "only an admin may read the audit log")
+    q = request.query
+    if q.get("action") not in (None, *audit.ACTIONS):
+        raise _BadRequest(f"action must be one of {', '.join(audit.ACTIONS)}")
+    if q.get("kind") not in (None, *audit.KINDS):
+        raise _BadRequest(f"kind must be one of {', '.join(audit.KINDS)}")
+    try:
+        since = audit.parse_time(q["since"]) if q.get("since") else None
+    except ValueError:
+        raise _BadRequest("since must be an ISO 8601 date or time (2026-11-30T08:00:00Z)") from None
+    rows = await audit.entries(request.app[MEETINGS_KEY].store, q.get("actor"), q.get("action"),
+                               q.get("kind"), q.get("object_id"), since, limit=_limit(request, 1000))
+    return web.json_response({"entries": [audit.entry_dict(r) for r in rows]})
 
 
 @_handler
@@ -199,6 +275,46 @@ async def dev_token(request: web.Request) -> web.Response:
     return web.json_response({"token": token, "identity": identity, "room": room})
 
 
+async def _chat_or_polls_of(request: web.Request, action: str, kind: str, detail: str = ""):
+    """The meeting whose chat or polls the caller (its creator, or an admin) reads;
+    audited (sfu/audit.py) before anything is answered."""
+    store = request.app[MEETINGS_KEY].store
+    claims = claims_of(request)
+    meeting = await store.get_meeting(request.match_info["meeting_id"])
+    if meeting is None:
+        raise NotFound(request.match_info["meeting_id"])
+    if not can_read_history(meeting, claims):
+        raise AuthError(403, f"only the meeting's creator or an admin may read its {kind}")
+    how = "creator" if meeting.creator_identity and meeting.creator_identity == claims.identity else "admin"
+    await audit.record(store, claims.identity, action, kind, meeting.meeting_id, f"{how} {detail}".strip())
+    return meeting
+
+
+@_handler
+async def meeting_chat(request: web.Request) -> web.Response:
+    meeting = await _chat_or_polls_of(request, audit.READ, audit.CHAT)
+    messages = await stored_messages(request.app[MEETINGS_KEY].store, meeting.meeting_id)
+    return web.json_response({"meeting_id": meeting.meeting_id, "messages": messages})
+
+
+@_handler
+async def meeting_polls(request: web.Request) -> web.Response:
+    meeting = await _chat_or_polls_of(request, audit.READ, audit.POLL)
+    polls = await stored_polls(request.app[MEETINGS_KEY].store, meeting.meeting_id)
+    return web.json_response({"meeting_id": meeting.meeting_id, "polls": polls})
+
+
+@_handler
+async def export_meeting_polls(request: web.Request) -> web.Response:
+    fmt = request.query.get("format", "json").lower()
+    if fmt not in ("csv", "json"):
+        raise _BadRequest("format must be csv or json")
+    meeting = await _chat_or_polls_of(request, audit.EXPORT, audit.POLL, fmt)
+    body, content_type = export_polls(await stored_polls(request.app[MEETINGS_KEY].store, meeting.meeting_id), fmt)
+    return web.Response(text=body, content_type=content_type, charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="polls-{meeting.meeting_id}.{fmt}"'})
+
+
 def add_routes(app: web.Application, meetings: MeetingService, auth_secret: str, dev: bool = False,
                limiter: CreateLimiter | None = None) -> None:
     app[MEETINGS_KEY] = meetings
@@ -210,5 +326,11 @@ def add_routes(app: web.Application, meetings: MeetingService, auth_secret: str,
     app.router.add_get("/api/meetings/{meeting_id}", get_meeting)
     app.router.add_delete("/api/meetings/{meeting_id}", end_meeting)
     app.router.add_get("/api/meetings/{meeting_id}/export", export_meeting)
+    app.router.add_get("/api/meetings/{meeting_id}/chat", meeting_chat)
+    app.router.add_get("/api/meetings/{meeting_id}/polls", meeting_polls)
+    app.router.add_get("/api/meetings/{meeting_id}/polls/export", export_meeting_polls)
     app.router.add_delete("/api/people/{identity}", erase_person)
+    app.router.add_get("/api/me/meetings", my_meetings)
+    app.router.add_get("/api/me/meetings/{meeting_id}", my_meeting)
+    app.router.add_get("/api/audit", read_audit)
     app.router.add_post("/api/dev/token", dev_token)

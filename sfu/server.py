@@ -34,7 +34,8 @@ class Server:
         self.meetings = MeetingService(HistoryStore.from_config(config.db, config.data_dir),
                                        grace_period=config.grace_period,
                                        heartbeat_interval=config.heartbeat_interval,
-                                       retention_days=config.retention_days)
+                                       retention_days=config.retention_days,
+                                       audit_retention_days=config.audit_retention_days)
         self.auth_secret: str | None = config.auth_secret
         self._runner: web.AppRunner | None = None
         self.http_guard = ConnectionGuard(config.http_header_timeout, config.http_max_per_source)
