@@ -35,7 +35,9 @@ from aiohttp import WSMsgType, web
 
 from . import sdp
 from .auth import AuthError, Claims, authorize, token_from_request, verify_token
+from .chat import Chat, RequestRefused
 from .clock import Clock, as_clock
+from .diagnostics import Diagnostics
 from .events import (CloseReason, EngineEvent, EndReason, LeaveReason, MeetingEnded, MeetingEvent, ParticipantLeft,
                      SessionClosed, TrackUnpublished)
 from .limits import LimitExceeded
@@ -43,6 +45,7 @@ from .log import event
 from .meetings import can_end
 from .outbox import Outbox
 from .participant import DEFAULT_SOURCE, SOURCES, Participant, PublishedTrack
+from .polls import Polls
 
 logger = logging.getLogger("sfu.signaling")
 
@@ -82,6 +85,9 @@ class Signaling:
         self.meetings = meetings
         self.clock: Clock = as_clock(clock)  # clock() for pong; the protocol's timers (sfu.clock)
         self.rooms = meetings.rooms  # the one room registry (sfu/rooms.py), the meeting service's
+        store = getattr(meetings, "store", None)  # chat and polls (sfu/chat.py, sfu/polls.py)
+        self.chat = Chat(engine.config, self.rooms, store, self.clock, meetings)
+        self.polls = Polls(self.rooms, store, self.clock, meetings)
         self._handlers: dict[str, Callable[[Participant, dict], Awaitable[dict]]] = {
             "join": self._join,
             "offer": self._offer,
@@ -90,6 +96,11 @@ class Signaling:
             "leave": self._leave,
             "end_meeting": self._end_meeting,
             "ping": self._ping,
+            "chat": self.chat.send,
+            "chat_enable": self.chat.enable,
+            "poll_create": self.polls.create,
+            "poll_vote": self.polls.vote,
+            "poll_close": self.polls.close,
         }
         self._engine_handlers: dict[type, Callable[[Any], None]] = {
             TrackUnpublished: self._track_unpublished,
@@ -101,6 +112,8 @@ class Signaling:
         }
         engine.add_listener(self._on_engine_event)
         meetings.add_listener(self._on_meeting_event)
+        # connection quality of each participant's media session, told to it alone (sfu/diagnostics.py)
+        self.diagnostics = Diagnostics(lambda: self.engine.media_stats(), self.clock, self._quality_changed)
 
     # -- connections -------------------------------------------------------------------
     def connect(self, claims: Claims, room: str, send: Callable[[dict], None],
@@ -143,7 +156,7 @@ class Signaling:
             if not participant.joined and handler != self._join and handler != self._ping:
                 raise ProtocolError("not_joined", "send join first")
             result = await handler(participant, message)
-        except ProtocolError as exc:
+        except (ProtocolError, RequestRefused) as exc:
             return _error_response(request_id, exc)
         except AuthError as exc:
             return _error_response(request_id, ProtocolError("forbidden", exc.reason))
@@ -164,6 +177,7 @@ class Signaling:
             return
         participant.gone = True
         if participant.media_session is not None:
+            self.diagnostics.forget(participant.media_session)
             # unpublishes its tracks first: the others get track_unpublished, then participant_left
             self.engine.close_session(participant.media_session, CloseReason.PARTICIPANT_LEFT)
             participant.media_session = None
@@ -270,9 +284,12 @@ class Signaling:
             "meeting": {"id": meeting.meeting_id, "room": meeting.room, "topic": meeting.topic,
                         "started_at": meeting.started_at, "creator_name": meeting.creator_name},
             "permissions": {"publish": grants.publish, "subscribe": grants.subscribe,
-                            "end_meeting": participant.host, "mute_others": participant.host},
+                            "end_meeting": participant.host, "mute_others": participant.host,
+                            "chat_enable": participant.host, "polls": participant.host},
             "recording": live.recording if (live := self.rooms.live_by_id(meeting.meeting_id)) else False,
             "participants": others,
+            "chat": self.chat.join_info(meeting.meeting_id),
+            "polls": self.polls.join_info(participant),
         }
 
     async def _offer(self, participant: Participant, message: dict) -> dict:
@@ -308,6 +325,7 @@ class Signaling:
                 info = self.engine.create_session(participant.room, "meeting", offer_sdp, subscriptions)
                 participant.media_session = info.id
                 answer = info.answer
+                self.diagnostics.watch(info.id, participant)
             else:
                 answer = self.engine.update_session(participant.media_session, offer_sdp, subscriptions)
         except sdp.SdpError as exc:
@@ -425,6 +443,7 @@ class Signaling:
         participant = next((p for p in self.rooms.participants(ev.room) if p.media_session == ev.session), None)
         if participant is None:
             return
+        self.diagnostics.forget(ev.session)
         participant.media_session = None
         if participant.via != "ws":
             self._http_peer_closed(participant, ev.reason)
@@ -468,6 +487,11 @@ class Signaling:
         self._close(participant, CLOSE_KICKED, "removed from the meeting")
         _spawn(self.disconnect(participant, LeaveReason.KICKED))
 
+    def _quality_changed(self, participant: Participant, report: dict) -> None:
+        """Its connection quality changed: to this participant only (docs/protocol.md)."""
+        if participant.joined and not participant.gone and not participant.ending:
+            participant.event("connection_quality", **report)
+
     # -- helpers -----------------------------------------------------------------------
     def _broadcast(self, source: Participant, name: str, **fields) -> None:
         for other in self.rooms.participants(source.room):
@@ -486,7 +510,8 @@ def _object(message: dict, key: str) -> dict:
 
 
 def _error_response(request_id, exc: ProtocolError) -> dict:
-    return {"id": request_id, "type": "response", "ok": False, "error": exc.message, "code": exc.code}
+    return {"id": request_id, "type": "response", "ok": False, "error": exc.message, "code": exc.code,
+            **getattr(exc, "extra", {})}
 
 
 _background: set[asyncio.Task] = set()
@@ -639,6 +664,26 @@ async def recording_handler(request: web.Request) -> web.Response:
     return web.json_response({"meeting_id": meeting_id, "recording": body["active"]})
 
 
+async def diagnostics_handler(request: web.Request) -> web.Response:
+    """``GET /api/participants/{participant_id}/diagnostics``: a participant's own
+    connection quality (sfu/diagnostics.py), for a token of the same identity only."""
+    signaling = request.app[SIGNALING_KEY]
+    try:
+        claims = verify_token(request.app[WS_AUTH_SECRET_KEY], token_from_request(request))
+    except AuthError as exc:
+        return web.json_response({"error": exc.reason}, status=exc.status)
+    participant_id = request.match_info["participant_id"]
+    participant = next((p for p in signaling.rooms.all_participants()
+                        if p.id == participant_id and p.via == "ws" and not p.gone), None)
+    if participant is None:
+        return web.json_response({"error": "no such participant"}, status=404)
+    if participant.claims.identity != claims.identity:
+        return web.json_response({"error": "only the participant itself may read its diagnostics"}, status=403)
+    report = signaling.diagnostics.report(participant.media_session) \
+        or {"level": "unknown", "reason": None, "uplink": None, "downlink": None}
+    return web.json_response({"participant_id": participant.id, **report})
+
+
 def add_routes(app: web.Application, engine, meetings, auth_secret: str) -> Signaling:
     """Mount ``/ws`` and ``POST /api/meetings/{id}/recording`` on ``app``; sockets are
     closed when the app shuts down."""
@@ -647,6 +692,7 @@ def add_routes(app: web.Application, engine, meetings, auth_secret: str) -> Sign
     app[WS_AUTH_SECRET_KEY] = auth_secret
     app.router.add_get("/ws", websocket_handler)
     app.router.add_post("/api/meetings/{meeting_id}/recording", recording_handler)
+    app.router.add_get("/api/participants/{participant_id}/diagnostics", diagnostics_handler)
 
     async def on_shutdown(_app: web.Application) -> None:
         await signaling.shutdown()
