@@ -267,9 +267,17 @@ async def dev_token(request: web.Request) -> web.Response:
         raise _BadRequest("room name must be 1-64 characters of A-Z a-z 0-9 _ . ~ -")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         raise _BadRequest(f"name must be 1-{MAX_NAME} characters")
-    # always a new random identity: a caller never chooses whom it acts as (an
-    # "identity" in the body is ignored)
+    # a new random identity: a caller never chooses whom it acts as (an "identity"
+    # in the body is ignored); only a valid dev token it presents keeps its own dev
+    # identity (the page stays the same person across rooms: its own history)
     identity = "dev-" + secrets.token_hex(8)
+    if "Authorization" in request.headers:
+        try:
+            previous = claims_of(request).identity
+        except AuthError:
+            previous = ""
+        if previous.startswith("dev-"):
+            identity = previous
     grants = Grants(publish=True, subscribe=True, host=True)
     token = mint_token(request.app[AUTH_SECRET_KEY], identity, name.strip(), room, grants)
     return web.json_response({"token": token, "identity": identity, "room": room})

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from sfu import audit, cli
+from sfu.auth import Grants, mint_token
 from tests.test_rest import Api, api, tok, until  # noqa: F401  (api: the fixture)
 
 pytestmark = pytest.mark.timeout(90)
@@ -241,3 +242,35 @@ async def test_sfu_audit_cli(history_db, tmp_path, capsys):
     assert [e["actor"] for e in json.loads(capsys.readouterr().out)["entries"]] == ["root"]
     assert await run("--since", "last week") == 2
     assert "not a date" in capsys.readouterr().out
+
+
+async def test_a_dev_page_keeps_its_dev_identity_across_rooms_only(tmp_path):
+    """--dev: a valid dev token presented to /api/dev/token keeps its identity (one
+    person's own history across rooms); any other token does not lend its identity."""
+    import aiohttp
+
+    from sfu.auth import verify_token
+    from sfu.config import Config
+    from sfu.server import Server
+
+    server = Server(Config(http_port=0, rtc_port=0, data_dir=str(tmp_path / "dev"), dev=True))
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def dev_token(room: str, token: str | None = None) -> str:
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                async with http.post(server.url + "/api/dev/token", json={"room": room, "name": "Ivy"},
+                                     headers=headers) as r:
+                    assert r.status == 200
+                    return (await r.json())["token"]
+
+            first = await dev_token("r1")
+            second = await dev_token("r2", first)
+            one, two = (verify_token(server.auth_secret, t) for t in (first, second))
+            assert one.identity == two.identity and (one.room, two.room) == ("r1", "r2")
+            assert verify_token(server.auth_secret, await dev_token("r2")).identity != one.identity
+            real = mint_token(server.auth_secret, "alice", "Alice", "r1", Grants(subscribe=True))
+            assert verify_token(server.auth_secret, await dev_token("r1", real)).identity != "alice"
+            assert verify_token(server.auth_secret, await dev_token("r1", "garbage")).identity.startswith("dev-")
+    finally:
+        await server.stop()

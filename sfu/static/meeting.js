@@ -12,6 +12,13 @@
 // recording, mutedByHost} and window.meetingStats() resolves to what is received from each
 // participant. A host (the server says so in permissions: the token's host grant, never
 // coming first) sees a "Mute" button on every other participant's tile and "End meeting".
+// "View history meetings" (join screen) lists the meetings of the identity in the token
+// (the token field, ?token=, or the last join's) from GET /api/me/meetings: only one's own
+// times; a meeting one created adds its attendance export. window.meetingHistory reports
+// {status, identity, meetings, error, exported}.
+// The connection indicator shows the server's connection_quality event (protocol 5.3):
+// the level (good, fair, poor) and the reason ("your uplink loses 8% of packets");
+// window.meetingState.quality is {level, reason} (level "unknown" until the server knows).
 "use strict";
 
 (() => {
@@ -33,11 +40,13 @@
     form: $("join-form"), room: $("room"), name: $("name"), tokenField: $("token-field"), token: $("token"),
     join: $("join"), controls: $("controls"), camera: $("camera"), microphone: $("microphone"),
     screen: $("screen"), leave: $("leave"), end: $("end"), notice: $("notice"), tiles: $("tiles"),
-    info: $("meeting-info"), recording: $("recording"),
+    info: $("meeting-info"), recording: $("recording"), quality: $("quality"),
+    history: $("history"), historyOpen: $("history-open"), historyClose: $("history-close"),
+    historyStatus: $("history-status"), historyTable: $("history-table"), historyRows: $("history-rows"),
   };
 
   const state = { status: "idle", joined: false, participantId: null, participants: 0, error: null, ended: null,
-    recording: false, mutedByHost: 0 };
+    recording: false, mutedByHost: 0, quality: { level: "unknown", reason: null } };
   window.meetingState = state;
 
   let ws = null;
@@ -52,6 +61,7 @@
   let leaving = false;
   let negotiation = null; // the running negotiation loop (a promise)
   let negotiateAgain = false;
+  let lastToken = null; // the token of the last join here: whose history "View history meetings" shows
 
   // ---- notices and state --------------------------------------------------------------
   function notice(text, kind = "") {
@@ -119,6 +129,16 @@
     button.disabled = !live;
     button.textContent = audio.length && !live ? "Muted" : "Mute";
     button.title = live ? `Mute ${person.name} for everyone` : "";
+  }
+
+  const QUALITY_WORDS = { good: "Connection: good", fair: "Connection: fair", poor: "Connection: poor" };
+
+  function showQuality(level, reason) {
+    state.quality = { level, reason: reason || null };
+    ui.quality.dataset.level = level;
+    ui.quality.hidden = !QUALITY_WORDS[level];
+    ui.quality.querySelector(".level").textContent = QUALITY_WORDS[level] || "";
+    ui.quality.querySelector(".reason").textContent = reason ? ` \u2014 ${reason}` : "";
   }
 
   function showRecording(on) {
@@ -262,6 +282,9 @@
     recording_changed(ev) {
       showRecording(Boolean(ev.recording));
     },
+    connection_quality(ev) {
+      showQuality(String(ev.level), typeof ev.reason === "string" ? ev.reason : null);
+    },
     meeting_ended(ev) {
       state.ended = ev.reason || "ended";
       notice(`The meeting has ended (${ev.reason}).`, "ended");
@@ -352,9 +375,12 @@
   async function accessToken(room, name) {
     const given = params.get("token") || ui.token.value.trim();
     if (given) return given;
+    // --dev: the last dev token keeps this page the same person across rooms (own history)
+    const headers = { "Content-Type": "application/json" };
+    if (lastToken) headers.Authorization = `Bearer ${lastToken}`;
     const response = await fetch(`${server}/api/dev/token`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers,
       body: JSON.stringify({ room, name }),
     });
     if (response.status !== 200) {
@@ -384,6 +410,8 @@
     notice("Joining…");
     setStatus("joining");
     const token = await accessToken(room, name);
+    lastToken = token;
+    ui.history.hidden = true;
     ws = await openSocket(token);
     ws.onmessage = onMessage;
     ws.onclose = onClose;
@@ -519,6 +547,7 @@
     ui.microphone.textContent = "Microphone on";
     ui.screen.textContent = "Share screen";
     showRecording(false);
+    showQuality("unknown", null);
     setStatus(state.ended ? "ended" : "idle");
   }
 
@@ -557,6 +586,102 @@
     return out;
   };
 
+  // ---- own history ("View history meetings") ------------------------------------------------
+  const ownHistory = { status: "closed", meetings: [], error: null, exported: null };
+  window.meetingHistory = ownHistory;
+
+  function formatDuration(seconds) {
+    const s = Math.round(seconds);
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${s % 60} s`;
+    return `${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+
+  function timeCell(iso, fallback) {
+    const td = document.createElement("td");
+    if (!iso) { td.textContent = fallback; return td; }
+    const time = document.createElement("time");
+    time.dateTime = iso;
+    time.textContent = new Date(iso).toLocaleString();
+    td.append(time);
+    return td;
+  }
+
+  async function download(entry, format, token) {
+    // fetched with the token in a header (never in a link), saved from a blob
+    const response = await fetch(server + entry.attendance[`export_${format}`],
+      { headers: { Authorization: `Bearer ${token}` } });
+    if (!response.ok) throw new Error(`export failed (${response.status})`);
+    const blob = await response.blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `meeting-${entry.meeting_id}.${format}`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    ownHistory.exported = { meetingId: entry.meeting_id, format, bytes: blob.size, text: await blob.text() };
+  }
+
+  function historyRow(entry, token) {
+    const tr = document.createElement("tr");
+    tr.dataset.meetingId = entry.meeting_id;
+    const topic = document.createElement("td");
+    topic.textContent = entry.topic || "(no topic)"; // never innerHTML: topics come from people
+    const id = document.createElement("td");
+    id.textContent = entry.meeting_id;
+    const duration = document.createElement("td");
+    duration.className = "duration";
+    duration.textContent = formatDuration(entry.duration_seconds);
+    if (entry.sessions.length > 1) duration.textContent += ` (${entry.sessions.length} sessions)`;
+    const exports = document.createElement("td");
+    if (entry.creator && entry.attendance) {
+      for (const format of ["csv", "json"]) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "export";
+        button.dataset.format = format;
+        button.textContent = `Export ${format.toUpperCase()}`;
+        button.addEventListener("click", () => download(entry, format, token).catch((err) => {
+          ownHistory.error = err.message;
+          ui.historyStatus.textContent = "Error: " + err.message;
+        }));
+        exports.append(button);
+      }
+    } else {
+      exports.textContent = "—";
+    }
+    tr.append(topic, id, timeCell(entry.joined_at, "—"), timeCell(entry.left_at, "still in it"), duration, exports);
+    return tr;
+  }
+
+  async function showHistory() {
+    ui.history.hidden = false;
+    ui.historyTable.hidden = true;
+    ui.historyRows.replaceChildren();
+    ownHistory.error = null;
+    const token = params.get("token") || ui.token.value.trim() || lastToken;
+    if (!token) {
+      ownHistory.status = "no token";
+      ui.tokenField.hidden = false;
+      ui.historyStatus.textContent = "Join a meeting first, or enter your access token, to see your meetings.";
+      return;
+    }
+    ownHistory.status = "loading";
+    ui.historyStatus.textContent = "Loading…";
+    const response = await fetch(`${server}/api/me/meetings`, { headers: { Authorization: `Bearer ${token}` } });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error || `history unavailable (${response.status})`);
+    ownHistory.meetings = body.meetings;
+    ownHistory.identity = body.identity;
+    for (const entry of body.meetings) ui.historyRows.append(historyRow(entry, token));
+    ui.historyTable.hidden = body.meetings.length === 0;
+    ui.historyStatus.textContent = body.meetings.length ? "Only your own times are shown; "
+      + "the meetings you created have their attendance export." : "You have not attended any meeting yet.";
+    ownHistory.status = "shown";
+  }
+
   // ---- wiring -------------------------------------------------------------------------------
   ui.form.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -572,6 +697,12 @@
   ui.screen.addEventListener("click", () => toggleScreen().catch(fail));
   ui.leave.addEventListener("click", () => leave().catch(fail));
   ui.end.addEventListener("click", () => request("end_meeting").catch(fail));
+  ui.historyOpen.addEventListener("click", () => showHistory().catch((err) => {
+    ownHistory.status = "error";
+    ownHistory.error = err.message;
+    ui.historyStatus.textContent = "Error: " + err.message;
+  }));
+  ui.historyClose.addEventListener("click", () => { ui.history.hidden = true; ownHistory.status = "closed"; });
   window.addEventListener("pagehide", () => { if (ws) ws.close(1001, "page closed"); });
 
   if (params.get("room")) ui.room.value = params.get("room");
