@@ -206,6 +206,7 @@
     } else if (message.type === "event") {
       const handler = EVENTS[message.event];
       if (handler) handler(message);
+      if (window.meetingChat) window.meetingChat.event(message);  // chat and polls (meeting-chat.js)
     }
   }
 
@@ -430,6 +431,7 @@
     notice("");
     const me = makeTile("local", `${joined.name} (you)`, true);
     for (const info of joined.participants) addPerson(info);
+    if (window.meetingChat) window.meetingChat.start(joined, { request, people });
     pingTimer = setInterval(() => request("ping").catch(() => {}), PING_INTERVAL_MS);
 
     pc = new RTCPeerConnection(RTC_CONFIG);
@@ -539,6 +541,7 @@
     for (const key of Object.keys(local)) delete local[key];
     receivers.length = 0;
     people.clear();
+    if (window.meetingChat) window.meetingChat.stop();
     ui.tiles.replaceChildren();
     ui.form.hidden = false;
     ui.controls.hidden = true;
