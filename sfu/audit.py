@@ -111,6 +111,17 @@ async def record(store: Any, actor_identity: str, action: str, kind: str, object
     event(logger, "audit", actor=mask(actor_identity), action=action, kind=kind, object_id=object_id)
 
 
+def cli_admin() -> str:
+    """The actor of an admin's command-line read (``sfu history --admin``): the OS user."""
+    import getpass
+    import os
+
+    try:
+        return "cli:" + getpass.getuser()
+    except Exception:  # no login name (a container user without a passwd entry)
+        return f"cli:uid{os.getuid()}" if hasattr(os, "getuid") else "cli:admin"
+
+
 def _where(actor: str | None, action: str | None, kind: str | None, object_id: str | None,
            since: float | None, until: float | None) -> tuple[str, list]:
     clauses, params = [], []

@@ -495,29 +495,6 @@ class HistoryStore:
                                "ORDER BY joined_at, session_id", (meeting_id,))
         return [SessionRecord(*row) for row in rows]
 
-    async def attended(self, identity: str, meeting_id: str | None = None,
-                       limit: int = 1000) -> list[tuple[Meeting, list[SessionRecord]]]:
-        """Own history: the meetings ``identity`` has sessions in (newest first; one
-        meeting with ``meeting_id``), each with that identity's sessions only."""
-        where, params = "identity = ?", [identity]
-        if meeting_id is not None:
-            where, params = "identity = ? AND meeting_id = ?", [identity, meeting_id]
-        meetings = [Meeting(*row) for row in await self._run(
-            self.backend.query, f"SELECT {_MEETING_COLS} FROM meetings WHERE meeting_id IN "
-            f"(SELECT meeting_id FROM sessions WHERE {where}) ORDER BY started_at DESC, meeting_id LIMIT ?",
-            (*params, limit))]
-        if not meetings:
-            return []
-        marks = ", ".join("?" for _ in meetings)
-        rows = await self._run(
-            self.backend.query, f"SELECT {_SESSION_COLS} FROM sessions WHERE identity = ? AND "
-            f"meeting_id IN ({marks}) ORDER BY joined_at, session_id",
-            (identity, *[m.meeting_id for m in meetings]))
-        mine: dict[str, list[SessionRecord]] = {m.meeting_id: [] for m in meetings}
-        for row in rows:
-            mine[row[1]].append(SessionRecord(*row))
-        return [(m, mine[m.meeting_id]) for m in meetings]
-
     async def open_sessions(self) -> list[SessionRecord]:
         rows = await self._run(self.backend.query,
                                f"SELECT {_SESSION_COLS} FROM sessions WHERE left_at IS NULL", ())
@@ -603,28 +580,6 @@ def session_dict(record: SessionRecord, now: float) -> dict:
     }
 
 
-def own_meeting_dict(meeting: Meeting, mine: list[SessionRecord], identity: str, now: float) -> dict:
-    """One meeting of a participant's own history: only their own sessions and
-    times (no one else's name, identity or times, not even the creator's); the
-    creator's entry links the full attendance view and its export."""
-    own = [{"joined_at": iso(r.joined_at), "left_at": iso(r.left_at),
-            "duration_seconds": round(r.duration(now), 3), "end_reason": r.end_reason} for r in mine]
-    entry = {
-        "meeting_id": meeting.meeting_id, "room": meeting.room, "topic": meeting.topic,
-        "joined_at": iso(min((r.joined_at for r in mine), default=None)),
-        "left_at": None if any(r.left_at is None for r in mine)
-        else iso(max((r.left_at for r in mine), default=None)),
-        "duration_seconds": round(sum(r.duration(now) for r in mine), 3),
-        "sessions": own,
-        "creator": bool(meeting.creator_identity) and meeting.creator_identity == identity,
-    }
-    if entry["creator"]:
-        base = f"/api/meetings/{meeting.meeting_id}"
-        entry["attendance"] = {"view": base, "export_csv": base + "/export?format=csv",
-                               "export_json": base + "/export?format=json"}
-    return entry
-
-
 def attendance(meeting: Meeting, sessions: list[SessionRecord], now: float) -> dict:
     """The export: the meeting, one row per session, and each identity's total time."""
     totals: dict[str, dict] = {}
@@ -688,7 +643,7 @@ def export(report: dict, fmt: str) -> tuple[str, str]:
 __all__ = [
     "END_REASONS", "DuplicateMeeting", "HistoryStore", "Meeting", "SessionRecord", "asdict",
     "attendance", "export", "export_csv", "export_json", "iso", "meeting_dict", "open_backend",
-    "session_dict", "StoreUnavailable", "EXIT_STORE_UNAVAILABLE", "own_meeting_dict", "new_pseudonym",
+    "session_dict", "StoreUnavailable", "EXIT_STORE_UNAVAILABLE", "new_pseudonym",
 ]
 
 
@@ -736,6 +691,13 @@ async def _history(args, db: str | None, data_dir: str, out) -> int:
         if not args.admin and (not meeting.creator_identity or meeting.creator_identity != args.identity):
             print("403: only the meeting's creator or an admin may read its history", file=out)
             return 1
+        from . import audit  # the CLI's reads are audited too: actor --identity, or the OS user for --admin
+
+        actor = args.identity if not args.admin else audit.cli_admin()
+        await audit.record(store, actor, audit.EXPORT if args.action == "export" else audit.READ,
+                           audit.ATTENDANCE, meeting.meeting_id,
+                           ("cli admin" if args.admin else "cli creator")
+                           + (f" {args.format}" if args.action == "export" else ""))
         report = attendance(meeting, await store.sessions(meeting.meeting_id), now)
         if args.action == "export":
             out.write(export(report, args.format)[0])

@@ -33,7 +33,8 @@ from aiohttp import web
 
 from .auth import AuthError, Claims, Grants, authorize, mint_token, token_from_request, verify_token
 from . import audit
-from .history import attendance, export, meeting_dict, new_pseudonym, own_meeting_dict
+from .history import attendance, export, meeting_dict, new_pseudonym
+from .own_history import attended, own_meeting_dict
 from .chat import stored_messages
 from .log import event
 from .meetings import Conflict, CreateLimiter, MeetingService, NotFound, TooMany, can_read_history
@@ -215,11 +216,11 @@ async def my_meetings(request: web.Request) -> web.Response:
     """Own history: only the caller's own sessions, whatever their grants."""
     claims = claims_of(request)
     store = request.app[MEETINGS_KEY].store
-    attended = await store.attended(claims.identity, limit=_limit(request))
+    found = await attended(store, claims.identity, limit=_limit(request))
     await audit.record(store, claims.identity, audit.READ, audit.ATTENDANCE, audit.ALL, "own")
     now = _now(request)
     return web.json_response({"identity": claims.identity, "meetings": [
-        own_meeting_dict(m, mine, claims.identity, now) for m, mine in attended]})
+        own_meeting_dict(m, mine, claims.identity, now) for m, mine in found]})
 
 
 @_handler
@@ -227,13 +228,13 @@ async def my_meeting(request: web.Request) -> web.Response:
     claims = claims_of(request)
     store = request.app[MEETINGS_KEY].store
     meeting_id = request.match_info["meeting_id"]
-    attended = await store.attended(claims.identity, meeting_id)
-    if not attended:
+    found = await attended(store, claims.identity, meeting_id)
+    if not found:
         if await store.get_meeting(meeting_id) is None:
             raise NotFound(meeting_id)
         raise AuthError(403, "you did not attend this meeting")
     await audit.record(store, claims.identity, audit.READ, audit.ATTENDANCE, meeting_id, "own")
-    meeting, mine = attended[0]
+    meeting, mine = found[0]
     return web.json_response(own_meeting_dict(meeting, mine, claims.identity, _now(request)))
 
 

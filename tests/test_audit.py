@@ -274,3 +274,33 @@ async def test_a_dev_page_keeps_its_dev_identity_across_rooms_only(tmp_path):
             assert verify_token(server.auth_secret, await dev_token("r1", "garbage")).identity.startswith("dev-")
     finally:
         await server.stop()
+
+
+async def test_sfu_history_show_and_export_are_audited(history_db, tmp_path, capsys):
+    from sfu.history import HistoryStore, Meeting, SessionRecord
+
+    data_dir = str(tmp_path / "data")
+    store = HistoryStore.from_config(history_db, data_dir)
+    await store.open()
+    try:
+        await store.create_meeting(Meeting("m-cli", "r1", "t", "hope", "Hope", 1_700_000_000.0, 1_700_000_600.0))
+        await store.add_session(SessionRecord("s1", "m-cli", "vic", "Vic", 1_700_000_010.0, 1_700_000_300.0,
+                                              1_700_000_300.0, "left"))
+    finally:
+        await store.close()
+    base = ["history", "--db", history_db, "--data-dir", data_dir]
+    loop = __import__("asyncio").get_running_loop()
+    assert await loop.run_in_executor(None, cli.main, [*base, "show", "m-cli", "--identity", "hope"]) == 0
+    assert await loop.run_in_executor(None, cli.main, [*base, "export", "m-cli", "--admin", "--format", "json"]) == 0
+    assert await loop.run_in_executor(None, cli.main, [*base, "show", "m-cli", "--identity", "vic"]) == 1  # 403
+    assert await loop.run_in_executor(None, cli.main, [*base, "list", "--admin"]) == 0  # no one's sessions
+    capsys.readouterr()
+    store = HistoryStore.from_config(history_db, data_dir)
+    await store.open()
+    try:
+        rows = await audit.entries(store)
+    finally:
+        await store.close()
+    assert [(r.actor_identity, r.action, r.object_id, r.detail) for r in reversed(rows)] == [
+        ("hope", "read", "m-cli", "cli creator"), (audit.cli_admin(), "export", "m-cli", "cli admin json")]
+    assert audit.cli_admin().startswith("cli:")
