@@ -83,7 +83,7 @@ class Chat:
         self.per_second = max(0.0, config.chat_per_minute) / 60.0
         self.keep = bool(config.keep_chat) and store is not None
         self._disabled: set[str] = set()  # meeting ids whose chat a host turned off
-        self._buckets: dict[str, list[float]] = {}  # participant id -> [tokens, last refill time]
+        self._buckets: dict[str, list[float]] = {}  # identity -> [tokens, last refill time]
         if meetings is not None:
             meetings.add_listener(self._on_meeting_event)
 
@@ -103,7 +103,7 @@ class Chat:
             target = next((p for p in present(self.rooms, sender.meeting_id, sender.room) if p.id == to), None)
             if target is None or target is sender:
                 raise RequestRefused("not_found", "no such participant to send to")
-        self._take_token(sender.id)
+        self._take_token(sender.claims.identity)  # per person: a new connection gets no new bucket
         msg = {"message_id": secrets.token_hex(8), "from": who(sender), "to": who(target) if target else None,
                "text": text, "time": self.clock()}
         if self.keep:
@@ -132,13 +132,13 @@ class Chat:
         return {"enabled": enabled}
 
     # -- rate limit: a token bucket per participant -------------------------------------
-    def _take_token(self, participant_id: str) -> None:
+    def _take_token(self, identity: str) -> None:
         now = self.clock.now()
-        bucket = self._buckets.get(participant_id)
+        bucket = self._buckets.get(identity)
         if bucket is None:
             if len(self._buckets) >= MAX_BUCKETS:
                 self._forget_full(now)
-            bucket = self._buckets[participant_id] = [float(self.burst), now]
+            bucket = self._buckets[identity] = [float(self.burst), now]
         tokens = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.per_second)
         bucket[1] = now
         if tokens < 1.0:
@@ -149,9 +149,9 @@ class Chat:
         bucket[0] = tokens - 1.0
 
     def _forget_full(self, now: float) -> None:
-        for pid, (tokens, last) in list(self._buckets.items()):
+        for key, (tokens, last) in list(self._buckets.items()):
             if tokens + (now - last) * self.per_second >= self.burst:
-                del self._buckets[pid]
+                del self._buckets[key]
 
     def _on_meeting_event(self, ev) -> None:
         if isinstance(ev, MeetingEnded):

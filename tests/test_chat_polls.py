@@ -126,6 +126,8 @@ async def test_chat_rate_limit_is_a_token_bucket(plain, clock):
     assert refused["code"] == "rate_limited" and refused["retry_after"] == 1.0, refused
     assert [e["text"] for e in bob.events("chat")] == ["m0", "m1", "m2"]
     assert (await bob.request("chat", text="bob has his own bucket"))["ok"]
+    second_tab = await join(plain, "ann", "Ann")  # the same person on a new connection: the same bucket
+    assert (await second_tab.request("chat", text="from my other tab"))["code"] == "rate_limited"
     clock.advance(1.0)  # 60 per minute: one more
     assert (await ann.request("chat", text="again"))["ok"]
     assert (await ann.request("chat", text="and again"))["code"] == "rate_limited"
@@ -326,3 +328,19 @@ async def test_meeting_end_forgets_chat_state(plain):
     assert plain.chat.join_info(mid)["enabled"] is False
     await plain.meetings.end_meeting(mid, host.claims)  # the real service tells its listeners
     assert plain.chat.join_info(mid)["enabled"] is True
+
+
+def test_chat_flags_and_environment():
+    import argparse
+
+    from sfu.config import add_serve_arguments, from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    defaults = from_args(parser.parse_args([]), {})
+    assert (defaults.keep_chat, defaults.chat_max_chars, defaults.chat_burst, defaults.chat_per_minute) == \
+        (False, 2000, 10, 30.0)
+    cfg = from_args(parser.parse_args(["--chat-max-chars", "500"]),
+                    {"SFU_KEEP_CHAT": "1", "SFU_CHAT_PER_MINUTE": "6", "SFU_CHAT_MAX_CHARS": "9"})
+    assert (cfg.keep_chat, cfg.chat_max_chars, cfg.chat_per_minute) == (True, 500, 6.0)
+    assert from_args(parser.parse_args(["--keep-chat"]), {}).keep_chat is True
