@@ -183,18 +183,35 @@ async def test_erasure_pseudonymises_the_actor_in_the_audit_log(api):
     assert not [r for r in await _audit_rows(api) if r.actor_identity == "root"]
 
 
-async def test_audit_rows_follow_their_own_retention(api):
-    meetings = api.server.meetings
-    store = meetings.store
-    now = meetings.clock()
-    await audit.record(store, "old-reader", audit.READ, audit.CHAT, "m-old", at=now - 40 * 86400)
-    await audit.record(store, "new-reader", audit.EXPORT, audit.POLL, "m-new", at=now - 20 * 86400)
-    meetings.audit_retention_days = 30
-    await meetings.purge_expired()  # what the daily retention timer runs
-    assert [r.actor_identity for r in await _audit_rows(api)] == ["new-reader"]
-    meetings.audit_retention_days = 10
-    await meetings.purge_expired()
-    assert await _audit_rows(api) == []
+async def test_audit_rows_follow_their_own_retention(history_db, tmp_path):
+    """Purged at start and by the daily retention timer (a ManualClock moves the days),
+    independently of the history's retention."""
+    from sfu.clock import ManualClock
+    from sfu.history import HistoryStore
+    from sfu.meetings import MeetingService
+
+    day, t0 = 86400.0, 1_800_000_000.0
+    clock = ManualClock(wall=t0)
+    store = HistoryStore.from_config(history_db, str(tmp_path))
+    await store.open()
+    await audit.record(store, "ancient-reader", audit.READ, audit.CHAT, "m-0", at=t0 - 31 * day)
+    await audit.record(store, "old-reader", audit.READ, audit.CHAT, "m-1", at=t0 - 20 * day)
+    await audit.record(store, "new-reader", audit.EXPORT, audit.POLL, "m-2", at=t0 - 5 * day)
+    await store.close()
+    service = MeetingService(HistoryStore.from_config(history_db, str(tmp_path)), clock=clock,
+                             retention_days=1, audit_retention_days=30)
+    await service.start()  # purges at start
+    try:
+        actors = lambda rows: [r.actor_identity for r in rows]  # noqa: E731
+        assert actors(await audit.entries(service.store)) == ["new-reader", "old-reader"]
+        clock.advance(11 * day)  # eleven daily timers: "old-reader" is past 30 days on the 11th
+        await service.wait_idle()
+        assert actors(await audit.entries(service.store)) == ["new-reader"]
+        clock.advance(25 * day)
+        await service.wait_idle()
+        assert await audit.entries(service.store) == []
+    finally:
+        await service.stop()
 
 
 async def test_record_refuses_unknown_names_and_logs_the_actor_masked(api, caplog):
