@@ -48,8 +48,8 @@ from .ice import peek_ufrag
 from .limits import ROOM_FULL, SERVER_BUSY, TOO_MANY_TRACKS, LimitExceeded
 from .log import event
 from .plane import ForwardingPlane
-from .router import Consumer, Producer, Room
-from .transport import SDES_MID_URI, Transport
+from .router import Consumer, Producer, Router
+from .transport import Transport
 
 logger = logging.getLogger("sfu.engine")
 
@@ -94,19 +94,18 @@ class MediaEngine:
         else:
             from .plane_py import PythonPlane as plane_class
         self.plane: ForwardingPlane = plane_class(self, capture=capture)
+        # membership (rooms, producers, consumers, subscriptions) is the router's alone
+        self.router = Router(self.plane, self._consumer_attached)
         self._sock: socket.socket | None = None
         self.certificate = Certificate.generate()
         self.transports: dict[str, Transport] = {}
         self.by_ufrag: dict[str, Transport] = {}
         self.by_addr: dict[tuple, Transport] = {}
-        self.rooms: dict[str, Room] = {}
-        self.track_totals: Counter[str] = Counter()  # producers and consumers of all rooms (kept by Room)
         self.pending: dict[str, Transport] = {}  # sessions not connected yet, oldest first
         self.pending_by_room: dict[str, dict[str, Transport]] = {}  # the same by room
-        # plane ids (peers, streams, subscriptions) and what they name
+        # plane ids (peers, streams, subscriptions); the transport of each peer
         self._plane_ids = itertools.count(1)
         self.peers: dict[int, Transport] = {}
-        self.streams: dict[int, Producer] = {}
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self._listeners: list[Callable[[dict], None]] = []
@@ -166,7 +165,7 @@ class MediaEngine:
         tick in creation order, as when every transport ticked every time."""
         self._fold_counters()
         for stream in self.plane.take_dirty():  # streams that logged NACK events
-            producer = self.streams.get(stream)
+            producer = self.router.stream(stream)
             if producer is not None:
                 self.schedule(producer.transport, now)
         timers = self._timers
@@ -223,8 +222,7 @@ class MediaEngine:
         offers.validate(offer, role, creating=True)
         if role == "meeting" and subscriptions is None:
             subscriptions = {}
-        room = self.rooms.get(room_name) or Room(room_name, self.track_totals)
-        self._check_tracks(room, *offers.planned_tracks(offer, role))
+        self._check_tracks(room_name, *offers.planned_tracks(offer, role))
 
         first = next(m for m in offer.media if not m.rejected)
         dtls_role = "client" if first.setup == "passive" else "server"
@@ -240,7 +238,7 @@ class MediaEngine:
         consumers: list[Consumer] = []
         binds: list[tuple[Consumer, Producer | None]] = []
         for media in offer.media:
-            answer = self._negotiate(media, role, room, transport, producers, consumers, subscriptions, binds)
+            answer = self._negotiate(media, role, room_name, transport, producers, consumers, subscriptions, binds)
             answers.append(answer)
         if not producers and not consumers:
             raise sdp.SdpError(
@@ -252,18 +250,17 @@ class MediaEngine:
         answer_sdp = self._answer(transport, offer, answers)
 
         # commit: nothing above left state behind if it raised (the transport and its
-        # tracks are only built; the plane gets its peer here, its tracks in _add_tracks)
+        # tracks are only built; the router gives the plane its peer and tracks here)
         transport.sdp_version += 1
-        self.plane.add_peer(transport.plane_id)
+        self.router.open_session(transport)
         self.peers[transport.plane_id] = transport
-        self.rooms[room_name] = room
         self.transports[transport.id] = transport
         self.by_ufrag[transport.local_ufrag] = transport
         self.pending[transport.id] = transport
         self.pending_by_room.setdefault(room_name, {})[transport.id] = transport
         transport.order = next(self._transport_order)
         self.schedule(transport, now)
-        self._add_tracks(transport, room, producers, consumers, binds)
+        self._add_tracks(transport, producers, consumers, binds)
         event(logger, "session created", session=transport.id, room=room_name, role=role,
               tracks=len(producers) + len(consumers))
         self._emit(SessionCreated(room_name, transport.id, role))
@@ -293,10 +290,10 @@ class MediaEngine:
                 if not in_room:
                     del self.pending_by_room[transport.room_name]
 
-    def _check_tracks(self, room: Room, published: int, received: int,
+    def _check_tracks(self, room_name: str, published: int, received: int,
                       had_tracks: int = 0, had_published: int = 0) -> None:
         """LimitExceeded unless a session may hold ``published`` + ``received`` tracks
-        in ``room`` (it held ``had_tracks`` of them before this offer)."""
+        in the room (it held ``had_tracks`` of them before this offer)."""
         config = self.config
         tracks = published + received
         if 0 < config.max_session_published < published and published > had_published:
@@ -308,10 +305,11 @@ class MediaEngine:
         added = tracks - had_tracks
         if added <= 0:
             return
-        if 0 < config.max_room_tracks < room.track_count + added:
-            self._refuse(LimitExceeded(ROOM_FULL, f"room {room.name} is full: it has {room.track_count} tracks, "
+        in_room = self.router.track_count(room_name)
+        if 0 < config.max_room_tracks < in_room + added:
+            self._refuse(LimitExceeded(ROOM_FULL, f"room {room_name} is full: it has {in_room} tracks, "
                                                   f"at most {config.max_room_tracks} are allowed"))
-        total = self.track_totals["producers"] + self.track_totals["consumers"]
+        total = self.router.total_tracks
         if 0 < config.max_server_tracks < total + added:
             self._refuse(LimitExceeded(SERVER_BUSY, "the server is full (track limit reached): try again later",
                                        retry_after=SERVER_FULL_RETRY_AFTER))
@@ -336,30 +334,13 @@ class MediaEngine:
         return answer.replace(f"o=- {transport.sdp_session_id} 2 ",
                               f"o=- {transport.sdp_session_id} {transport.sdp_version + 1} ", 1)
 
-    def _add_tracks(self, transport: Transport, room: Room, producers: list[Producer],
-                    consumers: list[Consumer], binds: list[tuple[Consumer, Producer | None]]) -> None:
-        """Commit the tracks an accepted offer made (built by _negotiate, which changed nothing)."""
+    def _add_tracks(self, transport: Transport, producers: list[Producer], consumers: list[Consumer],
+                    binds: list[tuple[Consumer, Producer | None]]) -> None:
+        """Commit the tracks an accepted offer made (the router; built by _negotiate, which changed nothing)."""
+        self.router.add_tracks(transport, producers, consumers, binds)
         for producer in producers:
-            for ext_id, uri in producer.extensions.items():
-                if uri == SDES_MID_URI:
-                    transport.mid_ext_id = ext_id
-            producer.open(self.plane)  # the plane receives its SSRC from now on
-            self.streams[producer.plane_id] = producer
-            transport.producers.append(producer)
-            transport.producers_by_mid[producer.mid] = producer
-            if producer.ssrc is not None:
-                transport.producers_by_ssrc[producer.ssrc] = producer
-            room.add_producer(producer, self._consumer_attached)
-            self._emit(TrackPublished(room.name, transport.id, producer.kind, producer.codec.name, producer.id,
-                                      producer.mid))
-        for consumer in consumers:
-            consumer.open(self.plane)
-            transport.consumers.append(consumer)
-            transport.consumers_by_ssrc[consumer.ssrc] = consumer
-            room.add_consumer(consumer, self._consumer_attached)
-        for consumer, target in binds:
-            if target is not None and room.bind(consumer, target):
-                self._consumer_attached(consumer)
+            self._emit(TrackPublished(transport.room_name, transport.id, producer.kind, producer.codec.name,
+                                      producer.id, producer.mid))
 
     def _retire(self, producers, consumers) -> None:
         """Keep the traffic counts of tracks that go away, so per-kind totals never go down."""
@@ -373,39 +354,6 @@ class MediaEngine:
             stats["rtp_packets_forwarded_" + consumer.kind] += sent.packets_sent
             stats["rtp_bytes_forwarded_" + consumer.kind] += sent.octets_sent
             stats["rtx_sent_" + consumer.kind] += sent.retransmissions
-
-    def _remove_producer(self, transport: Transport, room: Room | None, producer: Producer,
-                         reason: CloseReason) -> None:
-        """Unpublish one track: its consumers are detached (explicit ones stay silent)."""
-        if producer in transport.producers:
-            self._retire((producer,), ())
-        if room is not None:
-            room.remove_producer(producer, self._consumer_attached)
-        producer.close()
-        self.streams.pop(producer.plane_id, None)
-        if producer in transport.producers:
-            transport.producers.remove(producer)
-        if transport.producers_by_mid.get(producer.mid) is producer:
-            del transport.producers_by_mid[producer.mid]
-        if producer.ssrc is not None and transport.producers_by_ssrc.get(producer.ssrc) is producer:
-            del transport.producers_by_ssrc[producer.ssrc]
-            if transport.srtp is not None:
-                transport.srtp.remove_inbound_stream(producer.ssrc)
-        self._emit(TrackUnpublished(transport.room_name, transport.id, producer.kind, producer.id, producer.mid,
-                                    reason))
-
-    def _remove_consumer(self, transport: Transport, room: Room | None, consumer: Consumer) -> None:
-        if consumer in transport.consumers:
-            self._retire((), (consumer,))
-        if room is not None:
-            room.remove_consumer(consumer)
-        consumer.close()
-        if consumer in transport.consumers:
-            transport.consumers.remove(consumer)
-        if transport.consumers_by_ssrc.get(consumer.ssrc) is consumer:
-            del transport.consumers_by_ssrc[consumer.ssrc]
-            if transport.srtp is not None:
-                transport.srtp.remove_outbound_stream(consumer.ssrc)
 
     def update_session(self, session_id: str, offer_sdp: str,
                        subscriptions: dict[str, str] | None = None) -> str:
@@ -431,8 +379,8 @@ class MediaEngine:
             if not {(a.lower(), v.upper()) for a, v in media.fingerprints} & remote_fingerprints:
                 raise sdp.SdpError("the offer changed its DTLS fingerprint")
         subscriptions = dict(subscriptions or {})
-        room = self.rooms.get(transport.room_name) or Room(transport.room_name, self.track_totals)
-        self._check_tracks(room, *offers.planned_tracks(offer, "meeting"),
+        room_name = transport.room_name
+        self._check_tracks(room_name, *offers.planned_tracks(offer, "meeting"),
                            had_tracks=len(transport.producers) + len(transport.consumers),
                            had_published=len(transport.producers))
         consumers_by_mid = {c.mid: c for c in transport.consumers}
@@ -456,9 +404,9 @@ class MediaEngine:
                 continue
             if (consumer is not None and not media.rejected and media.kind == consumer.kind
                     and media.direction == "recvonly"):
-                target = room.get_producer(subscriptions.get(media.mid))
+                target = self.router.producer(subscriptions.get(media.mid), room_name)
                 defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
-                prefs = room.codec_preference(media.kind, defaults)
+                prefs = self.router.codec_preference(room_name, media.kind, defaults)
                 if target is not None and target.kind == media.kind:
                     prefs = [offers.codec_preference(target.codec)] + prefs
                 codecs = sdp.select_codecs(media, prefs, SUBSCRIBER_FEEDBACK)
@@ -470,7 +418,7 @@ class MediaEngine:
                     extensions=consumer.extensions, ssrc=consumer.ssrc, rtx_ssrc=consumer.rtx_ssrc,
                     cname=consumer.cname, msid=consumer.msid))
                 continue
-            answers.append(self._negotiate(media, "meeting", room, transport, new_producers, new_consumers,
+            answers.append(self._negotiate(media, "meeting", room_name, transport, new_producers, new_consumers,
                                            subscriptions, binds))
         offers.check_ssrcs(new_producers, kept_producers)
         answer_sdp = self._answer(transport, offer, answers)
@@ -480,23 +428,27 @@ class MediaEngine:
         # publishing to receiving, an SSRC move to another mid)
         transport.sdp_version += 1
         kept_consumers = {c for c, _, _ in rebinds}
+        router = self.router
         for producer in [p for p in transport.producers if p not in kept_producers]:
-            self._remove_producer(transport, room, producer, CloseReason.UNPUBLISHED)
+            self._retire((producer,), ())
+            router.remove_producer(producer)
+            self._emit(TrackUnpublished(room_name, transport.id, producer.kind, producer.id, producer.mid,
+                                        CloseReason.UNPUBLISHED))
         for consumer in [c for c in transport.consumers if c not in kept_consumers]:
-            self._remove_consumer(transport, room, consumer)
-        self.rooms[room.name] = room
+            self._retire((), (consumer,))
+            router.remove_consumer(consumer)
         for consumer, codec, target in rebinds:
-            if codec.payload_type != consumer.codec.payload_type or codec.name != consumer.codec.name:
-                room.bind(consumer, None)
-                consumer.codec = codec
-            if consumer.producer is not target or target is None:
-                if room.bind(consumer, target):
-                    self._consumer_attached(consumer)
-        self._add_tracks(transport, room, new_producers, new_consumers, binds)
-        self.schedule(transport, self.now())  # new producers: their timers start
-        event(logger, "session updated", session=transport.id, room=room.name,
+            router.rebind(consumer, codec, target)
+        if transport.state == "connected":
+            # a new video SSRC is unknown to the client until it applied this answer: the
+            # plane holds it until a receiver report names it (Transport._probe)
+            for consumer in new_consumers:
+                consumer.confirmed = consumer.kind != "video" or consumer.rtx_ssrc is None
+        self._add_tracks(transport, new_producers, new_consumers, binds)
+        self.schedule(transport, self.now())  # new producers: their timers start; probes
+        event(logger, "session updated", session=transport.id, room=room_name,
               producers=len(transport.producers), consumers=len(transport.consumers))
-        self._emit(SessionUpdated(room.name, transport.id))
+        self._emit(SessionUpdated(room_name, transport.id))
         return answer_sdp
 
     def describe_session(self, session_id: str) -> dict | None:
@@ -513,20 +465,20 @@ class MediaEngine:
                           for c in transport.consumers},
         }
 
-    def _negotiate(self, media, role, room, transport, producers, consumers,
+    def _negotiate(self, media, role, room_name, transport, producers, consumers,
                    subscriptions: dict[str, str] | None = None, binds: list | None = None) -> sdp.AnswerMedia:
         reject = sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="inactive", codecs=[],
                                  extensions={}, rejected=True)
         if media.rejected or media.kind not in ("audio", "video"):
             return reject
         defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
-        prefs = room.codec_preference(media.kind, defaults)
+        prefs = self.router.codec_preference(room_name, media.kind, defaults)
         target = None
         explicit = role == "meeting" and media.direction == "recvonly"
         if role == "meeting":  # each section by its direction; recvonly ones bound explicitly
             role = "subscribe" if explicit else "publish"
         if explicit:
-            target = room.get_producer((subscriptions or {}).get(media.mid))
+            target = self.router.producer((subscriptions or {}).get(media.mid), room_name)
             if target is not None and target.kind == media.kind:
                 prefs = [offers.codec_preference(target.codec)] + prefs
         if role == "publish":
@@ -575,29 +527,20 @@ class MediaEngine:
         return session_id in self.transports
 
     def set_paused(self, session_id: str, paused: bool) -> bool:
-        transport = self.transports.get(session_id)
-        if transport is None:
+        if session_id not in self.transports:
             return False
-        for consumer in transport.consumers:
-            was = consumer.paused
-            consumer.held = paused
-            consumer.update_paused()
-            if was and not consumer.paused and consumer.stats().keyframe_wait:
-                self._consumer_attached(consumer)  # resumed video: ask for a keyframe at once
+        for consumer in self.router.hold(session_id, paused):
+            self._consumer_attached(consumer)  # resumed video: ask for a keyframe at once
         return True
 
     def pause_producer(self, producer_id: str, paused: bool) -> bool:
         """Hold (or resume) forwarding of one published track to every subscriber,
         present and future (a host mute); False if there is no such producer.
         Resuming video asks the publisher for a keyframe."""
-        transport = self.transports.get(producer_id.partition(":")[0]) if isinstance(producer_id, str) else None
-        room = self.rooms.get(transport.room_name) if transport is not None else None
-        producer = room.get_producer(producer_id) if room is not None else None
+        producer = self.router.producer(producer_id)
         if producer is None:
             return False
-        was = producer.paused
-        producer.set_paused(paused)
-        if was and not paused and producer.consumers:
+        if self.router.pause_producer(producer, paused):
             self.request_keyframe(producer, self.now())
         return True
 
@@ -605,9 +548,9 @@ class MediaEngine:
         self._fold_counters()
         return {
             "transports": len(self.transports),
-            "rooms": len(self.rooms),
-            "producers": self.track_totals["producers"],
-            "consumers": self.track_totals["consumers"],
+            "rooms": len(self.router.rooms),
+            "producers": self.router.totals["producers"],
+            "consumers": self.router.totals["consumers"],
             "connecting": len(self.pending),
             "stats": dict(self.stats),
             "drops": dict(self.drops),
@@ -619,37 +562,14 @@ class MediaEngine:
             return  # never committed (a refused offer's)
         self._connected_or_closed(transport)
         self._retire(transport.producers, transport.consumers)
-        for producer in transport.producers:
-            producer.close()
-            self.streams.pop(producer.plane_id, None)
-        for consumer in transport.consumers:
-            consumer.close()
-        self.plane.remove_peer(transport.plane_id)  # out of the plane's tables before its SRTP sessions go
+        for producer in self.router.close_session(transport):
+            self._emit(TrackUnpublished(transport.room_name, transport.id, producer.kind, producer.id,
+                                        producer.mid, reason))
         self.peers.pop(transport.plane_id, None)
         self.transports.pop(transport.id, None)
         self.by_ufrag.pop(transport.local_ufrag, None)
         if transport.addr is not None and self.by_addr.get(transport.addr) is transport:
             del self.by_addr[transport.addr]
-        room = self.rooms.get(transport.room_name)
-        if room is not None:
-            for producer in transport.producers:
-                room.remove_producer(producer, self._consumer_attached)
-                self._emit(TrackUnpublished(transport.room_name, transport.id, producer.kind, producer.id,
-                                            producer.mid, reason))
-            for consumer in transport.consumers:
-                room.remove_consumer(consumer)
-            if room.is_empty():
-                del self.rooms[room.name]
-        if transport.srtp is not None:
-            for producer in transport.producers:
-                if producer.ssrc is not None:
-                    transport.srtp.remove_inbound_stream(producer.ssrc)
-            for consumer in transport.consumers:
-                transport.srtp.remove_outbound_stream(consumer.ssrc)
-        transport.producers.clear()
-        transport.consumers.clear()
-        transport.producers_by_ssrc.clear()
-        transport.consumers_by_ssrc.clear()
         transport.srtp = None
         self._emit(SessionClosed(transport.room_name, transport.id, reason))
 
@@ -676,8 +596,14 @@ class MediaEngine:
         if consumer.plane is not None:
             self.plane.retransmit(consumer.plane_id, lost_seqs, now, consumer.nack_window())
 
+    def consumer_confirmed(self, consumer: Consumer, now: float) -> None:
+        """The subscriber receives a new consumer's SSRC (Transport._probe): forward it
+        from its producer's next keyframe, asked for now."""
+        if self.router.confirm(consumer):
+            self.stats["consumers_confirmed"] += 1
+
     def _consumer_attached(self, consumer: Consumer) -> None:
-        if consumer.transport.state == "connected" and consumer.producer is not None:
+        if consumer.transport.state == "connected" and consumer.producer is not None and consumer.confirmed:
             self.request_keyframe(consumer.producer, self.now())
 
     def request_keyframe(self, producer: Producer, now: float) -> None:
@@ -687,6 +613,15 @@ class MediaEngine:
             producer.transport.send_rtcp([packet])
         elif producer._keyframe_pending:  # throttled: Transport.tick sends it when due
             self.schedule(producer.transport, now)
+
+    @property
+    def rooms(self):
+        """The router's rooms by name (read-only)."""
+        return self.router.rooms
+
+    @property
+    def track_totals(self) -> Counter:
+        return self.router.totals
 
     def add_listener(self, callback: Callable[[EngineEvent], None]) -> None:
         """Call ``callback(event)`` for every engine event (sfu/events.py), on the engine's loop."""
@@ -754,16 +689,16 @@ class MediaEngine:
 
     # -- PlaneListener ---------------------------------------------------------------
     def unknown_ssrc(self, peer: int, ssrc: int, packet: bytes) -> bool:
-        """The plane met an SSRC it has no stream for: bind it by MID (Transport.learn_ssrc)."""
+        """The plane met an SSRC it has no stream for: bind it by MID (Router.learn_ssrc)."""
         transport = self.peers.get(peer)
         if transport is None or transport.state == "closed":
             return False
-        return transport.learn_ssrc(packet, ssrc) is not None
+        return self.router.learn_ssrc(transport.id, ssrc, packet) is not None
 
     def keyframe_needed(self, stream: int) -> None:
         """A subscriber held by the keyframe gate has waited KEYFRAME_RETRY seconds more:
         ask again (throttled as every request)."""
-        producer = self.streams.get(stream)
+        producer = self.router.stream(stream)
         if producer is not None and producer.room is not None:
             self.request_keyframe(producer, self.now())
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ._fast.datapath import Datapath
 from ._fast.packet import Rewriter
 from .plane import ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
-from .router import NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION
+from .tracks import NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION
 from .rtp import CODEC_OTHER
 from .srtp import PROFILES, SrtpPair
 

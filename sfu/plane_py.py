@@ -36,7 +36,7 @@ from pylibsrtp import Error as SrtpError
 
 from .plane import CLEAR, ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
 from .plane_py_state import Peer, Stream, Sub, address, build_rtx
-from .router import (
+from .tracks import (
     KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, NACK_DEDUPE_SLOTS,
 )
 from .rtp import CODEC_OTHER, is_keyframe, parse_rtp_header

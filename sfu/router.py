@@ -1,440 +1,104 @@
-"""Media objects of a room: Producer (a published track), Consumer (one
-subscriber's copy of a track), Room (who forwards to whom).
+"""The router: the one owner of membership (rooms, producers, consumers, who
+receives what) and the one place that commands the forwarding plane about it.
 
-Control plane only: the packets are received, cached, rewritten and sent by a
-forwarding plane (``sfu.plane``: the C data path or the pure-Python reference),
-which these objects command at the moments the control plane decides (a
-producer opened at commit adds its stream, a consumer attached binds its
-subscription, a pause pauses it). Everything in this module is driven by the
-engine with ``now`` passed in; it never touches a socket.
+- :class:`Router` holds the rooms of one worker (created by the first commit that
+  puts a track in them, deleted when the last goes), every session's tracks
+  (:class:`SessionTracks`, indexed by mid and SSRC) and every stream by its plane
+  id. The engine (sfu.engine) asks it to commit what a negotiation decided (add
+  or remove tracks, bind a consumer, hold, pause, close a session); the router
+  updates its indexes and gives the plane (sfu.plane) the matching commands:
+  ``add_peer``/``remove_peer``, ``add_stream``/``remove_stream`` (a producer whose
+  SSRC is known), ``add_subscription``/``remove_subscription``, ``bind`` (with the
+  payload-type and extension maps, the keyframe gate's codec and the RTX payload
+  type), ``set_paused``.
+- :class:`Room` is the index of one room (producers by id and codec, the
+  consumers of each producer, the automatic consumers waiting for a track); it
+  decides nothing on its own and commands nothing.
+- :class:`SessionTracks` is what one session publishes and receives, kept by the
+  router and read-only to everyone else: the transport (sfu.transport) reads it
+  for its RTCP (reports, NACKs, PLIs), never writes it.
+
+Producer, Consumer and NackBudget are in sfu.tracks (re-exported here). Nothing in
+this module touches a socket; ``now`` is passed in where it matters.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Iterable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, Mapping
 
-from . import rtcp
-from .plane import GAP, RECOVERED, ForwardingPlane, StreamStats, SubscriptionStats
+from . import rtp
+from .plane import ForwardingPlane
 from .rtp import CODEC_OTHER, codec_id
 from .sdp import Codec
+from .tracks import (
+    AUDIO_CACHE_BYTES, CACHE_SIZE, FORWARDED_EXTENSIONS, KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR,
+    NACK_BUDGET_FRACTION, NACK_DEDUPE_SLOTS, NACK_MAX_AGE, NACK_MAX_GAP, NACK_MAX_TRIES, NACK_RETRY_INTERVAL,
+    NACK_RTT_DEFAULT, NACK_RTT_MAX, NACK_RTT_MIN, NO_STREAM_STATS, NO_SUBSCRIPTION_STATS, VIDEO_CACHE_BYTES,
+    Consumer, NackBudget, Producer, _same_codec,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .transport import Transport
 
-CACHE_SIZE = 1024  # packets kept per published stream for NACK (power of two; <= sfu.srtp.TX_WINDOW)
-NACK_MAX_TRIES = 8
-NACK_RETRY_INTERVAL = 0.03  # seconds between two NACKs of the same packet
-NACK_MAX_AGE = 1.0  # give up on a packet lost this long ago
-NACK_MAX_GAP = 256  # a larger gap is a stream restart, not loss
+__all__ = [  # the router, and the track names other modules and tests import from here
+    "Router", "Room", "SessionTracks", "Producer", "Consumer", "NackBudget", "AUDIO_CACHE_BYTES", "CACHE_SIZE",
+    "FORWARDED_EXTENSIONS", "KEYFRAME_RETRY", "NACK_BUDGET_BURST", "NACK_BUDGET_FLOOR", "NACK_BUDGET_FRACTION",
+    "NACK_DEDUPE_SLOTS", "NACK_MAX_AGE", "NACK_MAX_GAP", "NACK_MAX_TRIES", "NACK_RETRY_INTERVAL",
+    "NACK_RTT_DEFAULT", "NACK_RTT_MAX", "NACK_RTT_MIN", "NO_STREAM_STATS", "NO_SUBSCRIPTION_STATS",
+    "VIDEO_CACHE_BYTES", "_same_codec",
+]
 
-# Answers to a subscriber's NACKs (NackBudget; the C data path does the same in
-# sfu._fast.datapath.Subscription.retransmit). Parsing keeps at most
-# rtcp.NACK_MAX_SEQS numbers per NACK ("nack_overflow" counts the rest).
-NACK_DEDUPE_SLOTS = 1024  # sequence numbers remembered per subscriber (= the C path's NACK_SLOTS)
-NACK_RTT_DEFAULT = 0.1  # seconds: a number is answered at most once per round trip; this without an RTT
-NACK_RTT_MIN = 0.05  # bounds of the subscriber's RTT estimate (RR LSR/DLSR, which the subscriber writes)
-NACK_RTT_MAX = 0.5
-NACK_BUDGET_FRACTION = 0.25  # retransmitted bytes <= this share of the bytes the stream received ...
-NACK_BUDGET_FLOOR = 4000.0  # ... plus this many bytes per second ...
-NACK_BUDGET_BURST = 32768.0  # ... from a bucket that holds at most this many bytes
-KEYFRAME_RETRY = 1.0  # seconds a subscriber held by the keyframe gate waits before asking again
-VIDEO_CACHE_BYTES = 512 * 1024  # packet cache per published stream (bytes, on the plane)
-AUDIO_CACHE_BYTES = 64 * 1024
-
-NO_STREAM_STATS = StreamStats(0, 0, None, -1, 0.0, None)
-NO_SUBSCRIPTION_STATS = SubscriptionStats(0, 0, 0, False, 0, 0, None, None, 0.0, None, False, 0, None)
-
-# Header extensions forwarded to subscribers (when both sides negotiated them).
-FORWARDED_EXTENSIONS = {
-    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-    "urn:3gpp:video-orientation",
-}
+SDES_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 
-def _same_codec(a: Codec, b: Codec) -> bool:
-    if a.name.lower() != b.name.lower() or a.clock_rate != b.clock_rate:
-        return False
-    if a.name.lower() == "h264":
-        pa = a.fmtp.get("profile-level-id", "42e01f")[:4].lower()
-        pb = b.fmtp.get("profile-level-id", "42e01f")[:4].lower()
-        return pa == pb
-    return True
+class SessionTracks:
+    """What one session (transport) publishes and receives, by mid and SSRC.
 
+    Kept by the :class:`Router` only; the attributes are tuples and read-only
+    mappings, so the transport and the tests can read them and nobody else writes
+    them."""
 
-class Producer:
-    """A track published into a room by one transport (control plane only: the packets
-    of its stream are received by the forwarding plane, sfu.plane).
+    __slots__ = ("session_id", "room_name", "producers", "consumers", "mid_ext_id", "_router", "_by_mid",
+                 "_by_ssrc", "_consumers", "_by_rtx", "producers_by_mid", "producers_by_ssrc",
+                 "consumers_by_ssrc")
 
-    ``plane_id`` names its stream on the plane; the stream exists from the commit that
-    opens it (``open``) once its SSRC is known (announced, or learnt from the MID
-    header extension: ``learn_ssrc``), until ``close``."""
-
-    def __init__(
-        self,
-        transport: "Transport",
-        kind: str,
-        mid: str,
-        codec: Codec,
-        ssrc: int | None,
-        extensions: dict[int, str],
-        plane_id: int = 0,
-    ) -> None:
-        self.id = f"{transport.id}:{mid}"
-        self.plane_id = plane_id
-        self.transport = transport
-        self.room: Room | None = None
-        self.kind = kind
-        self.mid = mid
-        self.codec = codec
-        self.ssrc = ssrc
-        self.extensions = extensions
+    def __init__(self, session_id: str, room_name: str, router: "Router | None" = None) -> None:
+        self.session_id = session_id
+        self.room_name = room_name
+        self._router = router
+        self.producers: tuple[Producer, ...] = ()  # in publish order
         self.consumers: tuple[Consumer, ...] = ()
-        self.plane: ForwardingPlane | None = None  # from open to close
-        self.streaming = False  # the plane has its stream
-        fb = set(codec.rtcp_fb)
-        self.supports_nack = "nack" in fb
-        self.supports_pli = "nack pli" in fb
-        self.supports_fir = "ccm fir" in fb
-        self.supports_remb = "goog-remb" in fb
-        self._expected_prior = 0
-        self._received_prior = 0
-        self.last_sr_ntp = 0
-        self.last_sr_time = 0.0
-        # NACK generator: extended seq -> [time first missed, tries, last request], fed by
-        # the plane's NACK log (drain_nack_log)
-        self.missing: dict[int, list[float]] = {}
-        # keyframe requests
-        self._last_keyframe_request = -1e9
-        self._keyframe_pending = False
-        self._fir_seq = 0
-        self.keyframe_requests_sent = 0
-        self.nacks_sent = 0
-        # forwarding held (a host muted it): every consumer of it is paused, also later ones
-        self.paused = False
+        self.mid_ext_id: int | None = None  # the MID header extension's id, when negotiated
+        self._by_mid: dict[str, Producer] = {}
+        self._by_ssrc: dict[int, Producer] = {}
+        self._consumers: dict[int, Consumer] = {}  # by its SSRC
+        self._by_rtx: dict[int, Consumer] = {}  # by its RTX SSRC
+        self.producers_by_mid: Mapping[str, Producer] = MappingProxyType(self._by_mid)
+        self.producers_by_ssrc: Mapping[int, Producer] = MappingProxyType(self._by_ssrc)
+        self.consumers_by_ssrc: Mapping[int, Consumer] = MappingProxyType(self._consumers)
 
-    # -- the forwarding plane ---------------------------------------------------
-    def open(self, plane: ForwardingPlane) -> None:
-        """Start receiving: called when the offer that made this producer is committed
-        (MediaEngine._add_tracks). Building one changes nothing on any plane, so a
-        refused offer leaves nothing behind."""
-        self.plane = plane
-        self._add_stream()
+    def subscribers(self, producer: Producer) -> tuple[Consumer, ...]:
+        """The consumers (of any session) that ``producer`` is forwarded to."""
+        return self._router.subscribers(producer) if self._router is not None else ()
 
-    def learn_ssrc(self, ssrc: int) -> None:
-        """Its SSRC, learnt from the MID header extension: the plane receives it from now on."""
-        self.ssrc = ssrc
-        self._add_stream()
-
-    def _add_stream(self) -> None:
-        plane = self.plane
-        if plane is None or self.streaming or self.ssrc is None:
-            return
-        plane.add_stream(self.plane_id, self.transport.plane_id, self.ssrc, self.codec.payload_type,
-                         self.codec.clock_rate, nack=self.supports_nack, nack_max_gap=NACK_MAX_GAP,
-                         cache_packets=CACHE_SIZE,
-                         cache_bytes=VIDEO_CACHE_BYTES if self.kind == "video" else AUDIO_CACHE_BYTES)
-        self.streaming = True
-        for consumer in self.consumers:
-            consumer.bind_plane()
-
-    def close(self) -> None:
-        """Unpublished: its SSRC is unknown to the plane again."""
-        if self.plane is not None and self.streaming:
-            self.plane.remove_stream(self.plane_id)
-        self.streaming = False
-        self.plane = None
-
-    def stats(self) -> StreamStats:
-        """Receive statistics of its stream (zeros before the plane has one)."""
-        if self.streaming:
-            return self.plane.stream_stats(self.plane_id)
-        return NO_STREAM_STATS
-
-    def drain_nack_log(self) -> None:
-        """Apply what the plane logged since the last call to ``missing``."""
-        if not self.streaming:
-            return
-        missing = self.missing
-        for kind, a, b, t in self.plane.drain_events(self.plane_id):
-            if kind == GAP:
-                for s in range(a, b):
-                    missing[s] = [t, 0, 0.0]
-            elif kind == RECOVERED:
-                missing.pop(a, None)
-            else:
-                missing.clear()
-
-    # -- feedback to the publisher ---------------------------------------------
-    def request_keyframe(self, now: float, throttle: float) -> rtcp.Pli | rtcp.Fir | None:
-        """A PLI (or FIR) to send now, or None when throttled (then sent later by poll_keyframe)."""
-        if self.kind != "video" or self.ssrc is None:
-            return None
-        if now - self._last_keyframe_request < throttle:
-            self._keyframe_pending = True
-            return None
-        self._last_keyframe_request = now
-        self._keyframe_pending = False
-        self.keyframe_requests_sent += 1
-        if self.supports_pli or not self.supports_fir:
-            return rtcp.Pli(sender_ssrc=self.transport.rtcp_ssrc, media_ssrc=self.ssrc)
-        self._fir_seq = (self._fir_seq + 1) & 0xFF
-        return rtcp.Fir(sender_ssrc=self.transport.rtcp_ssrc, entries=[(self.ssrc, self._fir_seq)])
-
-    def poll_keyframe(self, now: float, throttle: float):
-        if self._keyframe_pending:
-            return self.request_keyframe(now, throttle)
-        return None
-
-    def poll_nack(self, now: float) -> rtcp.Nack | None:
-        self.drain_nack_log()
-        if not self.missing or self.ssrc is None:
-            return None
-        lost = []
-        for ext, entry in list(self.missing.items()):
-            first, tries, last = entry
-            if now - first > NACK_MAX_AGE or tries >= NACK_MAX_TRIES:
-                del self.missing[ext]
-                continue
-            if now - last >= NACK_RETRY_INTERVAL:
-                entry[1] = tries + 1
-                entry[2] = now
-                lost.append(ext & 0xFFFF)
-        if not lost:
-            return None
-        self.nacks_sent += 1
-        return rtcp.Nack(sender_ssrc=self.transport.rtcp_ssrc, media_ssrc=self.ssrc, lost=lost)
-
-    def report_block(self, now: float) -> rtcp.ReportBlock | None:
-        """RFC 3550 §6.4.1 report block about this stream."""
-        self.drain_nack_log()
-        stats = self.stats()
-        if stats.base_ext_seq is None or self.ssrc is None:
-            return None
-        expected = stats.highest_ext_seq - stats.base_ext_seq + 1
-        lost = max(0, expected - stats.packets)
-        expected_interval = expected - self._expected_prior
-        received_interval = stats.packets - self._received_prior
-        self._expected_prior = expected
-        self._received_prior = stats.packets
-        lost_interval = expected_interval - received_interval
-        fraction = 0
-        if expected_interval > 0 and lost_interval > 0:
-            fraction = min(255, (lost_interval << 8) // expected_interval)
-        dlsr = 0
-        if self.last_sr_ntp:
-            dlsr = int((now - self.last_sr_time) * 65536) & 0xFFFFFFFF
-        return rtcp.ReportBlock(
-            ssrc=self.ssrc,
-            fraction_lost=fraction,
-            packets_lost=min(lost, 0x7FFFFF),
-            highest_sequence=stats.highest_ext_seq & 0xFFFFFFFF,
-            jitter=int(stats.jitter) & 0xFFFFFFFF,
-            lsr=rtcp.ntp_middle32(self.last_sr_ntp) if self.last_sr_ntp else 0,
-            dlsr=dlsr,
-        )
-
-    def set_consumers(self, consumers: Iterable["Consumer"]) -> None:
-        self.consumers = tuple(consumers)
-
-    def set_paused(self, paused: bool) -> None:
-        """Hold (or resume) forwarding of this track to all its consumers, present and future."""
-        self.paused = paused
-        for consumer in self.consumers:
-            consumer.update_paused()
-
-
-class Consumer:
-    """One subscriber's copy of a track: its own SSRC, numbering, PT and extension ids
-    (control plane only: ``plane_id`` names its subscription on the forwarding plane,
-    which holds the send state, from ``open`` to ``close``)."""
-
-    def __init__(
-        self,
-        transport: "Transport",
-        kind: str,
-        mid: str,
-        codec: Codec,
-        extensions: dict[int, str],
-        plane_id: int = 0,
-    ) -> None:
-        self.id = f"{transport.id}:{mid}"
-        self.plane_id = plane_id
-        self.transport = transport
-        self.kind = kind
-        self.mid = mid
-        self.codec = codec
-        self.extensions = extensions
-        self.ssrc = random.getrandbits(32) or 1
-        self.rtx_ssrc = (random.getrandbits(32) or 1) if codec.rtx_payload_type is not None else None
-        self.rtx_seq = random.getrandbits(16)  # where the RTX numbering starts
-        self.cname = transport.cname
-        self.msid = f"sfu-{transport.id} {kind}-{mid}"
-        self.producer: Producer | None = None
-        self.plane: ForwardingPlane | None = None  # from open to close
-        # bound by the control plane to one producer (meetings: Room.bind), never
-        # given "the newest track of its kind" by the room (WHEP viewers are)
-        self.explicit = False
-        self.paused = False  # what forwarding obeys: held, or its producer is paused
-        self.held = False  # paused by its subscriber's side (MediaEngine.set_paused)
-        # keyframe gate: a video consumer that starts, resumes or moves to another producer
-        # is sent nothing (and numbers nothing) until a packet starts a keyframe of its
-        # producer's codec (sfu.rtp.is_keyframe; CODEC_OTHER: no detector, never gated)
-        self.keyframe_codec = CODEC_OTHER
-        # where the output numbering starts (random, RFC 3550 §5.1), drawn here so that
-        # both planes start alike
-        self.initial_seq = random.getrandbits(15)
-        self.initial_ts = random.getrandbits(31)
-        self.last_report: rtcp.ReportBlock | None = None
-        # metrics (sfu.metrics): RTT from RR LSR/DLSR (RFC 3550 §6.4.1)
-        self.sr_sent: dict[int, float] = {}  # middle 32 bits of a translated SR's NTP time -> when sent
-        self.rtt: float | None = None
-
-    def open(self, plane: ForwardingPlane) -> None:
-        """Committed: the plane has its subscription (unbound until ``attach``)."""
-        self.plane = plane
-        rtx_pt = self.codec.rtx_payload_type
-        plane.add_subscription(self.plane_id, self.transport.plane_id, self.ssrc, self.codec.clock_rate,
-                               initial_seq=self.initial_seq, initial_ts=self.initial_ts,
-                               rtx_ssrc=self.rtx_ssrc or 0,
-                               rtx_payload_type=rtx_pt if self.rtx_ssrc is not None and rtx_pt is not None else -1,
-                               rtx_seq=self.rtx_seq)
-
-    def close(self) -> None:
-        if self.plane is not None:
-            self.plane.remove_subscription(self.plane_id)
-        self.plane = None
-
-    def stats(self) -> SubscriptionStats:
-        """Send statistics and numbering of its subscription (zeros before it has one)."""
-        if self.plane is not None:
-            return self.plane.subscription_stats(self.plane_id)
-        return NO_SUBSCRIPTION_STATS
-
-    def nack_window(self) -> float:
-        """Seconds before a NACKed number is answered again: the RTT, bounded (the
-        subscriber's reports set it, so a hostile one could claim zero)."""
-        rtt = self.rtt
-        if rtt is None:
-            return NACK_RTT_DEFAULT
-        return min(NACK_RTT_MAX, max(NACK_RTT_MIN, rtt))
-
-    def can_consume(self, producer: Producer) -> bool:
-        return producer.kind == self.kind and _same_codec(producer.codec, self.codec)
-
-    def attach(self, producer: Producer | None) -> None:
-        """Forward ``producer`` (or nothing): the plane's subscription is bound to its
-        stream (the keyframe gate armed for video), then paused or not as it is."""
-        self.producer = producer
-        self.keyframe_codec = codec_id(producer.codec.name) if producer is not None and self.kind == "video" \
-            else CODEC_OTHER
-        self.bind_plane()
-        self.update_paused()
-
-    def bind_plane(self) -> None:
-        """Bind the plane's subscription to the producer's stream (when the plane has it)."""
-        plane = self.plane
-        if plane is None:
-            return
-        producer = self.producer
-        if producer is None or not producer.streaming:
-            plane.bind(self.plane_id, None, {}, {}, CODEC_OTHER)
-            return
-        by_uri = {uri: i for i, uri in self.extensions.items() if uri in FORWARDED_EXTENSIONS}
-        plane.bind(self.plane_id, producer.plane_id, {producer.codec.payload_type: self.codec.payload_type},
-                   {i: by_uri[uri] for i, uri in producer.extensions.items() if uri in by_uri},
-                   self.keyframe_codec)
-
-    def update_paused(self) -> None:
-        """paused = held by the subscriber or its producer paused; on resume the plane
-        continues the output numbering where it stopped and re-arms the keyframe gate."""
-        paused = self.held or (self.producer is not None and self.producer.paused)
-        if paused != self.paused:
-            self.paused = paused
-            if self.plane is not None:
-                self.plane.set_paused(self.plane_id, paused)
-
-
-class NackBudget:
-    """What one subscriber may get back for its NACKs (RFC 4585 §6.2.1 leaves it to us).
-
-    - a sequence number answered less than a round trip ago (``window``) is not
-      answered again ("nack_repeat"): the table remembers the last
-      ``NACK_DEDUPE_SLOTS`` numbers, indexed by their low bits;
-    - retransmissions are paid from a token bucket of bytes (at most
-      ``NACK_BUDGET_BURST``), refilled on each NACK with ``NACK_BUDGET_FRACTION``
-      of the bytes the stream received since the previous one plus
-      ``NACK_BUDGET_FLOOR`` bytes per second; each cached packet costs its size as
-      received, and one the bucket cannot pay for is not sent ("nack_budget").
-
-    So a viewer gets back at most a quarter of the stream's bitrate (plus 32 kbit/s)
-    however many NACKs it sends. The C twin keeps the same fields in
-    ``Subscription`` and does the same arithmetic in the same order (the outputs
-    of both paths are compared byte for byte).
-    """
-
-    __slots__ = ("started", "tokens", "last_time", "last_bytes", "seqs", "times")
-
-    def __init__(self) -> None:
-        self.started = False
-        self.tokens = 0.0
-        self.last_time = 0.0
-        self.last_bytes = 0
-        self.seqs: list[int] | None = None  # allocated on the first answer
-        self.times: list[float] | None = None
-
-    def refill(self, received_bytes: int, now: float) -> None:
-        """Once per NACK, before its numbers: ``received_bytes`` is the stream's byte count."""
-        if not self.started:
-            self.started = True
-            self.tokens = NACK_BUDGET_BURST
-        else:
-            elapsed = now - self.last_time
-            if elapsed < 0:
-                elapsed = 0.0
-            received = received_bytes - self.last_bytes if received_bytes > self.last_bytes else 0
-            self.tokens = min(NACK_BUDGET_BURST, self.tokens + NACK_BUDGET_FRACTION * float(received)
-                              + NACK_BUDGET_FLOOR * elapsed)
-        self.last_bytes = received_bytes
-        self.last_time = now
-
-    def repeated(self, seq: int, now: float, window: float) -> bool:
-        if self.seqs is None:
-            return False
-        i = seq & (NACK_DEDUPE_SLOTS - 1)
-        return self.seqs[i] == seq and now - self.times[i] < window
-
-    def spend(self, size: int) -> bool:
-        if self.tokens < size:
-            return False
-        self.tokens -= size
-        return True
-
-    def answered(self, seq: int, now: float) -> None:
-        if self.seqs is None:
-            self.seqs = [-1] * NACK_DEDUPE_SLOTS
-            self.times = [0.0] * NACK_DEDUPE_SLOTS
-        i = seq & (NACK_DEDUPE_SLOTS - 1)
-        self.seqs[i] = seq
-        self.times[i] = now
+    def reported(self, ssrc: int) -> Consumer | None:
+        """The consumer that a receiver report block about ``ssrc`` (its SSRC or RTX SSRC) is about."""
+        return self._consumers.get(ssrc) or self._by_rtx.get(ssrc)
 
 
 class Room:
-    """The producers and consumers of one room; decides who receives what.
+    """The index of one room: its producers (by id, by codec, newest last), the
+    consumers of each producer, the automatic consumers (WHEP viewers) still
+    waiting for a track, by codec. Adding or removing a track costs O(1) plus the
+    consumers it hands over; ``codec_preference`` looks at one entry per codec.
+    Changed by the :class:`Router` only."""
 
-    Indexed so that nothing is a scan of the room: producers by id and by codec
-    (newest last), the consumers of each producer, the automatic consumers (WHEP
-    viewers) still waiting for a track, by codec. Adding or removing a track costs
-    O(1) plus the consumers it hands over; ``codec_preference`` looks at one entry
-    per codec. ``totals`` (the engine's, shared by its rooms) counts the tracks of
-    the whole server."""
-
-    def __init__(self, name: str, totals: Counter | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
         self.producers: dict[str, Producer] = {}  # id -> producer, in publish order
         self.consumers: dict[Consumer, None] = {}
-        self.totals: Counter = totals if totals is not None else Counter()
         self._by_codec: dict[tuple, dict[Producer, None]] = {}  # codec key -> producers, oldest first
         self._subscribers: dict[Producer, dict[Consumer, None]] = {}  # producer -> its consumers
         self._waiting: dict[tuple, dict[Consumer, None]] = {}  # codec key -> unbound automatic consumers
@@ -470,88 +134,7 @@ class Room:
                 out.append(name)
         return out
 
-    def add_producer(self, producer: Producer, on_attach: Callable[[Consumer], None]) -> None:
-        if producer.id in self.producers:
-            return
-        producer.room = self
-        self.producers[producer.id] = producer
-        self._published += 1
-        self._order[producer] = self._published
-        key = _codec_key(producer.kind, producer.codec)
-        self._by_codec.setdefault(key, {})[producer] = None
-        self._subscribers[producer] = {c: None for c in producer.consumers}
-        self.totals["producers"] += 1
-        waiting = self._waiting.get(key)
-        if not waiting:
-            return
-        served: set[int] = set()  # transports given this new track already (one section each)
-        for consumer in list(waiting):
-            transport = consumer.transport
-            if transport is producer.transport or id(transport) in served:
-                continue
-            served.add(id(transport))
-            self._attach(consumer, producer)
-            on_attach(consumer)
-
-    def remove_producer(self, producer: Producer, on_attach: Callable[[Consumer], None]) -> None:
-        if self.producers.get(producer.id) is producer:
-            del self.producers[producer.id]
-            self.totals["producers"] -= 1
-            key = _codec_key(producer.kind, producer.codec)
-            same = self._by_codec.get(key)
-            if same is not None:
-                same.pop(producer, None)
-                if not same:
-                    del self._by_codec[key]
-            self._order.pop(producer, None)
-        subscribers = self._subscribers.pop(producer, None)
-        consumers = list(subscribers) if subscribers is not None else list(producer.consumers)
-        producer.set_consumers(())
-        for consumer in consumers:
-            consumer.attach(None)
-            replacement = None if consumer.explicit else self._best_producer(consumer)
-            if replacement is not None:
-                self._attach(consumer, replacement)
-                on_attach(consumer)
-            else:
-                self._set_waiting(consumer)
-        producer.room = None
-
-    def add_consumer(self, consumer: Consumer, on_attach: Callable[[Consumer], None]) -> None:
-        if consumer in self.consumers:
-            return
-        self.consumers[consumer] = None
-        self.totals["consumers"] += 1
-        producer = None if consumer.explicit else self._best_producer(consumer)
-        if producer is not None:
-            self._attach(consumer, producer)
-            on_attach(consumer)
-        else:
-            self._set_waiting(consumer)
-
-    def remove_consumer(self, consumer: Consumer) -> None:
-        if consumer in self.consumers:
-            del self.consumers[consumer]
-            self.totals["consumers"] -= 1
-        self._unset_waiting(consumer)
-        self._detach(consumer)
-
-    def bind(self, consumer: Consumer, producer: Producer | None) -> bool:
-        """Forward exactly ``producer`` (or nothing) to an explicit consumer.
-        False, and the consumer left unbound, when it cannot carry that producer
-        (another kind or codec, its own track, or a producer not in this room)."""
-        current = consumer.producer
-        if current is producer:
-            return producer is not None
-        if current is not None:
-            self._detach(consumer)
-        if producer is None or producer.room is not self or producer.transport is consumer.transport \
-                or not consumer.can_consume(producer):
-            return False
-        self._attach(consumer, producer)
-        return True
-
-    def _best_producer(self, consumer: Consumer) -> Producer | None:
+    def best_producer(self, consumer: Consumer) -> Producer | None:
         """The newest compatible track that this consumer's transport does not already receive
         (a viewer offering two video sections gets the two newest video tracks)."""
         candidates = self._by_codec.get(_codec_key(consumer.kind, consumer.codec))
@@ -562,24 +145,6 @@ class Room:
             if producer.transport is not consumer.transport and producer not in taken:
                 return producer
         return None
-
-    def _attach(self, consumer: Consumer, producer: Producer) -> None:
-        self._unset_waiting(consumer)
-        consumer.attach(producer)
-        subscribers = self._subscribers.setdefault(producer, {})
-        subscribers[consumer] = None
-        producer.set_consumers(subscribers)
-
-    def _detach(self, consumer: Consumer) -> None:
-        producer = consumer.producer
-        if producer is not None:
-            subscribers = self._subscribers.get(producer)
-            if subscribers is not None:
-                subscribers.pop(consumer, None)
-                producer.set_consumers(subscribers)
-            else:
-                producer.set_consumers(c for c in producer.consumers if c is not consumer)
-        consumer.attach(None)
 
     def _set_waiting(self, consumer: Consumer) -> None:
         """An automatic consumer without a track waits for the next compatible one."""
@@ -593,6 +158,374 @@ class Room:
             del waiting[consumer]
             if not waiting:
                 del self._waiting[key]
+
+
+class Router:
+    """Rooms, sessions' tracks and subscriptions of one worker, and the plane commands
+    that follow from them. ``on_attach(consumer)`` is called when a consumer gets a
+    producer to forward (the engine asks the publisher for a keyframe)."""
+
+    def __init__(self, plane: ForwardingPlane | None, on_attach: Callable[[Consumer], None] = lambda c: None) -> None:
+        self.plane = plane
+        self._on_attach = on_attach
+        self._rooms: dict[str, Room] = {}
+        self.rooms: Mapping[str, Room] = MappingProxyType(self._rooms)
+        self._sessions: dict[str, SessionTracks] = {}
+        self._streams: dict[int, Producer] = {}  # plane stream id -> producer
+        self.totals: Counter[str] = Counter()  # producers and consumers of all rooms
+
+    # -- queries -------------------------------------------------------------------------
+    def tracks(self, session_id: str) -> SessionTracks | None:
+        return self._sessions.get(session_id)
+
+    def producer(self, producer_id: str | None, room_name: str | None = None) -> Producer | None:
+        """The producer of that id (``<session>:<mid>``), in ``room_name`` when given."""
+        if not isinstance(producer_id, str):
+            return None
+        session, _, mid = producer_id.partition(":")
+        tracks = self._sessions.get(session)
+        if tracks is None or (room_name is not None and tracks.room_name != room_name):
+            return None
+        producer = tracks.producers_by_mid.get(mid)
+        return producer if producer is not None and producer.room is not None else None
+
+    def stream(self, plane_id: int) -> Producer | None:
+        return self._streams.get(plane_id)
+
+    def subscribers(self, producer: Producer) -> tuple[Consumer, ...]:
+        room = producer.room
+        subscribers = room._subscribers.get(producer) if room is not None else None
+        return tuple(subscribers) if subscribers else ()
+
+    def codec_preference(self, room_name: str, kind: str, defaults: list[str]) -> list[str]:
+        room = self._rooms.get(room_name)
+        return room.codec_preference(kind, defaults) if room is not None else list(defaults)
+
+    def track_count(self, room_name: str) -> int:
+        room = self._rooms.get(room_name)
+        return room.track_count if room is not None else 0
+
+    @property
+    def total_tracks(self) -> int:
+        return self.totals["producers"] + self.totals["consumers"]
+
+    # -- sessions ------------------------------------------------------------------------
+    def open_session(self, transport: "Transport") -> SessionTracks:
+        """A committed session: the plane gets its peer, the transport its tracks (empty)."""
+        self.plane.add_peer(transport.plane_id)
+        tracks = SessionTracks(transport.id, transport.room_name, self)
+        self._sessions[transport.id] = tracks
+        transport.tracks = tracks
+        return tracks
+
+    def close_session(self, transport: "Transport") -> list[Producer]:
+        """Everything of a closed session goes (its consumers handed over or left waiting);
+        returns the producers it published."""
+        tracks = self._sessions.pop(transport.id, None)
+        if tracks is None:
+            return []
+        producers = list(tracks.producers)
+        for producer in producers:
+            self._remove_producer(tracks, producer)
+        for consumer in tracks.consumers:
+            self._remove_consumer(tracks, consumer)
+        self.plane.remove_peer(transport.plane_id)  # out of the plane's tables before its SRTP sessions go
+        self._tidy(tracks.room_name)
+        return producers
+
+    # -- commits ---------------------------------------------------------------------------
+    def add_tracks(self, transport: "Transport", producers: list[Producer], consumers: list[Consumer],
+                   binds: list[tuple[Consumer, Producer | None]]) -> None:
+        """Commit the tracks an accepted offer made (built by the negotiation, which
+        changed nothing): the plane receives the producers' SSRCs from now on, has the
+        consumers' subscriptions; automatic consumers get the newest track, explicit
+        ones what ``binds`` names."""
+        tracks = self._sessions[transport.id]
+        room = self._rooms.get(tracks.room_name)
+        if room is None:  # the one place a room is created
+            room = self._rooms[tracks.room_name] = Room(tracks.room_name)
+        for producer in producers:
+            for ext_id, uri in producer.extensions.items():
+                if uri == SDES_MID_URI:
+                    tracks.mid_ext_id = ext_id
+            producer.plane = self.plane
+            tracks.producers += (producer,)
+            tracks._by_mid[producer.mid] = producer
+            if producer.ssrc is not None:
+                tracks._by_ssrc[producer.ssrc] = producer
+            self._add_stream(producer)
+            self._add_producer(room, producer)
+        for consumer in consumers:
+            codec = consumer.codec
+            rtx_pt = codec.rtx_payload_type
+            self.plane.add_subscription(
+                consumer.plane_id, transport.plane_id, consumer.ssrc, codec.clock_rate,
+                initial_seq=consumer.initial_seq, initial_ts=consumer.initial_ts, rtx_ssrc=consumer.rtx_ssrc or 0,
+                rtx_payload_type=rtx_pt if consumer.rtx_ssrc is not None and rtx_pt is not None else -1,
+                rtx_seq=consumer.rtx_seq)
+            consumer.plane = self.plane
+            if not consumer.confirmed:
+                self._update_paused(consumer)  # held until the subscriber reports its SSRC
+            tracks.consumers += (consumer,)
+            tracks._consumers[consumer.ssrc] = consumer
+            if consumer.rtx_ssrc is not None:
+                tracks._by_rtx[consumer.rtx_ssrc] = consumer
+            room.consumers[consumer] = None
+            self.totals["consumers"] += 1
+            target = None if consumer.explicit else room.best_producer(consumer)
+            if target is not None:
+                self._attach(room, consumer, target)
+                self._on_attach(consumer)
+            else:
+                room._set_waiting(consumer)
+        for consumer, target in binds:
+            if target is not None:
+                self.bind(consumer, target)
+        self._tidy(tracks.room_name)
+
+    def remove_producer(self, producer: Producer) -> None:
+        """Unpublish one track: its consumers are handed over (automatic) or left silent (explicit)."""
+        tracks = self._sessions.get(producer.transport.id)
+        if tracks is not None:
+            self._remove_producer(tracks, producer)
+            self._tidy(tracks.room_name)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        tracks = self._sessions.get(consumer.transport.id)
+        if tracks is not None:
+            self._remove_consumer(tracks, consumer)
+            self._tidy(tracks.room_name)
+
+    def bind(self, consumer: Consumer, producer: Producer | None) -> bool:
+        """Forward exactly ``producer`` (or nothing) to an explicit consumer.
+        False, and the consumer left unbound, when it cannot carry that producer
+        (another kind or codec, its own track, or a producer not in its room)."""
+        room = self._rooms.get(consumer.transport.room_name)
+        current = consumer.producer
+        if current is producer:
+            return producer is not None
+        if current is not None and room is not None:
+            self._detach(room, consumer)
+        if producer is None or room is None or producer.room is not room \
+                or producer.transport is consumer.transport or not consumer.can_consume(producer):
+            return False
+        self._attach(room, consumer, producer)
+        self._on_attach(consumer)
+        return True
+
+    def rebind(self, consumer: Consumer, codec: Codec, producer: Producer | None) -> None:
+        """A renegotiated recvonly section: its codec (may change: the plane's RTX payload
+        type with it) and exactly ``producer``."""
+        if codec.payload_type != consumer.codec.payload_type or codec.name != consumer.codec.name:
+            self.bind(consumer, None)
+            consumer.codec = codec
+            self._bind_plane(consumer)
+        if consumer.producer is not producer or producer is None:
+            self.bind(consumer, producer)
+
+    def learn_ssrc(self, session_id: str, ssrc: int, plain: bytes) -> Producer | None:
+        """An SSRC the offer did not announce, bound by the MID header extension (``plain``
+        is the decrypted packet the plane met); the plane receives it from now on."""
+        tracks = self._sessions.get(session_id)
+        if tracks is None:
+            return None
+        if tracks.mid_ext_id is None:
+            if len(tracks.producers) == 1 and tracks.producers[0].ssrc is None:
+                producer = tracks.producers[0]
+            else:
+                return None
+        else:
+            try:
+                mid = rtp.get_extension(plain, tracks.mid_ext_id)
+            except ValueError:
+                return None
+            producer = tracks.producers_by_mid.get(mid.decode("ascii", "replace")) if mid else None
+            if producer is None or producer.ssrc is not None:
+                return None
+        tracks._by_ssrc[ssrc] = producer
+        producer.ssrc = ssrc
+        self._add_stream(producer)
+        return producer
+
+    def hold(self, session_id: str, paused: bool) -> list[Consumer]:
+        """Hold (or resume) everything a session receives; the video consumers resumed
+        and now waiting for a keyframe are returned (to ask their publishers for one)."""
+        tracks = self._sessions.get(session_id)
+        resumed = []
+        for consumer in tracks.consumers if tracks is not None else ():
+            was = consumer.paused
+            consumer.held = paused
+            self._update_paused(consumer)
+            if was and not consumer.paused and consumer.stats().keyframe_wait:
+                resumed.append(consumer)
+        return resumed
+
+    def pause_producer(self, producer: Producer, paused: bool) -> bool:
+        """Hold (or resume) one published track for all its consumers, present and future;
+        True when it resumed with consumers (the publisher is asked for a keyframe)."""
+        was = producer.paused
+        producer.paused = paused
+        subscribers = self.subscribers(producer)
+        for consumer in subscribers:
+            self._update_paused(consumer)
+        return was and not paused and bool(subscribers)
+
+    def confirm(self, consumer: Consumer) -> bool:
+        """The subscriber receives the consumer's SSRC (a receiver report names it, or
+        probing gave up): the plane forwards it from the producer's next keyframe."""
+        if consumer.confirmed:
+            return False
+        consumer.confirmed = True
+        consumer.probe_since = None
+        self._update_paused(consumer)
+        if consumer.producer is not None:
+            self._on_attach(consumer)
+        return True
+
+    # -- inside ------------------------------------------------------------------------------
+    def _tidy(self, room_name: str) -> None:
+        """The one place a room is deleted: when its last track went."""
+        room = self._rooms.get(room_name)
+        if room is not None and room.is_empty():
+            del self._rooms[room_name]
+
+    def _add_stream(self, producer: Producer) -> None:
+        plane = producer.plane
+        if plane is None or producer.streaming or producer.ssrc is None:
+            return
+        plane.add_stream(producer.plane_id, producer.transport.plane_id, producer.ssrc, producer.codec.payload_type,
+                         producer.codec.clock_rate, nack=producer.supports_nack, nack_max_gap=NACK_MAX_GAP,
+                         cache_packets=CACHE_SIZE,
+                         cache_bytes=VIDEO_CACHE_BYTES if producer.kind == "video" else AUDIO_CACHE_BYTES)
+        producer.streaming = True
+        self._streams[producer.plane_id] = producer
+        for consumer in self.subscribers(producer):
+            self._bind_plane(consumer)
+
+    def _add_producer(self, room: Room, producer: Producer) -> None:
+        if producer.id in room.producers:
+            return
+        producer.room = room
+        room.producers[producer.id] = producer
+        room._published += 1
+        room._order[producer] = room._published
+        key = _codec_key(producer.kind, producer.codec)
+        room._by_codec.setdefault(key, {})[producer] = None
+        room._subscribers[producer] = {}
+        self.totals["producers"] += 1
+        waiting = room._waiting.get(key)
+        if not waiting:
+            return
+        served: set[int] = set()  # transports given this new track already (one section each)
+        for consumer in list(waiting):
+            transport = consumer.transport
+            if transport is producer.transport or id(transport) in served:
+                continue
+            served.add(id(transport))
+            self._attach(room, consumer, producer)
+            self._on_attach(consumer)
+
+    def _remove_producer(self, tracks: SessionTracks, producer: Producer) -> None:
+        room = producer.room
+        if room is not None:
+            if room.producers.get(producer.id) is producer:
+                del room.producers[producer.id]
+                self.totals["producers"] -= 1
+                key = _codec_key(producer.kind, producer.codec)
+                same = room._by_codec.get(key)
+                if same is not None:
+                    same.pop(producer, None)
+                    if not same:
+                        del room._by_codec[key]
+                room._order.pop(producer, None)
+            for consumer in list(room._subscribers.pop(producer, ())):
+                consumer.producer = None  # already out of the producer's subscribers
+                self._set_producer(consumer, None)
+                replacement = None if consumer.explicit else room.best_producer(consumer)
+                if replacement is not None:
+                    self._attach(room, consumer, replacement)
+                    self._on_attach(consumer)
+                else:
+                    room._set_waiting(consumer)
+            producer.room = None
+        if producer.streaming:
+            self.plane.remove_stream(producer.plane_id)
+            self._streams.pop(producer.plane_id, None)
+            producer.streaming = False
+        producer.plane = None
+        tracks.producers = tuple(p for p in tracks.producers if p is not producer)
+        if tracks._by_mid.get(producer.mid) is producer:
+            del tracks._by_mid[producer.mid]
+        if producer.ssrc is not None and tracks._by_ssrc.get(producer.ssrc) is producer:
+            del tracks._by_ssrc[producer.ssrc]
+            producer.transport.forget_ssrc(producer.ssrc, inbound=True)
+
+    def _remove_consumer(self, tracks: SessionTracks, consumer: Consumer) -> None:
+        room = self._rooms.get(tracks.room_name)
+        if room is not None:
+            if consumer in room.consumers:
+                del room.consumers[consumer]
+                self.totals["consumers"] -= 1
+            room._unset_waiting(consumer)
+            self._detach(room, consumer)
+        if consumer.plane is not None:
+            self.plane.remove_subscription(consumer.plane_id)
+            consumer.plane = None
+        tracks.consumers = tuple(c for c in tracks.consumers if c is not consumer)
+        if tracks._consumers.get(consumer.ssrc) is consumer:
+            del tracks._consumers[consumer.ssrc]
+            consumer.transport.forget_ssrc(consumer.ssrc, inbound=False)
+        if consumer.rtx_ssrc is not None and tracks._by_rtx.get(consumer.rtx_ssrc) is consumer:
+            del tracks._by_rtx[consumer.rtx_ssrc]
+
+    def _attach(self, room: Room, consumer: Consumer, producer: Producer) -> None:
+        room._unset_waiting(consumer)
+        room._subscribers.setdefault(producer, {})[consumer] = None
+        self._set_producer(consumer, producer)
+
+    def _detach(self, room: Room, consumer: Consumer) -> None:
+        producer = consumer.producer
+        if producer is not None:
+            subscribers = room._subscribers.get(producer)
+            if subscribers is not None:
+                subscribers.pop(consumer, None)
+        self._set_producer(consumer, None)
+
+    def _set_producer(self, consumer: Consumer, producer: Producer | None) -> None:
+        """Forward ``producer`` (or nothing): the plane's subscription is bound to its
+        stream (the keyframe gate armed for video), then paused or not as it is."""
+        consumer.producer = producer
+        consumer.keyframe_codec = codec_id(producer.codec.name) if producer is not None and consumer.kind == "video" \
+            else CODEC_OTHER
+        self._bind_plane(consumer)
+        self._update_paused(consumer)
+
+    def _bind_plane(self, consumer: Consumer) -> None:
+        """Bind the plane's subscription to the producer's stream (when the plane has it)."""
+        if consumer.plane is None:
+            return
+        producer = consumer.producer
+        rtx_pt = consumer.codec.rtx_payload_type
+        rtx_pt = rtx_pt if rtx_pt is not None and consumer.rtx_ssrc is not None else -1
+        if producer is None or not producer.streaming:
+            self.plane.bind(consumer.plane_id, None, {}, {}, CODEC_OTHER, rtx_payload_type=rtx_pt)
+            return
+        by_uri = {uri: i for i, uri in consumer.extensions.items() if uri in FORWARDED_EXTENSIONS}
+        self.plane.bind(consumer.plane_id, producer.plane_id,
+                        {producer.codec.payload_type: consumer.codec.payload_type},
+                        {i: by_uri[uri] for i, uri in producer.extensions.items() if uri in by_uri},
+                        consumer.keyframe_codec, rtx_payload_type=rtx_pt)
+
+    def _update_paused(self, consumer: Consumer) -> None:
+        """paused = held by the subscriber, its producer paused, or not confirmed yet; on
+        resume the plane continues the output numbering where it stopped and re-arms
+        the keyframe gate."""
+        paused = consumer.held or not consumer.confirmed or (consumer.producer is not None
+                                                             and consumer.producer.paused)
+        if paused != consumer.paused:
+            consumer.paused = paused
+            if consumer.plane is not None:
+                self.plane.set_paused(consumer.plane_id, paused)
 
 
 def _codec_key(kind: str, codec: Codec) -> tuple:

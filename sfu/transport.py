@@ -4,10 +4,15 @@ A Transport combines the sans-I/O pieces: ICE-lite consent and addressing
 (:mod:`sfu.ice`), the DTLS handshake (:mod:`sfu.dtls`) and the SRTP sessions
 (:mod:`sfu.srtp`).  Its RTP is the forwarding plane's (``sfu.plane``): once
 DTLS is through, its SRTP keys go to the plane, and the transport keeps an SRTP
-session of its own for RTCP only. It handles RTCP for the producers it publishes
-and the consumers it receives. It holds no engine: it reports to a
-:class:`TransportHost` (what it sends, its timers, its counters, what happened
-to it, keyframe requests and NACKs to answer) and never touches a socket itself.
+session of its own for RTCP only (and the padding probes of consumers not
+confirmed yet, on their RTX SSRC: see ``sfu.tracks.Consumer.confirmed``).
+
+It handles RTCP for the producers it publishes and the consumers it receives,
+which it reads from ``tracks``: the read-only :class:`sfu.router.SessionTracks`
+that the router (sfu.router) keeps for it; it never changes membership. It holds
+no engine: it reports to a :class:`TransportHost` (what it sends, its timers, its
+counters, what happened to it, keyframe requests, NACKs to answer, consumers
+confirmed by a receiver report) and never touches a socket itself.
 """
 
 from __future__ import annotations
@@ -22,17 +27,20 @@ from typing import Protocol
 
 from pylibsrtp import Error as SrtpError
 
-from . import rtcp, rtp
+from . import rtcp
 from .dtls import Certificate, Closed, DtlsEndpoint, HandshakeComplete, HandshakeFailed
 from .events import CloseReason
 from .ice import IceLite
 from .log import event
-from .router import Consumer, Producer
+from .router import Consumer, Producer, SessionTracks
 from .srtp import PROFILES, SrtpPair
 
 logger = logging.getLogger("sfu.transport")
 
 SDES_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+PROBE_INTERVAL = 0.1  # seconds between two padding probes of a consumer not confirmed yet
+PROBE_TIMEOUT = 3.0  # seconds of probing without a receiver report: the consumer is confirmed anyway
+PROBE_PADDING = 32  # bytes of RTP padding in a probe
 # The DTLS endpoint frees its OpenSSL objects (~70 KiB) as soon as the handshake
 # completes and answers a retransmitted final flight from a stored copy; the
 # peer's close_notify is then not seen: ICE consent or signalling ends the
@@ -72,6 +80,10 @@ class TransportHost(Protocol):
 
     def retransmit(self, consumer: Consumer, lost_seqs: list[int], now: float) -> None:
         """A subscriber's NACK of these sequence numbers (its numbering)."""
+
+    def consumer_confirmed(self, consumer: Consumer, now: float) -> None:
+        """The subscriber receives the consumer's SSRC (a receiver report names it, or
+        probing timed out): forwarding may start."""
 
 
 class Transport:
@@ -120,12 +132,9 @@ class Transport:
         self.srtp: SrtpPair | None = None
         self.addr: tuple | None = None
         self.state = "new"  # new -> connected -> closed
-        self.producers: list[Producer] = []
-        self.producers_by_ssrc: dict[int, Producer] = {}
-        self.producers_by_mid: dict[str, Producer] = {}
-        self.mid_ext_id: int | None = None
-        self.consumers: list[Consumer] = []
-        self.consumers_by_ssrc: dict[int, Consumer] = {}
+        # what it publishes and receives: the router's (it replaces this empty one when
+        # the session is committed), read-only here
+        self.tracks = SessionTracks(self.id, room_name)
         self._next_report = now + 1.0
         # the host's timer heap (MediaEngine.schedule): when this transport ticks next
         self.timer_at = math.inf
@@ -133,6 +142,39 @@ class Transport:
         self._dtls_started = False
         self.rtcp_errors = 0
         self._rtcp_ssrcs: set[int] = set()  # unannounced RTCP senders whose SRTP stream is kept
+
+    # -- its tracks (the router's SessionTracks, read-only) -----------------------------
+    @property
+    def producers(self) -> tuple[Producer, ...]:
+        return self.tracks.producers
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        return self.tracks.consumers
+
+    @property
+    def producers_by_mid(self):
+        return self.tracks.producers_by_mid
+
+    @property
+    def producers_by_ssrc(self):
+        return self.tracks.producers_by_ssrc
+
+    @property
+    def consumers_by_ssrc(self):
+        return self.tracks.consumers_by_ssrc
+
+    @property
+    def mid_ext_id(self) -> int | None:
+        return self.tracks.mid_ext_id
+
+    def forget_ssrc(self, ssrc: int, inbound: bool) -> None:
+        """A track went (the router): its SSRC's state in the RTCP session goes too (~370 bytes)."""
+        if self.srtp is not None:
+            if inbound:
+                self.srtp.remove_inbound_stream(ssrc)
+            else:
+                self.srtp.remove_outbound_stream(ssrc)
 
     # -- sending ---------------------------------------------------------------
     def _flush_dtls(self) -> None:
@@ -227,26 +269,6 @@ class Transport:
               room=self.room_name, srtp_profile=profile)
         self.host.transport_connected(self, now)
 
-    def learn_ssrc(self, plain: bytes, ssrc: int) -> Producer | None:
-        """Bind an SSRC that the offer did not announce, using the MID header extension
-        (the plane met it: ``plain`` is the decrypted packet); the plane then has its stream."""
-        if self.mid_ext_id is None:
-            if len(self.producers) == 1 and self.producers[0].ssrc is None:
-                producer = self.producers[0]
-            else:
-                return None
-        else:
-            try:
-                mid = rtp.get_extension(plain, self.mid_ext_id)
-            except ValueError:
-                return None
-            producer = self.producers_by_mid.get(mid.decode("ascii", "replace")) if mid else None
-            if producer is None or producer.ssrc is not None:
-                return None
-        self.producers_by_ssrc[ssrc] = producer
-        producer.learn_ssrc(ssrc)
-        return producer
-
     def receive_rtcp(self, data: bytes, now: float) -> None:
         self.host.stats["rtcp_packets_received"] += 1
         self.host.stats["rtcp_bytes_received"] += len(data)
@@ -285,7 +307,7 @@ class Transport:
         producer.last_sr_ntp = sr.ntp_timestamp
         producer.last_sr_time = now
         # translate the SR for every subscriber so that their audio and video stay in sync
-        for consumer in producer.consumers:
+        for consumer in self.tracks.subscribers(producer):
             stats = consumer.stats()
             if not stats.synced:
                 continue
@@ -304,9 +326,14 @@ class Transport:
                 del sent[next(iter(sent))]
 
     def _on_receiver_report(self, rr, now: float) -> None:
+        tracks = self.tracks
         for block in rr.reports:
-            consumer = self.consumers_by_ssrc.get(block.ssrc)
-            if consumer is not None:
+            consumer = tracks.reported(block.ssrc)
+            if consumer is None:
+                continue
+            if not consumer.confirmed:  # the subscriber receives its SSRC (or its RTX SSRC's probes)
+                self.host.consumer_confirmed(consumer, now)
+            if block.ssrc == consumer.ssrc:
                 consumer.last_report = block
                 # RFC 3550 §6.4.1: RTT = arrival - LSR - DLSR (LSR echoes the SR we sent)
                 sent_at = consumer.sr_sent.get(block.lsr) if block.lsr else None
@@ -372,6 +399,38 @@ class Transport:
         if feedback:
             self.host.stats["nacks_sent"] += sum(isinstance(p, rtcp.Nack) for p in feedback)
             self.send_rtcp(feedback)
+        if self._probing(now):
+            self._probe(now)
+
+    # -- probes: consumers not confirmed yet ---------------------------------------------
+    def _probing(self, now: float) -> bool:
+        return any(not c.confirmed for c in self.tracks.consumers)
+
+    def _probe(self, now: float) -> None:
+        """A padding-only RTP packet on the RTX SSRC of each consumer not confirmed yet
+        (always the same one: the RTX numbering's start, which the plane never sends),
+        so that the subscriber's receiver report names it once it applied the answer;
+        after PROBE_TIMEOUT without one (a client that does not report it) it is
+        confirmed anyway. Nothing is decoded from padding, and no media is numbered."""
+        for consumer in self.tracks.consumers:
+            if consumer.confirmed:
+                continue
+            if consumer.probe_since is None:
+                consumer.probe_since = now
+            if now - consumer.probe_since >= PROBE_TIMEOUT or consumer.rtx_ssrc is None \
+                    or consumer.codec.rtx_payload_type is None:
+                self.host.consumer_confirmed(consumer, now)
+                continue
+            if self.addr is None or self.srtp is None:
+                continue
+            header = struct.pack("!BBHII", 0xA0, consumer.codec.rtx_payload_type, consumer.rtx_seq,
+                                 consumer.initial_ts, consumer.rtx_ssrc)
+            try:
+                data = self.srtp.protect(header + bytes(PROBE_PADDING - 1) + bytes([PROBE_PADDING]))
+            except (SrtpError, ValueError):
+                continue
+            self.host.send(data, self.addr)
+            self.host.stats["probes_sent"] += 1
 
     def next_timer(self, now: float) -> float:
         """When ``tick`` has something to do next; ``now`` means the next engine tick.
@@ -388,6 +447,8 @@ class Transport:
             return when
         if self._next_report < when:
             when = self._next_report
+        if self._probing(now) and now + PROBE_INTERVAL < when:
+            when = now + PROBE_INTERVAL
         throttle = self.keyframe_interval
         for producer in self.producers:
             if producer.missing:  # NACK retries are polled on every tick

@@ -135,7 +135,7 @@ def test_renegotiation_rebinds_and_unbinds_a_section(engine):
     engine.update_session(v.id, viewer.offer([("0", "video", "recvonly")]), {"0": b_video})
     assert engine.describe_session(v.id)["consumers"]["0"]["producer"] == b_video
     producer_a = engine.transports[a.id].producers_by_mid["1"]
-    assert producer_a.consumers == ()
+    assert engine.router.subscribers(producer_a) == ()
     engine.update_session(v.id, viewer.offer([("0", "video", "recvonly")]), {})
     assert engine.describe_session(v.id)["consumers"]["0"]["producer"] is None
     # subscribing to an unknown producer or to one's own track leaves it silent

@@ -13,7 +13,7 @@ from sfu import sdp
 from sfu.config import Config
 from sfu.engine import MediaEngine
 from sfu.limits import LimitExceeded
-from sfu.router import Consumer, Producer, Room
+from sfu.router import Consumer, Producer, Router
 from sfu.signaling import Signaling
 
 from .sdp_offers import OfferPeer
@@ -249,10 +249,28 @@ def test_signaling_maps_limits_to_protocol_errors():
 # -- the room's indexes -------------------------------------------------------------------
 
 class _Transport:
+    """What the router reads of a transport."""
+
     def __init__(self, name: str) -> None:
         self.id = self.cname = name
-        self.consumers: list = []
+        self.room_name = "r"
+        self.plane_id = 0
         self.rtcp_ssrc = 1
+        self.tracks = None  # the router's SessionTracks (open_session)
+
+    @property
+    def consumers(self):
+        return self.tracks.consumers
+
+    def forget_ssrc(self, ssrc: int, inbound: bool) -> None:
+        pass
+
+
+class _NullPlane:
+    """A forwarding plane that takes every command and does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def _codec(name: str, pt: int) -> sdp.Codec:
@@ -261,41 +279,44 @@ def _codec(name: str, pt: int) -> sdp.Codec:
 
 def test_room_indexes_agree_with_a_scan_after_random_churn():
     """Random publishes, subscriptions and leaves: every consumer of an automatic
-    viewer gets what a scan of the room would give it, producer.consumers is exactly
+    viewer gets what a scan of the room would give it, the router's subscribers are exactly
     who is attached, and codec_preference is the newest-first scan."""
 
     rng = random.Random(7)
-    room = Room("r")
+    router = Router(_NullPlane())
     producers: list[Producer] = []
     consumers: list[Consumer] = []
     for step in range(600):
         op = rng.random()
         if op < 0.3 or not producers:
             codec = _codec(rng.choice(["VP8", "vp8", "H264", "VP9"]), 96)
-            p = Producer(_Transport(f"p{step}"), "video", "0", codec, step + 1, {})
-            room.add_producer(p, lambda c: None)
+            t = _Transport(f"p{step}")
+            router.open_session(t)
+            p = Producer(t, "video", "0", codec, step + 1, {})
+            router.add_tracks(t, [p], [], [])
             producers.append(p)
         elif op < 0.65:
             t = _Transport(f"v{step}")
+            router.open_session(t)
             for mid in range(rng.randint(1, 3)):
                 c = Consumer(t, "video", str(mid), _codec(rng.choice(["VP8", "H264"]), 100), {})
-                t.consumers.append(c)
-                room.add_consumer(c, lambda c: None)
+                router.add_tracks(t, [], [c], [])
                 consumers.append(c)
         elif op < 0.85:
             p = producers.pop(rng.randrange(len(producers)))
-            room.remove_producer(p, lambda c: None)
+            router.close_session(p.transport)
         elif consumers:  # a viewer leaves with all its consumers
-            gone = consumers[rng.randrange(len(consumers))].transport.consumers
-            for c in gone:
+            t = consumers[rng.randrange(len(consumers))].transport
+            for c in t.consumers:
                 consumers.remove(c)
-                room.remove_consumer(c)
+            router.close_session(t)
         # invariants
-        assert list(room.producers.values()) == producers
-        assert set(room.consumers) == set(consumers)
+        room = router.rooms.get("r")
+        assert list(room.producers.values() if room else ()) == producers
+        assert set(room.consumers if room else ()) == set(consumers)
         for p in producers:
-            assert set(p.consumers) == {c for c in consumers if c.producer is p}
-            assert len(p.consumers) == len(set(p.consumers))
+            assert set(router.subscribers(p)) == {c for c in consumers if c.producer is p}
+            assert len(router.subscribers(p)) == len(set(router.subscribers(p)))
         for c in consumers:
             if c.producer is None:  # waiting: no compatible track its transport does not have yet
                 taken = {o.producer for o in c.transport.consumers if o is not c}
@@ -305,5 +326,5 @@ def test_room_indexes_agree_with_a_scan_after_random_churn():
         for name in names + ["AV1"]:
             if name.lower() not in (n.lower() for n in expected):
                 expected.append(name)
-        assert room.codec_preference("video", ["AV1"]) == expected
-    assert room.totals["producers"] == len(producers) and room.totals["consumers"] == len(consumers)
+        assert router.codec_preference("r", "video", ["AV1"]) == expected
+    assert router.totals["producers"] == len(producers) and router.totals["consumers"] == len(consumers)

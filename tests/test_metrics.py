@@ -308,8 +308,9 @@ def test_receiver_reports_become_histograms_once_each():
 
 
 def _fake_transport_for_rtcp(consumers):
-    return SimpleNamespace(consumers_by_ssrc={c.ssrc: c for c in consumers},
-                           producers_by_ssrc={}, engine=SimpleNamespace(stats=Counter()))
+    by_ssrc = {c.ssrc: c for c in consumers}
+    return SimpleNamespace(tracks=SimpleNamespace(reported=by_ssrc.get), producers_by_ssrc={},
+                           engine=SimpleNamespace(stats=Counter()))
 
 
 def test_transport_measures_rtt_from_lsr_and_dlsr():
@@ -317,9 +318,10 @@ def test_transport_measures_rtt_from_lsr_and_dlsr():
     sent = []
     sub = SimpleNamespace(send_rtcp=sent.append)
     stats = NO_SUBSCRIPTION_STATS._replace(synced=True, ts_delta=10, packets_sent=5, octets_sent=500)
-    c = SimpleNamespace(ssrc=0xABC, stats=lambda: stats, transport=sub, sr_sent={}, rtt=None, last_report=None)
+    c = SimpleNamespace(ssrc=0xABC, stats=lambda: stats, transport=sub, sr_sent={}, rtt=None, last_report=None,
+                        confirmed=True)
     prod = SimpleNamespace(consumers=(c,), last_sr_ntp=0, last_sr_time=0.0)
-    pub = SimpleNamespace(producers_by_ssrc={0x111: prod})
+    pub = SimpleNamespace(producers_by_ssrc={0x111: prod}, tracks=SimpleNamespace(subscribers=lambda p: p.consumers))
     ntp = (3_900_000_000 << 32) | 0x80000000
     sr = rtcp.SenderReport(ssrc=0x111, ntp_timestamp=ntp, rtp_timestamp=1000, packet_count=1, octet_count=1,
                            reports=[])
