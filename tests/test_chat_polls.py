@@ -344,3 +344,21 @@ def test_chat_flags_and_environment():
                     {"SFU_KEEP_CHAT": "1", "SFU_CHAT_PER_MINUTE": "6", "SFU_CHAT_MAX_CHARS": "9"})
     assert (cfg.keep_chat, cfg.chat_max_chars, cfg.chat_per_minute) == (True, 500, 6.0)
     assert from_args(parser.parse_args(["--keep-chat"]), {}).keep_chat is True
+
+
+async def test_a_server_stop_records_the_open_anonymous_polls(plain, history_db, tmp_path):
+    host = await join(plain, "h", "Hana", HOST)
+    ann = await join(plain, "ann", "Ann")
+    anon = (await host.request("poll_create", question="a?", options=["x", "y"], anonymous=True))["poll"]
+    await ann.request("poll_vote", poll_id=anon["poll_id"], choices=[1])
+    await plain.meetings.stop()  # ends the meeting, then closes the store: the polls' write runs first
+    store = HistoryStore.from_config(history_db, str(tmp_path))
+    await store.open()
+    try:
+        counts = await store._run(store.backend.query, "SELECT option_index, votes FROM poll_counts "
+                                  "WHERE poll_id = ? ORDER BY option_index", (anon["poll_id"],))
+        voters = await store._run(store.backend.query, "SELECT voter_identity FROM poll_voters", ())
+        closed = await store._run(store.backend.query, "SELECT closed_at FROM polls", ())
+    finally:
+        await store.close()
+    assert counts == [(0, 0), (1, 1)] and voters == [("ann",)] and closed[0][0] is not None
