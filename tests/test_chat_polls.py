@@ -362,3 +362,23 @@ async def test_a_server_stop_records_the_open_anonymous_polls(plain, history_db,
     finally:
         await store.close()
     assert counts == [(0, 0), (1, 1)] and voters == [("ann",)] and closed[0][0] is not None
+
+
+async def test_garbage_in_chat_and_poll_requests_gets_an_error_code_never_an_exception(plain):
+    import random
+
+    rng = random.Random(11)
+    host = await join(plain, "h", "Hana", HOST)
+    ann = await join(plain, "ann", "Ann")
+    poll_id = (await host.request("poll_create", question="q", options=["a", "b"], multiple=True))["poll"]["poll_id"]
+    values = [None, True, False, 0, -1, 1, 2**70, 1.5, "", "x", "\x00", "\ud800", [], {}, [0], [0, 0], [1, 0],
+              ["a", "b"], [{}], [[1]], {"0": 1}, poll_id, ann.participant.id, "x" * 5000]
+    fields = ["text", "to", "enabled", "question", "options", "multiple", "anonymous", "poll_id", "choices"]
+    for _ in range(600):
+        message = {k: rng.choice(values) for k in rng.sample(fields, rng.randint(0, len(fields)))}
+        message["type"] = rng.choice(["chat", "chat_enable", "poll_create", "poll_vote", "poll_close"])
+        who = rng.choice([host, ann])
+        response = await plain.handle(who.participant, {"id": 1, **message})
+        assert response["type"] == "response" and isinstance(response["ok"], bool)
+        if not response["ok"]:
+            assert response["code"] != "internal_error", (message, response)
