@@ -321,3 +321,13 @@ async def test_sfu_history_show_and_export_are_audited(history_db, tmp_path, cap
     assert [(r.actor_identity, r.action, r.object_id, r.detail) for r in reversed(rows)] == [
         ("hope", "read", "m-cli", "cli creator"), (audit.cli_admin(), "export", "m-cli", "cli admin json")]
     assert audit.cli_admin().startswith("cli:")
+
+
+def test_sfu_audit_without_its_database_says_so_in_one_line(tmp_path, capsys):
+    code = cli.main(["audit", "--db", "postgresql://bob:hunter2@127.0.0.1:1/db", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("sfu audit: history database") and len(err.strip().splitlines()) == 1
+    assert "hunter2" not in err
+    (tmp_path / "junk.sqlite3").write_bytes(b"not a database at all" * 100)
+    assert cli.main(["audit", "--db", str(tmp_path / "junk.sqlite3")]) == 3
+    assert "not a valid SQLite database" in capsys.readouterr().err
