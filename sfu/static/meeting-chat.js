@@ -29,8 +29,8 @@
   // ---- chat ------------------------------------------------------------------------------
   function showChatState() {
     const canSend = state.enabled || (api && api.host);
-    ui.status.textContent = (state.enabled ? "" : "A host turned chat off" + (api && api.host ? " (hosts can still write)." : "."))
-      + (state.kept ? " Chat is kept with the meeting's history." : "");
+    const off = "A host turned chat off" + (api && api.host ? " (hosts can still write)." : ".");
+    ui.status.textContent = (state.enabled ? "" : off) + (state.kept ? " Chat is kept with the meeting's history." : "");
     ui.chat.dataset.enabled = String(state.enabled);
     ui.text.disabled = ui.send.disabled = !canSend;
     ui.toggle.textContent = state.enabled ? "Turn chat off" : "Turn chat on";
@@ -83,7 +83,8 @@
 
   // ---- polls -----------------------------------------------------------------------------
   function pollEntry(poll) {
-    const entry = state.polls[poll.poll_id] || (state.polls[poll.poll_id] = { voted: false, choices: [], results: null });
+    const entry = state.polls[poll.poll_id]
+      || (state.polls[poll.poll_id] = { voted: false, choices: [], results: null });
     entry.poll = poll;
     return entry;
   }
@@ -103,7 +104,8 @@
     legend.textContent = poll.question;
     const kind = document.createElement("p");
     kind.className = "kind";
-    kind.textContent = [poll.anonymous ? "Anonymous: nobody, not even the server, knows what you chose; your vote is final"
+    kind.textContent = [poll.anonymous
+      ? "Anonymous: nobody, not even the server, knows what you chose; your vote is final"
       : "Named: hosts see who chose what; you may change your vote until it closes",
     poll.multiple ? "choose one or more" : "choose one", poll.open ? "open" : "closed"].join(" · ");
     const parts = [legend, kind];
@@ -152,7 +154,8 @@
       }
       const total = document.createElement("p");
       total.className = "total";
-      total.textContent = `${entry.results.voters} voted` + (poll.open ? " · only hosts see this while the poll is open" : "");
+      const hostsOnly = poll.open ? " · only hosts see this while the poll is open" : "";
+      total.textContent = `${entry.results.voters} voted${hostsOnly}`;
       parts.push(list, total);
     }
     box.replaceChildren(...parts);
