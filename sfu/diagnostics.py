@@ -11,10 +11,11 @@ media path) :class:`Diagnostics` reads the engine's counters
 - the **downlink**, what the participant's receiver reports (RTCP receiver reports,
   RFC 3550 §6.4.1): fraction lost and jitter per received track, and the round trip
   time measured from the SFU's sender reports (LSR/DLSR). Loss and jitter a track
-  already had when it reached the SFU (its publisher's uplink) are taken off, and a
-  report about a track that reaches the SFU with ``UPSTREAM_LOSSY`` percent loss or
-  more is left out: that loss is its publisher's, shown to the publisher, not to
-  everyone who receives the track.
+  already had when it reached the SFU (its publisher's uplink) are taken off, and the
+  reports about every track of a publisher one of whose tracks reached the SFU with
+  ``UPSTREAM_LOSSY`` percent loss or more in the last ``UPSTREAM_HOLD`` seconds are
+  left out: that loss (and the late, repaired packets that follow it) is the
+  publisher's, shown to the publisher, not to everyone who receives its tracks.
 
 Bitrates (kbit/s each way, from the byte counters) are reported as figures, not
 graded: a muted camera or a still picture sends little on a perfect link.
@@ -62,6 +63,7 @@ WORSE_AFTER = 2  # consecutive intervals before a level gets worse
 BETTER_AFTER = 3  # consecutive intervals before it gets better
 RECOVERY = 0.8  # better only below this share of the threshold
 UPSTREAM_LOSSY = 2.0  # percent: reports about a track that arrives this lossy are its publisher's
+UPSTREAM_HOLD = 10.0  # seconds a publisher stays "lossy" after its last lossy interval
 MIN_PACKETS = 10  # a track's loss counts from this many expected packets in the interval
 EMPTY_AFTER = 3  # intervals without any figure before a direction is unknown again
 
@@ -224,6 +226,7 @@ class Counters:
     def __init__(self) -> None:
         self.producers: dict[str, tuple[int, int, int]] = {}  # id -> (packets, expected, bytes)
         self.consumers: dict[str, tuple[int, Any]] = {}  # id -> (bytes, last report)
+        self.lossy_until: dict[str, float] = {}  # publishing session id -> end of its lossy hold
         self.time: float | None = None
 
 
@@ -236,7 +239,8 @@ def sample_interval(stats: list[dict], counters: Counters, now: float) -> dict[s
     prev_p, prev_c = counters.producers, counters.consumers
     next_p: dict[str, tuple[int, int, int]] = {}
     next_c: dict[str, tuple[int, Any]] = {}
-    upstream: dict[str, tuple[float | None, float]] = {}  # producer id -> (loss %, jitter ms)
+    upstream: dict[str, tuple[str, float | None, float]] = {}  # producer id -> (session, loss %, jitter ms)
+    lossy_until = {sid: t for sid, t in counters.lossy_until.items() if t > now}
     uplinks: dict[str, Sample] = {}
     for session in stats:
         losses, jitters, kbits = [], [], 0.0
@@ -255,7 +259,9 @@ def sample_interval(stats: list[dict], counters: Counters, now: float) -> dict[s
                 if received > 0:
                     jitters.append(jitter_ms)
                 kbits += (now_c[2] - old[2]) * 8 / 1000.0
-            upstream[pid] = (loss, jitter_ms)
+            upstream[pid] = (session["id"], loss, jitter_ms)
+        if losses and max(losses) >= UPSTREAM_LOSSY:
+            lossy_until[session["id"]] = now + UPSTREAM_HOLD
         uplinks[session["id"]] = Sample(loss=max(losses) if losses else None,
                                         jitter=max(jitters) if jitters else None,
                                         kbps=kbits / dt if dt and session["producers"] else None)
@@ -273,16 +279,16 @@ def sample_interval(stats: list[dict], counters: Counters, now: float) -> dict[s
             kbits += (c["bytes"] - old[0]) * 8 / 1000.0
             if report is None or report is old[1] or not c.get("attached"):
                 continue  # no new receiver report in this interval
-            up_loss, up_jitter = upstream.get(c.get("producer"), (None, 0.0))
+            publisher, up_loss, up_jitter = upstream.get(c.get("producer"), (None, None, 0.0))
             loss = 100.0 * report.fraction_lost / 256.0
-            if up_loss is None or up_loss < UPSTREAM_LOSSY:
+            if publisher not in lossy_until:
                 losses.append(max(0.0, loss - (up_loss or 0.0)))
                 jitters.append(max(0.0, report.jitter * 1000.0 / c["clock_rate"] - up_jitter))
         down = Sample(loss=max(losses) if losses else None, jitter=max(jitters) if jitters else None,
                       rtt=statistics.median(rtts) if rtts else None,
                       kbps=kbits / dt if dt and session["consumers"] else None)
         out[session["id"]] = (uplinks[session["id"]], down)
-    counters.producers, counters.consumers = next_p, next_c
+    counters.producers, counters.consumers, counters.lossy_until = next_p, next_c, lossy_until
     return out
 
 

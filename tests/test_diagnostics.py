@@ -158,10 +158,15 @@ def test_interval_figures_from_counters():
     third = [session("A", [producer("A:0", 290, 300)]),
              session("B", [], [consumer("B:1", "A:0", 30_000, second[1]["consumers"][0]["report"], rtt=0.05)])]
     assert sample_interval(third, counters, 14.0)["B"][1].loss is None
-    # A's track clean again; B reports 7 %, 1 % of it A's: 6 % is B's downlink; jitter minus A's
-    fourth = [session("A", [producer("A:0", 389, 400, 0, 0.002)]),
+    # A's track clean again, but A was lossy less than UPSTREAM_HOLD ago: B's reports on
+    # it (late repaired packets) are still left out
+    fourth = [session("A", [producer("A:0", 389, 390)]),
               session("B", [], [consumer("B:1", "A:0", 30_000, rr(7.0, 12.0), rtt=0.05)])]
-    down_b = sample_interval(fourth, counters, 16.0)["B"][1]
+    assert sample_interval(fourth, counters, 12.0 + d.UPSTREAM_HOLD - 0.5)["B"][1].loss is None
+    # past the hold: B reports 7 %, 1 % of it A's: 6 % is B's downlink; jitter minus A's
+    fifth = [session("A", [producer("A:0", 488, 490, 0, 0.002)]),
+             session("B", [], [consumer("B:1", "A:0", 30_000, rr(7.0, 12.0), rtt=0.05)])]
+    down_b = sample_interval(fifth, counters, 12.0 + d.UPSTREAM_HOLD + 1.5)["B"][1]
     assert down_b.loss == pytest.approx(7.03 - 1.0, abs=0.1) and down_b.jitter == pytest.approx(10.0, abs=0.1)
 
 
@@ -231,3 +236,18 @@ def test_a_failing_stats_source_costs_one_grading_not_the_timer():
     diag.watch("A", "alice")
     clock.advance(d.INTERVAL * 2)
     assert len(calls) == 2 and clock.pending()
+
+
+def test_reports_on_any_track_of_a_lossy_publisher_are_left_out():
+    """A's audio loses 20 % on its way in, its video (repaired by retransmissions) nothing:
+    B's report of loss on A's video is A's late repaired packets, not B's downlink."""
+    counters = Counters()
+
+    def stats(n, report):
+        return [session("A", [producer("A:0", n * 80 // 100, n), producer("A:1", 2 * n, 2 * n)]),
+                session("B", [], [consumer("B:2", "A:1", n, report, clock_rate=90000)])]
+
+    sample_interval(stats(100, None), counters, 0.0)
+    down = sample_interval(stats(200, rr(12.0, clock_rate=90000)), counters, 2.0)["B"][1]
+    assert down.loss is None and down.jitter is None
+    assert sample_interval(stats(300, rr(12.0)), counters, 4.0)["A"][0].loss == pytest.approx(20.0)
