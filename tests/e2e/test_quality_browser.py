@@ -18,8 +18,11 @@ as netem's ``loss`` would. Everything stays on loopback in the namespace."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -136,6 +139,16 @@ async def open_page(browser: Chromium, url: str) -> Tab:
     return tab
 
 
+def own_diagnostics(sfu, participant_id: str, token: str) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{sfu.url}/api/participants/{participant_id}/diagnostics",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 async def quality(tab: Tab) -> dict:
     return await tab.evaluate(
         "({...window.meetingState.quality, shown: document.getElementById('quality').textContent,"
@@ -143,11 +156,16 @@ async def quality(tab: Tab) -> dict:
 
 
 async def test_indicator_changes_on_the_shaped_page_only(dev_sfu, chromium):  # noqa: F811
-    url = dev_sfu.url + "/?autojoin=1&room=quality&name="
-    alice = await open_page(chromium, url + "Alice")
+    tokens = {name: dev_sfu.token("quality", identity=f"{name.lower()}@example.com", name=name)
+              for name in ("Alice", "Bob")}
+
+    def url(name):
+        return f"{dev_sfu.url}/?autojoin=1&room=quality&name={name}&token={tokens[name]}"
+
+    alice = await open_page(chromium, url("Alice"))
     assert await alice.wait_for("window.meetingState.joined || window.meetingState.error", 15), \
         await diagnose(alice, dev_sfu)
-    bob = await open_page(chromium, url + "Bob")
+    bob = await open_page(chromium, url("Bob"))
     for tab, other in ((alice, "Bob"), (bob, "Alice")):
         stats = await wait_media(tab, [other], MEDIA_TIMEOUT)
         by_name = {p["name"]: p for p in stats["participants"].values()}
@@ -177,6 +195,13 @@ async def test_indicator_changes_on_the_shaped_page_only(dev_sfu, chromium):  # 
         assert bob_q["level"] == "poor", (bob_q, dropped(), await diagnose(bob, dev_sfu))
         assert "loses" in bob_q["reason"] and "% of packets" in bob_q["reason"], bob_q
         assert bob_q["shown"].startswith("Connection: poor") and bob_q["reason"] in bob_q["shown"], bob_q
+        # his own diagnostics over the API, with his token; Alice's token may not read them
+        bob_id = await bob.evaluate("window.meetingState.participantId")
+        status, body = own_diagnostics(dev_sfu, bob_id, tokens["Bob"])
+        assert status == 200 and body["participant_id"] == bob_id, body
+        assert body["uplink"]["loss_percent"] >= 10, body
+        assert "127.0.0.1" not in json.dumps(body) and "bob@example.com" not in json.dumps(body), body
+        assert own_diagnostics(dev_sfu, bob_id, tokens["Alice"])[0] == 403
         # Alice's link is clean: her indicator stayed good all along (Bob's loss on the tracks
         # she receives from him is his uplink's, not her downlink's)
         for _ in range(12):  # a few more gradings with the loss on
