@@ -443,7 +443,7 @@ class MediaEngine:
             # a new video SSRC is unknown to the client until it applied this answer: the
             # plane holds it until a receiver report names it (Transport._probe)
             for consumer in new_consumers:
-                consumer.confirmed = consumer.kind != "video" or consumer.rtx_ssrc is None
+                consumer.confirmed = consumer.kind != "video" or consumer.codec.rtx_payload_type is None
         self._add_tracks(transport, new_producers, new_consumers, binds)
         self.schedule(transport, self.now())  # new producers: their timers start; probes
         event(logger, "session updated", session=transport.id, room=room_name,
@@ -506,6 +506,7 @@ class MediaEngine:
         codec = codecs[0]
         extensions = sdp.select_extensions(media, SUBSCRIBER_EXTENSIONS)
         consumer = Consumer(transport, media.kind, media.mid, codec, extensions, next(self._plane_ids))
+        consumer.report_ssrc = offers.media_ssrc(media)
         consumers.append(consumer)
         if explicit:
             consumer.explicit = True
@@ -599,7 +600,9 @@ class MediaEngine:
     def consumer_confirmed(self, consumer: Consumer, now: float) -> None:
         """The subscriber receives a new consumer's SSRC (Transport._probe): forward it
         from its producer's next keyframe, asked for now."""
-        if self.router.confirm(consumer):
+        if not consumer.confirmed:
+            consumer.transport.finish_probes(consumer)  # before any media of it
+            self.router.confirm(consumer)
             self.stats["consumers_confirmed"] += 1
 
     def _consumer_attached(self, consumer: Consumer) -> None:

@@ -42,6 +42,7 @@ NACK_BUDGET_FRACTION = 0.25  # retransmitted bytes <= this share of the bytes th
 NACK_BUDGET_FLOOR = 4000.0  # ... plus this many bytes per second ...
 NACK_BUDGET_BURST = 32768.0  # ... from a bucket that holds at most this many bytes
 KEYFRAME_RETRY = 1.0  # seconds a subscriber held by the keyframe gate waits before asking again
+PROBE_SEQS = 64  # sequence numbers kept before a consumer's numbering for its padding probes
 VIDEO_CACHE_BYTES = 512 * 1024  # packet cache per published stream (bytes, on the plane)
 AUDIO_CACHE_BYTES = 64 * 1024
 
@@ -243,18 +244,23 @@ class Consumer:
         self.paused = False  # what forwarding obeys: held, producer paused, or not confirmed
         self.held = False  # paused by its subscriber's side (MediaEngine.set_paused)
         # the subscriber is known to receive its SSRC (a receiver report names it, see
-        # Router.confirm); until then the plane holds it and the transport probes with
-        # padding on the RTX SSRC: a renegotiation's new SSRC is unknown to a client
-        # until it applied the answer, and what came before (a keyframe) would be lost
+        # Router.confirm); until then the plane holds it and the transport probes it with
+        # padding: a renegotiation's new SSRC is unknown to a client until it applied
+        # the answer, and what came before (the keyframe that opened the gate) is lost
         self.confirmed = True
         self.probe_since: float | None = None  # when probing began (the transport sets it)
+        self.probes_sent = 0
+        # the SSRC the offer's section announced, which its receiver sends its reports
+        # from (aiortc does; None: any report confirms)
+        self.report_ssrc: int | None = None
         # keyframe gate: a video consumer that starts, resumes or moves to another producer
         # is sent nothing (and numbers nothing) until a packet starts a keyframe of its
         # producer's codec (sfu.rtp.is_keyframe; CODEC_OTHER: no detector, never gated)
         self.keyframe_codec = CODEC_OTHER
         # where the output numbering starts (random, RFC 3550 §5.1), drawn here so that
         # both planes start alike
-        self.initial_seq = random.getrandbits(15)
+        # (above PROBE_SEQS: the padding probes go just before it without a wrap, Transport._probe)
+        self.initial_seq = PROBE_SEQS + random.getrandbits(15)
         self.initial_ts = random.getrandbits(31)
         self.last_report: rtcp.ReportBlock | None = None
         # metrics (sfu.metrics): RTT from RR LSR/DLSR (RFC 3550 §6.4.1)

@@ -5,7 +5,7 @@ A Transport combines the sans-I/O pieces: ICE-lite consent and addressing
 (:mod:`sfu.srtp`).  Its RTP is the forwarding plane's (``sfu.plane``): once
 DTLS is through, its SRTP keys go to the plane, and the transport keeps an SRTP
 session of its own for RTCP only (and the padding probes of consumers not
-confirmed yet, on their RTX SSRC: see ``sfu.tracks.Consumer.confirmed``).
+confirmed yet: see ``sfu.tracks.Consumer.confirmed`` and ``Transport._probe``).
 
 It handles RTCP for the producers it publishes and the consumers it receives,
 which it reads from ``tracks``: the read-only :class:`sfu.router.SessionTracks`
@@ -33,6 +33,7 @@ from .events import CloseReason
 from .ice import IceLite
 from .log import event
 from .router import Consumer, Producer, SessionTracks
+from .tracks import PROBE_SEQS
 from .srtp import PROFILES, SrtpPair
 
 logger = logging.getLogger("sfu.transport")
@@ -331,7 +332,9 @@ class Transport:
             consumer = tracks.reported(block.ssrc)
             if consumer is None:
                 continue
-            if not consumer.confirmed:  # the subscriber receives its SSRC (or its RTX SSRC's probes)
+            if not consumer.confirmed and consumer.report_ssrc in (None, rr.ssrc):
+                # the subscriber's receiver of that section receives the SSRC (another one
+                # of its receivers may have been handed the probes before it knew the SSRC)
                 self.host.consumer_confirmed(consumer, now)
             if block.ssrc == consumer.ssrc:
                 consumer.last_report = block
@@ -407,30 +410,51 @@ class Transport:
         return any(not c.confirmed for c in self.tracks.consumers)
 
     def _probe(self, now: float) -> None:
-        """A padding-only RTP packet on the RTX SSRC of each consumer not confirmed yet
-        (always the same one: the RTX numbering's start, which the plane never sends),
-        so that the subscriber's receiver report names it once it applied the answer;
-        after PROBE_TIMEOUT without one (a client that does not report it) it is
-        confirmed anyway. Nothing is decoded from padding, and no media is numbered."""
+        """The next padding-only packet on the SSRC of each consumer not confirmed yet,
+        with its codec's RTX payload type, so that the subscriber's receiver report
+        names the SSRC once it applied the answer; after PROBE_TIMEOUT without one (a
+        client that does not report it) it is confirmed anyway.
+
+        Nothing is decoded from a probe: it has no payload, and a receiver treats the
+        RTX payload type on a media SSRC as a retransmission it cannot map (even one
+        that a client hands it by payload type before it knew the SSRC: aiortc does).
+        The probes are numbered just before the plane's numbering (PROBE_SEQS of them,
+        ``finish_probes`` sends the rest), with the timestamp its first packet will
+        have: the subscriber sees one gapless stream. Their SRTP indexes are never the
+        plane's."""
         for consumer in self.tracks.consumers:
             if consumer.confirmed:
                 continue
             if consumer.probe_since is None:
                 consumer.probe_since = now
-            if now - consumer.probe_since >= PROBE_TIMEOUT or consumer.rtx_ssrc is None \
-                    or consumer.codec.rtx_payload_type is None:
+            if now - consumer.probe_since >= PROBE_TIMEOUT or consumer.probes_sent >= PROBE_SEQS:
+                self.host.stats["probe_timeouts"] += 1
+                event(logger, "consumer not confirmed by a receiver report", transport=self.id, mid=consumer.mid,
+                      ssrc=consumer.ssrc)
                 self.host.consumer_confirmed(consumer, now)
                 continue
-            if self.addr is None or self.srtp is None:
-                continue
-            header = struct.pack("!BBHII", 0xA0, consumer.codec.rtx_payload_type, consumer.rtx_seq,
-                                 consumer.initial_ts, consumer.rtx_ssrc)
-            try:
-                data = self.srtp.protect(header + bytes(PROBE_PADDING - 1) + bytes([PROBE_PADDING]))
-            except (SrtpError, ValueError):
-                continue
-            self.host.send(data, self.addr)
-            self.host.stats["probes_sent"] += 1
+            self._send_probe(consumer)
+
+    def finish_probes(self, consumer: Consumer) -> None:
+        """The consumer is confirmed: the rest of its probes, up to the plane's first
+        sequence number, so that the subscriber sees no gap (before any media of it)."""
+        if consumer.probes_sent:
+            while consumer.probes_sent < PROBE_SEQS:
+                self._send_probe(consumer)
+
+    def _send_probe(self, consumer: Consumer) -> None:
+        seq = (consumer.initial_seq - PROBE_SEQS + consumer.probes_sent) & 0xFFFF
+        consumer.probes_sent += 1
+        if self.addr is None or self.srtp is None:
+            return
+        header = struct.pack("!BBHII", 0xA0, consumer.codec.rtx_payload_type or 0, seq, consumer.initial_ts,
+                             consumer.ssrc)
+        try:
+            data = self.srtp.protect(header + bytes(PROBE_PADDING - 1) + bytes([PROBE_PADDING]))
+        except (SrtpError, ValueError):
+            return
+        self.host.send(data, self.addr)
+        self.host.stats["probes_sent"] += 1
 
     def next_timer(self, now: float) -> float:
         """When ``tick`` has something to do next; ``now`` means the next engine tick.
