@@ -1,4 +1,5 @@
-"""The media engine of one worker: one UDP socket, its transports and rooms.
+"""The media engine of one worker: one UDP socket, its transports, and the
+commands of the control plane.
 
 Its public surface is a small command interface, so that the control plane can
 later talk to it across a process boundary with the same calls:
@@ -18,10 +19,24 @@ later talk to it across a process boundary with the same calls:
 and events (the dataclasses of sfu/events.py) given to every listener added with
 ``add_listener(callback)``.
 
-The packets are a forwarding plane's (``self.plane``, sfu/plane.py: CPlane for
-``datapath="c"``, PythonPlane for ``"pure"``), given a command wherever the control
-plane decides who receives what; the engine is its listener (``slow_path``: STUN,
-DTLS, RTCP; ``unknown_ssrc``; ``keyframe_needed``) and its transports' host.
+Who owns what:
+
+- the engine owns the socket, the transports (by id, ICE username, address, plane
+  peer id), the timer heap, the limits (sessions connecting, tracks) and the
+  counters. It negotiates: an offer and the session's state give a plan (the
+  answer, the tracks to add, keep, rebind and remove) computed without side
+  effects (sfu.offers.Negotiator); only an accepted plan is committed, in one
+  step, so a refused offer changes nothing anywhere;
+- the router (``self.router``, sfu.router) alone owns membership: rooms,
+  producers, consumers, who receives what, with indexes by session, mid and
+  SSRC; the commit hands it the plan and it gives the forwarding plane the
+  commands (peer, stream, subscription, bind, pause, removals);
+- each transport (sfu.transport) owns its ICE, DTLS and RTCP SRTP state and
+  reports to the engine as its TransportHost; it reads its tracks from the
+  router's read-only SessionTracks;
+- the forwarding plane (``self.plane``, sfu/plane.py: CPlane for ``datapath="c"``,
+  PythonPlane for ``"pure"``) owns the packets; the engine is its listener
+  (``slow_path``: STUN, DTLS, RTCP; ``unknown_ssrc``; ``keyframe_needed``).
 """
 
 from __future__ import annotations
@@ -56,18 +71,6 @@ logger = logging.getLogger("sfu.engine")
 TICK_INTERVAL = 0.02  # seconds: DTLS timers, NACK generation, reports, consent (of the transports due)
 SERVER_FULL_RETRY_AFTER = 30.0  # seconds (Retry-After) when the server-wide track limit refuses a session
 
-PUBLISHER_EXTENSIONS = {
-    "urn:ietf:params:rtp-hdrext:sdes:mid",
-    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-    "urn:3gpp:video-orientation",
-}
-SUBSCRIBER_EXTENSIONS = {
-    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-    "urn:3gpp:video-orientation",
-}
-PUBLISHER_FEEDBACK = {"nack", "nack pli", "ccm fir", "goog-remb"}
-SUBSCRIBER_FEEDBACK = {"nack", "nack pli", "ccm fir"}
 
 
 @dataclass
@@ -96,6 +99,8 @@ class MediaEngine:
         self.plane: ForwardingPlane = plane_class(self, capture=capture)
         # membership (rooms, producers, consumers, subscriptions) is the router's alone
         self.router = Router(self.plane, self._consumer_attached)
+        self._plane_ids = itertools.count(1)  # plane ids (peers, streams, subscriptions)
+        self.negotiator = offers.Negotiator(config, self.router, lambda: next(self._plane_ids))
         self._sock: socket.socket | None = None
         self.certificate = Certificate.generate()
         self.transports: dict[str, Transport] = {}
@@ -103,9 +108,7 @@ class MediaEngine:
         self.by_addr: dict[tuple, Transport] = {}
         self.pending: dict[str, Transport] = {}  # sessions not connected yet, oldest first
         self.pending_by_room: dict[str, dict[str, Transport]] = {}  # the same by room
-        # plane ids (peers, streams, subscriptions); the transport of each peer
-        self._plane_ids = itertools.count(1)
-        self.peers: dict[int, Transport] = {}
+        self.peers: dict[int, Transport] = {}  # plane peer id -> transport
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self._listeners: list[Callable[[dict], None]] = []
@@ -233,13 +236,8 @@ class MediaEngine:
                               publisher_bitrate=config.publisher_bitrate, remote_pwd=first.ice_pwd,
                               plane_id=next(self._plane_ids))
 
-        answers: list[sdp.AnswerMedia] = []
-        producers: list[Producer] = []
-        consumers: list[Consumer] = []
-        binds: list[tuple[Consumer, Producer | None]] = []
-        for media in offer.media:
-            answer = self._negotiate(media, role, room_name, transport, producers, consumers, subscriptions, binds)
-            answers.append(answer)
+        plan = self.negotiator.plan(offer, role, transport, subscriptions)
+        answers, producers, consumers, binds = plan.answers, plan.producers, plan.consumers, plan.binds
         if not producers and not consumers:
             raise sdp.SdpError(
                 "offer has no audio or video track to publish" if role == "publish"
@@ -336,7 +334,7 @@ class MediaEngine:
 
     def _add_tracks(self, transport: Transport, producers: list[Producer], consumers: list[Consumer],
                     binds: list[tuple[Consumer, Producer | None]]) -> None:
-        """Commit the tracks an accepted offer made (the router; built by _negotiate, which changed nothing)."""
+        """Commit the tracks an accepted offer made (the router; built by the negotiator, which changed nothing)."""
         self.router.add_tracks(transport, producers, consumers, binds)
         for producer in producers:
             self._emit(TrackPublished(transport.room_name, transport.id, producer.kind, producer.codec.name,
@@ -383,43 +381,10 @@ class MediaEngine:
         self._check_tracks(room_name, *offers.planned_tracks(offer, "meeting"),
                            had_tracks=len(transport.producers) + len(transport.consumers),
                            had_published=len(transport.producers))
-        consumers_by_mid = {c.mid: c for c in transport.consumers}
-        answers: list[sdp.AnswerMedia] = []
-        new_producers: list[Producer] = []
-        new_consumers: list[Consumer] = []
-        binds: list[tuple[Consumer, Producer | None]] = []
-        kept_producers: set[Producer] = set()
-        rebinds: list[tuple[Consumer, sdp.Codec, Producer | None]] = []
-        for media in offer.media:
-            producer = transport.producers_by_mid.get(media.mid)
-            consumer = consumers_by_mid.get(media.mid)
-            if (producer is not None and not media.rejected and media.kind == producer.kind
-                    and media.direction in ("sendonly", "sendrecv")):
-                codecs = sdp.select_codecs(media, [offers.codec_preference(producer.codec)], PUBLISHER_FEEDBACK)
-                if not codecs or codecs[0].payload_type != producer.codec.payload_type:
-                    raise sdp.SdpError(f"m={media.kind} mid {media.mid}: a published track cannot change codec")
-                kept_producers.add(producer)
-                answers.append(sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="recvonly",
-                                               codecs=[producer.codec], extensions=producer.extensions))
-                continue
-            if (consumer is not None and not media.rejected and media.kind == consumer.kind
-                    and media.direction == "recvonly"):
-                target = self.router.producer(subscriptions.get(media.mid), room_name)
-                defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
-                prefs = self.router.codec_preference(room_name, media.kind, defaults)
-                if target is not None and target.kind == media.kind:
-                    prefs = [offers.codec_preference(target.codec)] + prefs
-                codecs = sdp.select_codecs(media, prefs, SUBSCRIBER_FEEDBACK)
-                if not codecs:
-                    raise sdp.SdpError(f"m={media.kind} mid {media.mid}: no codec in common")
-                rebinds.append((consumer, codecs[0], target))
-                answers.append(sdp.AnswerMedia(
-                    mid=media.mid, kind=media.kind, direction="sendonly", codecs=[codecs[0]],
-                    extensions=consumer.extensions, ssrc=consumer.ssrc, rtx_ssrc=consumer.rtx_ssrc,
-                    cname=consumer.cname, msid=consumer.msid))
-                continue
-            answers.append(self._negotiate(media, "meeting", room_name, transport, new_producers, new_consumers,
-                                           subscriptions, binds))
+        plan = self.negotiator.plan_update(offer, transport, subscriptions)
+        new_producers, new_consumers, binds = plan.producers, plan.consumers, plan.binds
+        kept_producers, rebinds = plan.kept, plan.rebinds
+        answers = plan.answers
         offers.check_ssrcs(new_producers, kept_producers)
         answer_sdp = self._answer(transport, offer, answers)
 
@@ -464,57 +429,6 @@ class MediaEngine:
             "consumers": {c.mid: {"kind": c.kind, "producer": c.producer.id if c.producer else None}
                           for c in transport.consumers},
         }
-
-    def _negotiate(self, media, role, room_name, transport, producers, consumers,
-                   subscriptions: dict[str, str] | None = None, binds: list | None = None) -> sdp.AnswerMedia:
-        reject = sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="inactive", codecs=[],
-                                 extensions={}, rejected=True)
-        if media.rejected or media.kind not in ("audio", "video"):
-            return reject
-        defaults = self.config.audio_codecs if media.kind == "audio" else self.config.video_codecs
-        prefs = self.router.codec_preference(room_name, media.kind, defaults)
-        target = None
-        explicit = role == "meeting" and media.direction == "recvonly"
-        if role == "meeting":  # each section by its direction; recvonly ones bound explicitly
-            role = "subscribe" if explicit else "publish"
-        if explicit:
-            target = self.router.producer((subscriptions or {}).get(media.mid), room_name)
-            if target is not None and target.kind == media.kind:
-                prefs = [offers.codec_preference(target.codec)] + prefs
-        if role == "publish":
-            if media.direction not in ("sendonly", "sendrecv"):
-                return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="inactive",
-                                       codecs=sdp.select_codecs(media, prefs, PUBLISHER_FEEDBACK)[:1],
-                                       extensions={}, rejected=False)
-            codecs = sdp.select_codecs(media, prefs, PUBLISHER_FEEDBACK)
-            if not codecs:
-                return reject
-            codec = codecs[0]
-            codec.rtx_payload_type = None  # publishers retransmit on the media SSRC
-            extensions = sdp.select_extensions(media, PUBLISHER_EXTENSIONS)
-            ssrc = offers.media_ssrc(media)
-            producer = Producer(transport, media.kind, media.mid, codec, ssrc, extensions, next(self._plane_ids))
-            producers.append(producer)
-            return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="recvonly",
-                                   codecs=[codec], extensions=extensions)
-        # subscribe
-        if media.direction not in ("recvonly", "sendrecv"):
-            return reject
-        codecs = sdp.select_codecs(media, prefs, SUBSCRIBER_FEEDBACK)
-        if not codecs:
-            return reject
-        codec = codecs[0]
-        extensions = sdp.select_extensions(media, SUBSCRIBER_EXTENSIONS)
-        consumer = Consumer(transport, media.kind, media.mid, codec, extensions, next(self._plane_ids))
-        consumer.report_ssrc = offers.media_ssrc(media)
-        consumers.append(consumer)
-        if explicit:
-            consumer.explicit = True
-            if binds is not None:
-                binds.append((consumer, target))
-        return sdp.AnswerMedia(mid=media.mid, kind=media.kind, direction="sendonly", codecs=[codec],
-                               extensions=extensions, ssrc=consumer.ssrc, rtx_ssrc=consumer.rtx_ssrc,
-                               cname=consumer.cname, msid=consumer.msid)
 
     def close_session(self, session_id: str, reason: CloseReason | str = CloseReason.CLIENT) -> bool:
         """Close a session; ``reason`` is a CloseReason (or its value). False if there is none."""

@@ -2,7 +2,10 @@
 what the data path tells back.
 
 The control plane (``sfu.engine``, ``sfu.router``, ``sfu.transport``) decides who
-receives what; a forwarding plane moves the packets. It owns the UDP socket's
+receives what; a forwarding plane moves the packets. The router (sfu.router) gives
+every membership command (streams, subscriptions, bind, pause, removals), the
+engine the peer's address and keys, retransmissions and the reads (stats,
+counters, NACK log, latency, send queue). It owns the UDP socket's
 receive loop, the SRTP sessions used for RTP, the receive statistics, the packet
 cache, the fan-out with its rewriting, the keyframe gate and the answers to NACKs.
 The control plane never sees an RTP packet of a known stream.
@@ -170,7 +173,7 @@ class ForwardingPlane(ABC):
     def retransmit(self, sub: int, seqs: list[int], now: float, window: float) -> None:
         """Answer a NACK of the subscriber (``seqs`` in its numbering) from the bound stream's
         cache, as RTX when the subscription has an RTX SSRC and payload type, within its
-        NACK budget (``sfu.router.NackBudget``): a number at most once per ``window``
+        NACK budget (``sfu.tracks.NackBudget``): a number at most once per ``window``
         seconds ("nack_repeat"), bytes within the budget ("nack_budget"); misses count
         "nack_misses"."""
 

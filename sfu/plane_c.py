@@ -5,6 +5,10 @@ A thin adapter: the control plane's integer ids name the C objects (``Peer``,
 map back to ids), a subscription has its own ``sfu._fast.packet.Rewriter``, and
 each stream's fan-out tuple (``Stream.set_subscriptions``) is kept here in bind
 order. Per packet nothing here runs: the C path receives, rewrites and sends.
+
+It owns the C objects and the libsrtp sessions it is given (``set_keys``; a
+removed stream or subscription takes its SSRC's libsrtp state with it); the
+control plane owns who they are for (sfu.router).
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ bytes, counts the same counters and keeps the same statistics and NACK log
                      (sfu.rtp.Rewriter), padding-only timestamp hold, protect, send
 
 Subscriptions answer NACKs (``retransmit``) from the stream's cache within the
-budget of ``sfu.router.NackBudget``, as RTX (RFC 4588 §4) when negotiated.
+budget of ``sfu.tracks.NackBudget``, as RTX (RFC 4588 §4) when negotiated
+(the RTX payload type can change with ``bind``). It owns its peers, streams and
+subscriptions with their state (sfu/plane_py_state.py) and their libsrtp
+sessions; the control plane owns who they are for (sfu.router).
 
 Sockets: ``open`` reads the non-blocking UDP socket with ``loop.add_reader`` and
 sends with ``sendto``; when the kernel's buffer is full, datagrams wait in a

@@ -220,7 +220,7 @@ class Sub:
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
-        # the NACK budget (sfu.router.NackBudget, field for field)
+        # the NACK budget (sfu.tracks.NackBudget, field for field)
         self.nack_started = False
         self.nack_tokens = 0.0
         self.nack_last_time = 0.0

@@ -44,7 +44,7 @@ KEY_LENGTHS: dict[str, int] = {
 # its original sequence number an RTT later, 128 packets (libsrtp's default)
 # is 0.1 s of HD video. Send: a packet resent for a NACK must still be
 # inside the window, or libsrtp calls it too old even with allow_repeat_tx;
-# the packet cache holds 1024 packets per stream (sfu.router.CACHE_SIZE), so
+# the packet cache holds 1024 packets per stream (sfu.tracks.CACHE_SIZE), so
 # 1024 covers every packet that can be resent. No larger: libsrtp shifts the
 # whole window's bitmap for every packet sent (4096 cost ~0.8 µs a packet).
 RX_WINDOW = 1024

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfu import sdp
+from sfu import rtcp, sdp
 from sfu.config import Config
 from sfu.limits import LimitExceeded
 
@@ -386,3 +386,64 @@ def test_after_a_refused_renegotiation_the_new_track_reaches_a_viewer(datapath_m
     consumer = engine.transports[v.id].consumers[0]
     assert {int.from_bytes(p[8:12], "big") for p in to_viewer} == {consumer.ssrc}
     assert engine.drops["unknown_ssrc"] == 0
+
+
+def test_a_renegotiated_video_subscription_waits_for_the_subscribers_report(datapath_mode):
+    """A video SSRC new to a connected client is held until the client's receiver of
+    that section (the offer's a=ssrc) reports it: the plane sends nothing of it, the
+    transport sends padding-only probes (RTX payload type, numbered just before the
+    plane's numbering); once confirmed the rest of the probes go, then media from a
+    keyframe on, gapless."""
+    from .test_datapath import PROFILES, Harness, rtp
+
+    h = Harness(datapath_mode, PROFILES[0])
+    engine = h.engine
+    publisher = OfferPeer()
+    info = engine.create_session("r", "meeting", publisher.offer([("0", "video", "sendonly")]))
+    h.connect("pub", engine.transports[info.id], 5000)
+    track = engine.describe_session(info.id)["producers"]["0"]["id"]
+    viewer = OfferPeer()
+    v = engine.create_session("r", "meeting", viewer.offer([("0", "audio", "recvonly")]), {})
+    transport = h.connect("viewer", engine.transports[v.id], 5001)
+    offer = viewer.offer([("0", "audio", "recvonly"), ("1", "video", "recvonly")])
+    offer = offer.replace("a=mid:1\r\n", "a=mid:1\r\na=ssrc:4242 cname:test\r\n")  # its receiver's reports
+    engine.update_session(v.id, offer, {"1": track})
+    consumer = h.video_consumer(transport)
+    assert not consumer.confirmed and consumer.paused and consumer.report_ssrc == 4242
+    h.out.clear()
+    seq = iter(range(100, 200))
+
+    def media(count: int) -> None:
+        for _ in range(count):
+            n = next(seq)
+            h.send_rtp("pub", rtp(96, n, 3000 * n, publisher.ssrcs["0"], size=300))
+
+    def to_viewer() -> list[bytes]:
+        out = [h.clients["viewer"].unprotect(d) for d, a in h.out
+               if a == h.addrs["viewer"] and not 192 <= d[1] <= 223]
+        h.out.clear()
+        return out
+
+    media(5)
+    h.advance(0.5)
+    media(5)
+    probes = to_viewer()
+    assert 3 <= len(probes) <= 6, len(probes)
+    first = consumer.initial_seq - 64
+    for i, packet in enumerate(probes):  # V=2 P=1, RTX payload type, the consumer's SSRC, padding only
+        assert packet[:2] == bytes([0xA0, 97]) and len(packet) == 12 + 32 and packet[-1] == 32
+        assert (int.from_bytes(packet[2:4], "big"), int.from_bytes(packet[4:8], "big"),
+                int.from_bytes(packet[8:12], "big")) == (first + i, consumer.initial_ts, consumer.ssrc)
+    block = rtcp.ReportBlock(ssrc=consumer.ssrc, fraction_lost=0, packets_lost=0, highest_sequence=first,
+                             jitter=0, lsr=0, dlsr=0)
+    h.send_rtcp("viewer", [rtcp.ReceiverReport(ssrc=1111, reports=[block])])  # another receiver of it
+    assert not consumer.confirmed and to_viewer() == []
+    h.send_rtcp("viewer", [rtcp.ReceiverReport(ssrc=4242, reports=[block])])
+    assert consumer.confirmed and not consumer.paused and engine.stats["consumers_confirmed"] == 1
+    rest = to_viewer()
+    assert [int.from_bytes(p[2:4], "big") for p in probes + rest] == list(range(first, consumer.initial_seq))
+    media(3)
+    forwarded = to_viewer()
+    assert [(p[1] & 0x7F, int.from_bytes(p[2:4], "big")) for p in forwarded] == \
+        [(96, consumer.initial_seq + i) for i in range(3)]
+    assert {int.from_bytes(p[4:8], "big") for p in forwarded} == {consumer.initial_ts + 3000 * i for i in range(3)}
