@@ -28,3 +28,12 @@ def test_environment_then_flags():
 def test_bad_environment_value_is_a_clear_error():
     with pytest.raises(SystemExit, match="SFU_HTTP_PORT"):
         parse([], {"SFU_HTTP_PORT": "eighty"})
+
+
+def test_unknown_datapath_is_a_one_line_error():
+    for argv, environ in ((["--datapath", "python"], {}), ([], {"SFU_DATAPATH": "fast"})):
+        with pytest.raises(SystemExit) as exc:
+            parse(argv, environ)
+        message = str(exc.value)
+        assert "must be c or pure" in message and "\n" not in message
+    assert parse(["--datapath", "pure"]).datapath == "pure"
