@@ -173,7 +173,7 @@ class ForwardingPlane(ABC):
     def retransmit(self, sub: int, seqs: list[int], now: float, window: float) -> None:
         """Answer a NACK of the subscriber (``seqs`` in its numbering) from the bound stream's
         cache, as RTX when the subscription has an RTX SSRC and payload type, within its
-        NACK budget (``sfu.tracks.NackBudget``): a number at most once per ``window``
+        NACK budget (``sfu.plane_py_state.NackBudget``): a number at most once per ``window``
         seconds ("nack_repeat"), bytes within the budget ("nack_budget"); misses count
         "nack_misses"."""
 

@@ -16,7 +16,7 @@ bytes, counts the same counters and keeps the same statistics and NACK log
                      (sfu.rtp.Rewriter), padding-only timestamp hold, protect, send
 
 Subscriptions answer NACKs (``retransmit``) from the stream's cache within the
-budget of ``sfu.tracks.NackBudget``, as RTX (RFC 4588 §4) when negotiated
+budget of ``sfu.plane_py_state.NackBudget``, as RTX (RFC 4588 §4) when negotiated
 (the RTX payload type can change with ``bind``). It owns its peers, streams and
 subscriptions with their state (sfu/plane_py_state.py) and their libsrtp
 sessions; the control plane owns who they are for (sfu.router).
@@ -39,9 +39,7 @@ from pylibsrtp import Error as SrtpError
 
 from .plane import CLEAR, ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
 from .plane_py_state import Peer, Stream, Sub, address, build_rtx
-from .tracks import (
-    KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, NACK_DEDUPE_SLOTS,
-)
+from .tracks import KEYFRAME_RETRY
 from .rtp import CODEC_OTHER, is_keyframe, parse_rtp_header
 from .srtp import PROFILES, SrtpPair
 
@@ -569,34 +567,20 @@ class PythonPlane(ForwardingPlane):
         if st is None or dest.protect is None:
             return
         c = self._c
-        # refill the budget (sfu.router.NackBudget.refill)
-        received = st.bytes
-        if not s.nack_started:
-            s.nack_started = True
-            s.nack_tokens = NACK_BUDGET_BURST
-        else:
-            elapsed = now - s.nack_last_time
-            if elapsed < 0:
-                elapsed = 0.0
-            gained = received - s.nack_last_bytes if received > s.nack_last_bytes else 0
-            s.nack_tokens = min(NACK_BUDGET_BURST, s.nack_tokens + NACK_BUDGET_FRACTION * float(gained)
-                                + NACK_BUDGET_FLOOR * elapsed)
-        s.nack_last_bytes = received
-        s.nack_last_time = now
+        budget = s.budget
+        budget.refill(st.bytes, now)
         rw = s.rewriter
         rtx_pt = s.rtx_pt
         buf = bytearray(RX_SLOT)
-        mask = NACK_DEDUPE_SLOTS - 1
         for value in seqs:
             out_seq = int(value) & 0xFFFF
-            i = out_seq & mask
             if s.keyframe_wait or not s.synced or s.sync_seq is None \
                     or (out_seq - s.sync_seq) & 0xFFFF >= 0x8000:
                 # before this numbering started (before the keyframe gate opened, or of
                 # another stream): the cache holds no packet of this subscriber for it
                 c[C_NACK_MISSES] += 1
                 continue
-            if s.nack_seqs is not None and s.nack_seqs[i] == out_seq and now - s.nack_times[i] < window:
+            if budget.repeated(out_seq, now, window):
                 c[D_NACK_REPEAT] += 1
                 continue
             plain = st.cached((out_seq - rw._seq_delta) & 0xFFFF)
@@ -604,15 +588,10 @@ class PythonPlane(ForwardingPlane):
                 c[C_NACK_MISSES] += 1
                 continue
             size = len(plain)
-            if s.nack_tokens < size:
+            if not budget.spend(size):
                 c[D_NACK_BUDGET] += 1
                 continue
-            s.nack_tokens -= size
-            if s.nack_seqs is None:
-                s.nack_seqs = [-1] * NACK_DEDUPE_SLOTS
-                s.nack_times = [0.0] * NACK_DEDUPE_SLOTS
-            s.nack_seqs[i] = out_seq
-            s.nack_times[i] = now
+            budget.answered(out_seq, now)
             try:
                 m = rw.rewrite(plain, buf)
             except ValueError:  # a cached packet with a malformed RFC 8285 element
@@ -666,7 +645,7 @@ class PythonPlane(ForwardingPlane):
             synced=s.synced, seq_delta=rw.seq_delta, ts_delta=rw.ts_delta, last_out_seq=s.last_seq,
             last_out_ts=s.last_ts if has_last else None, last_out_time=s.last_out_time,
             first_packet_time=s.first_time, keyframe_wait=s.keyframe_wait, rtx_seq=s.rtx_seq,
-            nack_tokens=s.nack_tokens if s.nack_started else None)
+            nack_tokens=s.budget.tokens if s.budget.started else None)
 
     def cached(self, stream: int, seq: int) -> bytes | None:
         return self._streams[stream].cached(int(seq) & 0xFFFF)

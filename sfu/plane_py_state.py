@@ -15,6 +15,7 @@ import struct
 from .plane import CLEAR, GAP, RECOVERED
 from .rtp import CODEC_OTHER, Rewriter
 from .srtp import SrtpPair
+from .tracks import NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, NACK_DEDUPE_SLOTS
 
 EVENT_RING = 4096  # NACK log events kept per stream between two drains
 
@@ -190,8 +191,7 @@ class Sub:
         "id", "peer", "ssrc", "clock_rate", "initial_seq", "initial_ts", "rtx_ssrc", "rtx_pt", "rtx_seq",
         "rewriter", "stream", "paused", "synced", "keyframe_codec", "keyframe_wait", "keyframe_since",
         "sync_seq", "last_seq", "last_ts", "last_out_time", "first_time", "packets_sent", "octets_sent",
-        "retransmissions", "nack_started", "nack_tokens", "nack_last_time", "nack_last_bytes", "nack_seqs",
-        "nack_times",
+        "retransmissions", "budget",
     )
 
     def __init__(self, sub: int, peer: Peer, ssrc: int, clock_rate: int, initial_seq: int, initial_ts: int,
@@ -220,13 +220,7 @@ class Sub:
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
-        # the NACK budget (sfu.tracks.NackBudget, field for field)
-        self.nack_started = False
-        self.nack_tokens = 0.0
-        self.nack_last_time = 0.0
-        self.nack_last_bytes = 0
-        self.nack_seqs: list[int] | None = None
-        self.nack_times: list[float] | None = None
+        self.budget = NackBudget()  # the C twin keeps the same fields in its Subscription
 
     def sync(self, seq: int, ts: int, now: float) -> None:
         """Continue the output numbering where it left off (or start at initial_seq/ts)."""
@@ -257,3 +251,67 @@ def build_rtx(buf: bytearray, n: int, header_length: int, rtx_pt: int, rtx_seq: 
     struct.pack_into("!H", header, 2, rtx_seq)
     struct.pack_into("!I", header, 8, rtx_ssrc)
     return bytes(header) + osn + bytes(buf[header_length:max(end, header_length)])
+
+
+class NackBudget:
+    """What one subscriber may get back for its NACKs (RFC 4585 §6.2.1 leaves it to us).
+
+    - a sequence number answered less than a round trip ago (``window``) is not
+      answered again ("nack_repeat"): the table remembers the last
+      ``NACK_DEDUPE_SLOTS`` numbers, indexed by their low bits;
+    - retransmissions are paid from a token bucket of bytes (at most
+      ``NACK_BUDGET_BURST``), refilled on each NACK with ``NACK_BUDGET_FRACTION``
+      of the bytes the stream received since the previous one plus
+      ``NACK_BUDGET_FLOOR`` bytes per second; each cached packet costs its size as
+      received, and one the bucket cannot pay for is not sent ("nack_budget").
+
+    So a viewer gets back at most a quarter of the stream's bitrate (plus 32 kbit/s)
+    however many NACKs it sends. The C twin keeps the same fields in
+    ``Subscription`` and does the same arithmetic in the same order (the outputs
+    of both paths are compared byte for byte).
+    """
+
+    __slots__ = ("started", "tokens", "last_time", "last_bytes", "seqs", "times")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.tokens = 0.0
+        self.last_time = 0.0
+        self.last_bytes = 0
+        self.seqs: list[int] | None = None  # allocated on the first answer
+        self.times: list[float] | None = None
+
+    def refill(self, received_bytes: int, now: float) -> None:
+        """Once per NACK, before its numbers: ``received_bytes`` is the stream's byte count."""
+        if not self.started:
+            self.started = True
+            self.tokens = NACK_BUDGET_BURST
+        else:
+            elapsed = now - self.last_time
+            if elapsed < 0:
+                elapsed = 0.0
+            received = received_bytes - self.last_bytes if received_bytes > self.last_bytes else 0
+            self.tokens = min(NACK_BUDGET_BURST, self.tokens + NACK_BUDGET_FRACTION * float(received)
+                              + NACK_BUDGET_FLOOR * elapsed)
+        self.last_bytes = received_bytes
+        self.last_time = now
+
+    def repeated(self, seq: int, now: float, window: float) -> bool:
+        if self.seqs is None:
+            return False
+        i = seq & (NACK_DEDUPE_SLOTS - 1)
+        return self.seqs[i] == seq and now - self.times[i] < window
+
+    def spend(self, size: int) -> bool:
+        if self.tokens < size:
+            return False
+        self.tokens -= size
+        return True
+
+    def answered(self, seq: int, now: float) -> None:
+        if self.seqs is None:
+            self.seqs = [-1] * NACK_DEDUPE_SLOTS
+            self.times = [0.0] * NACK_DEDUPE_SLOTS
+        i = seq & (NACK_DEDUPE_SLOTS - 1)
+        self.seqs[i] = seq
+        self.times[i] = now

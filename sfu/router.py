@@ -18,7 +18,7 @@ receives what) and the one place that commands the forwarding plane about it.
   router and read-only to everyone else: the transport (sfu.transport) reads it
   for its RTCP (reports, NACKs, PLIs), never writes it.
 
-Producer, Consumer and NackBudget are in sfu.tracks (re-exported here). Nothing in
+Producer and Consumer are in sfu.tracks (re-exported here). Nothing in
 this module touches a socket; ``now`` is passed in where it matters.
 """
 
@@ -36,14 +36,14 @@ from .tracks import (
     AUDIO_CACHE_BYTES, CACHE_SIZE, FORWARDED_EXTENSIONS, KEYFRAME_RETRY, NACK_BUDGET_BURST, NACK_BUDGET_FLOOR,
     NACK_BUDGET_FRACTION, NACK_DEDUPE_SLOTS, NACK_MAX_AGE, NACK_MAX_GAP, NACK_MAX_TRIES, NACK_RETRY_INTERVAL,
     NACK_RTT_DEFAULT, NACK_RTT_MAX, NACK_RTT_MIN, NO_STREAM_STATS, NO_SUBSCRIPTION_STATS, VIDEO_CACHE_BYTES,
-    Consumer, NackBudget, Producer, _same_codec,
+    Consumer, Producer, _same_codec,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from .transport import Transport
 
 __all__ = [  # the router, and the track names other modules and tests import from here
-    "Router", "Room", "SessionTracks", "Producer", "Consumer", "NackBudget", "AUDIO_CACHE_BYTES", "CACHE_SIZE",
+    "Router", "Room", "SessionTracks", "Producer", "Consumer", "AUDIO_CACHE_BYTES", "CACHE_SIZE",
     "FORWARDED_EXTENSIONS", "KEYFRAME_RETRY", "NACK_BUDGET_BURST", "NACK_BUDGET_FLOOR", "NACK_BUDGET_FRACTION",
     "NACK_DEDUPE_SLOTS", "NACK_MAX_AGE", "NACK_MAX_GAP", "NACK_MAX_TRIES", "NACK_RETRY_INTERVAL",
     "NACK_RTT_DEFAULT", "NACK_RTT_MAX", "NACK_RTT_MIN", "NO_STREAM_STATS", "NO_SUBSCRIPTION_STATS",

@@ -1,6 +1,7 @@
-"""The tracks of the control plane: Producer (a published track), Consumer (one
-subscriber's copy of a track) and NackBudget (what a subscriber may get back for
-its NACKs, the reference of the planes' arithmetic).
+"""The tracks of the control plane: Producer (a published track) and Consumer (one
+subscriber's copy of a track). What a subscriber may get back for its NACKs is
+the forwarding plane's (sfu.plane_py_state.NackBudget and its C twin); the
+constants of that budget are here, where both planes read them.
 
 Plain objects: who publishes and who receives what is the router's
 (sfu.router.Router), which creates, binds, pauses and removes them and gives the
@@ -31,7 +32,7 @@ NACK_RETRY_INTERVAL = 0.03  # seconds between two NACKs of the same packet
 NACK_MAX_AGE = 1.0  # give up on a packet lost this long ago
 NACK_MAX_GAP = 256  # a larger gap is a stream restart, not loss
 
-# Answers to a subscriber's NACKs (NackBudget; the C data path does the same in
+# Answers to a subscriber's NACKs (sfu.plane_py_state.NackBudget; the C data path does the same in
 # sfu._fast.datapath.Subscription.retransmit). Parsing keeps at most
 # rtcp.NACK_MAX_SEQS numbers per NACK ("nack_overflow" counts the rest).
 NACK_DEDUPE_SLOTS = 1024  # sequence numbers remembered per subscriber (= the C path's NACK_SLOTS)
@@ -283,67 +284,3 @@ class Consumer:
 
     def can_consume(self, producer: Producer) -> bool:
         return producer.kind == self.kind and _same_codec(producer.codec, self.codec)
-
-
-class NackBudget:
-    """What one subscriber may get back for its NACKs (RFC 4585 §6.2.1 leaves it to us).
-
-    - a sequence number answered less than a round trip ago (``window``) is not
-      answered again ("nack_repeat"): the table remembers the last
-      ``NACK_DEDUPE_SLOTS`` numbers, indexed by their low bits;
-    - retransmissions are paid from a token bucket of bytes (at most
-      ``NACK_BUDGET_BURST``), refilled on each NACK with ``NACK_BUDGET_FRACTION``
-      of the bytes the stream received since the previous one plus
-      ``NACK_BUDGET_FLOOR`` bytes per second; each cached packet costs its size as
-      received, and one the bucket cannot pay for is not sent ("nack_budget").
-
-    So a viewer gets back at most a quarter of the stream's bitrate (plus 32 kbit/s)
-    however many NACKs it sends. The C twin keeps the same fields in
-    ``Subscription`` and does the same arithmetic in the same order (the outputs
-    of both paths are compared byte for byte).
-    """
-
-    __slots__ = ("started", "tokens", "last_time", "last_bytes", "seqs", "times")
-
-    def __init__(self) -> None:
-        self.started = False
-        self.tokens = 0.0
-        self.last_time = 0.0
-        self.last_bytes = 0
-        self.seqs: list[int] | None = None  # allocated on the first answer
-        self.times: list[float] | None = None
-
-    def refill(self, received_bytes: int, now: float) -> None:
-        """Once per NACK, before its numbers: ``received_bytes`` is the stream's byte count."""
-        if not self.started:
-            self.started = True
-            self.tokens = NACK_BUDGET_BURST
-        else:
-            elapsed = now - self.last_time
-            if elapsed < 0:
-                elapsed = 0.0
-            received = received_bytes - self.last_bytes if received_bytes > self.last_bytes else 0
-            self.tokens = min(NACK_BUDGET_BURST, self.tokens + NACK_BUDGET_FRACTION * float(received)
-                              + NACK_BUDGET_FLOOR * elapsed)
-        self.last_bytes = received_bytes
-        self.last_time = now
-
-    def repeated(self, seq: int, now: float, window: float) -> bool:
-        if self.seqs is None:
-            return False
-        i = seq & (NACK_DEDUPE_SLOTS - 1)
-        return self.seqs[i] == seq and now - self.times[i] < window
-
-    def spend(self, size: int) -> bool:
-        if self.tokens < size:
-            return False
-        self.tokens -= size
-        return True
-
-    def answered(self, seq: int, now: float) -> None:
-        if self.seqs is None:
-            self.seqs = [-1] * NACK_DEDUPE_SLOTS
-            self.times = [0.0] * NACK_DEDUPE_SLOTS
-        i = seq & (NACK_DEDUPE_SLOTS - 1)
-        self.seqs[i] = seq
-        self.times[i] = now

@@ -2,7 +2,7 @@
 
 A subscriber that NACKs everything the packet cache holds, many times a
 second, used to get every packet back each time (~2,000x by bytes). Now
-(sfu.router.NackBudget on the pure plane, Subscription.retransmit on the C plane):
+(sfu.plane_py_state.NackBudget on the pure plane, Subscription.retransmit on the C plane):
 
 - a parsed NACK expands at most rtcp.NACK_MAX_SEQS numbers ("nack_overflow");
 - a number is answered at most once per round trip ("nack_repeat");
@@ -22,9 +22,9 @@ import pylibsrtp
 import pytest
 
 from sfu import rtcp
+from sfu.plane_py_state import NackBudget
 from sfu.router import (
     NACK_BUDGET_BURST, NACK_BUDGET_FLOOR, NACK_BUDGET_FRACTION, NACK_RTT_DEFAULT, NACK_RTT_MAX, NACK_RTT_MIN,
-    NackBudget,
 )
 from tests.test_datapath import PROFILES, Harness, offer, rtp
 
