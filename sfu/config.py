@@ -63,6 +63,9 @@ class Config:
     chat_max_chars: int = 2000  # characters of one chat message
     chat_burst: int = 10  # chat messages one participant may send at once ...
     chat_per_minute: float = 30.0  # ... and then per minute (a token bucket)
+    # recording by the SFU (sfu/recording.py, sfu/recorder.py)
+    recordings_dir: str | None = None  # default: <data_dir>/recordings
+    no_recording: bool = False  # hosts may not start recordings
     # the forwarding plane (sfu/plane.py): "c" (sfu.plane_c over sfu._fast.datapath) or
     # "pure" (sfu.plane_py, all Python: the test oracle and benchmark baseline)
     datapath: str = "c"
@@ -111,12 +114,14 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "chat_max_chars": (int, "characters allowed in one chat message"),
     "chat_burst": (int, "chat messages one participant may send in a burst"),
     "chat_per_minute": (float, "chat messages one participant may send per minute after the burst"),
+    "recordings_dir": (str, "directory of the recordings made by the SFU (default: <data-dir>/recordings)"),
     "datapath": (str, "forwarding plane: c (the C data path) or pure (Python reference, benchmark baseline)"),
 }
 # boolean switches: a bare flag on the command line, SFU_<NAME>=1/true/yes in the environment
 _SWITCHES: dict[str, str] = {
     "dev": "development mode: the page may ask the server for a token for any room and name",
     "keep_chat": "store meeting chat with the meeting's history (creator-readable; same retention and erasure)",
+    "no_recording": "hosts may not record meetings with the SFU (recording_start is refused)",
     "tls_self_signed": "with --dev: serve HTTPS/WSS with a self-signed certificate made (once) in the data "
                        "directory, for localhost, 127.0.0.1 and ::1",
 }

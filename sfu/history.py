@@ -124,6 +124,32 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS audit_by_time ON audit_log (at)",
     "CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log (actor_identity)",
+    # recordings by the SFU (sfu/recording.py): a directory per recording, a file per track with its
+    # publisher (erasing a person deletes their tracks; purging a meeting deletes its recordings)
+    """CREATE TABLE IF NOT EXISTS recordings (
+        recording_id TEXT PRIMARY KEY,
+        meeting_id TEXT NOT NULL REFERENCES meetings (meeting_id) ON DELETE CASCADE,
+        started_at DOUBLE PRECISION NOT NULL,
+        stopped_at DOUBLE PRECISION,
+        started_by_identity TEXT NOT NULL,
+        started_by_name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        path TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS recordings_by_meeting ON recordings (meeting_id, started_at)",
+    """CREATE TABLE IF NOT EXISTS recording_tracks (
+        recording_id TEXT NOT NULL REFERENCES recordings (recording_id) ON DELETE CASCADE,
+        file TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        codec TEXT NOT NULL,
+        start_offset DOUBLE PRECISION NOT NULL,
+        duration DOUBLE PRECISION NOT NULL,
+        bytes BIGINT NOT NULL,
+        PRIMARY KEY (recording_id, file)
+    )""",
+    "CREATE INDEX IF NOT EXISTS recording_tracks_by_identity ON recording_tracks (identity)",
 )
 
 # what goes with a purged meeting (purge), children first; ? is the ended_before time
@@ -502,9 +528,13 @@ class HistoryStore:
 
     async def purge(self, ended_before: float) -> int:
         """Delete meetings that ended before ``ended_before`` and their sessions."""
+        from .recording import purge_rows, remove_paths
+        recording_dirs: list[str] = []
+
         def work():
             for statement in _PURGE_CHILDREN:  # chat and polls (sfu/chat.py, sfu/polls.py)
                 self.backend.execute(statement, (ended_before,))
+            recording_dirs.extend(purge_rows(self.backend, _ENDED, ended_before))  # sfu/recording.py
             self.backend.execute(
                 "DELETE FROM sessions WHERE meeting_id IN (SELECT meeting_id FROM meetings "
                 "WHERE ended_at IS NOT NULL AND ended_at < ?)", (ended_before,))
@@ -512,6 +542,8 @@ class HistoryStore:
                 "DELETE FROM meetings WHERE ended_at IS NOT NULL AND ended_at < ?", (ended_before,))
 
         count = await self._run(self._tx, work)
+        if recording_dirs:  # the files go once the rows are gone
+            await self._run(remove_paths, recording_dirs)
         if count:
             await self._run(self.backend.after_erase)
         return count
@@ -534,9 +566,15 @@ class HistoryStore:
                 "UPDATE audit_log SET actor_identity = ? WHERE actor_identity = ?", (pseudonym, identity))
             for statement in _ERASE_CHILDREN:  # chat and polls
                 changed += self.backend.execute(statement, (pseudonym, ERASED_NAME, identity))
-            return changed
+            erased, files = erase_recordings(self.backend, identity, pseudonym, ERASED_NAME)
+            recording_files.extend(files)  # the tracks they published (sfu/recording.py)
+            return changed + erased
 
+        from .recording import erase_rows as erase_recordings, remove_paths
+        recording_files: list[str] = []
         changed = await self._run(self._tx, work)
+        if recording_files:
+            await self._run(remove_paths, recording_files)
         await self._run(self.backend.after_erase)
         return changed
 

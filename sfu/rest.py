@@ -11,6 +11,8 @@ Every request carries an access token (``Authorization: Bearer``, or a
 | ``GET /api/meetings/{id}/export?format=csv\\|json`` | creator, admin | attendance file |
 | ``GET /api/meetings/{id}/chat`` | creator, admin | the chat kept with ``--keep-chat`` (sfu/chat.py) |
 | ``GET /api/meetings/{id}/polls``, ``.../polls/export?format=csv\\|json`` | creator, admin | its polls and results (sfu/polls.py) |
+| ``GET /api/meetings/{id}/recordings`` | creator, admin | its recordings by the SFU, each with its files (sfu/recording.py) |
+| ``GET /api/meetings/{id}/recordings/{rid}/{file}`` | creator, admin | one recorded track (WebM or MP4) |
 | ``DELETE /api/meetings/{id}`` | host grant for its room (or the creator with a host grant), admin | ends it now, disconnects everyone |
 | ``DELETE /api/people/{identity}`` | admin | anonymises that person's sessions and meetings (and their audit rows as actor) |
 | ``GET /api/me/meetings`` | any | own history: the meetings the caller attended, each with only their own join/leave times and duration; the creator's entries link the attendance view and export |
@@ -39,6 +41,7 @@ from .chat import stored_messages
 from .log import event
 from .meetings import Conflict, CreateLimiter, MeetingService, NotFound, TooMany, can_read_history
 from .polls import export_polls, stored_polls
+from .recording import stored_file, stored_recordings
 
 logger = logging.getLogger("sfu.rest")
 
@@ -324,6 +327,32 @@ async def export_meeting_polls(request: web.Request) -> web.Response:
         "Content-Disposition": f'attachment; filename="polls-{meeting.meeting_id}.{fmt}"'})
 
 
+@_handler
+async def meeting_recordings(request: web.Request) -> web.Response:
+    meeting = await _chat_or_polls_of(request, audit.READ, audit.RECORDING)
+    recordings = await stored_recordings(request.app[MEETINGS_KEY].store, meeting.meeting_id)
+    return web.json_response({"meeting_id": meeting.meeting_id, "recordings": recordings})
+
+
+@_handler
+async def recording_file(request: web.Request) -> web.StreamResponse:
+    """One file of a recording, for the meeting's creator (or an admin); audited first."""
+    store = request.app[MEETINGS_KEY].store
+    claims = claims_of(request)
+    meeting = await store.get_meeting(request.match_info["meeting_id"])
+    if meeting is None:
+        raise NotFound(request.match_info["meeting_id"])
+    if not can_read_history(meeting, claims):
+        raise AuthError(403, "only the meeting's creator or an admin may download its recordings")
+    recording_id, name = request.match_info["recording_id"], request.match_info["file"]
+    path = await stored_file(store, meeting.meeting_id, recording_id, name)
+    if path is None:
+        return json_error(404, "no such recording file")
+    how = "creator" if meeting.creator_identity and meeting.creator_identity == claims.identity else "admin"
+    await audit.record(store, claims.identity, audit.EXPORT, audit.RECORDING, recording_id, f"{how} {name}"[:200])
+    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
 def add_routes(app: web.Application, meetings: MeetingService, auth_secret: str, dev: bool = False,
                limiter: CreateLimiter | None = None) -> None:
     app[MEETINGS_KEY] = meetings
@@ -338,6 +367,9 @@ def add_routes(app: web.Application, meetings: MeetingService, auth_secret: str,
     app.router.add_get("/api/meetings/{meeting_id}/chat", meeting_chat)
     app.router.add_get("/api/meetings/{meeting_id}/polls", meeting_polls)
     app.router.add_get("/api/meetings/{meeting_id}/polls/export", export_meeting_polls)
+    app.router.add_get("/api/meetings/{meeting_id}/recordings", meeting_recordings)
+    app.router.add_get(r"/api/meetings/{meeting_id}/recordings/{recording_id}/{file:[0-9A-Za-z_.-]+}",
+                       recording_file)
     app.router.add_delete("/api/people/{identity}", erase_person)
     app.router.add_get("/api/me/meetings", my_meetings)
     app.router.add_get("/api/me/meetings/{meeting_id}", my_meeting)

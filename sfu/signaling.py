@@ -46,6 +46,7 @@ from .meetings import can_end
 from .outbox import Outbox
 from .participant import DEFAULT_SOURCE, SOURCES, Participant, PublishedTrack
 from .polls import Polls
+from .recording import Recordings
 
 logger = logging.getLogger("sfu.signaling")
 
@@ -88,6 +89,7 @@ class Signaling:
         store = getattr(meetings, "store", None)  # chat and polls (sfu/chat.py, sfu/polls.py)
         self.chat = Chat(engine.config, self.rooms, store, self.clock, meetings)
         self.polls = Polls(self.rooms, store, self.clock, meetings)
+        self.recordings = Recordings(engine, self.rooms, store, meetings)  # recording by the SFU (sfu/recording.py)
         self._handlers: dict[str, Callable[[Participant, dict], Awaitable[dict]]] = {
             "join": self._join,
             "offer": self._offer,
@@ -101,6 +103,9 @@ class Signaling:
             "poll_create": self.polls.create,
             "poll_vote": self.polls.vote,
             "poll_close": self.polls.close,
+            "recording_start": self.recordings.request_start,
+            "recording_stop": self.recordings.request_stop,
+            "recording_ack": self.recordings.request_ack,
         }
         self._engine_handlers: dict[type, Callable[[Any], None]] = {
             TrackUnpublished: self._track_unpublished,
@@ -183,6 +188,7 @@ class Signaling:
             participant.media_session = None
         if participant.joined:
             self.rooms.remove(participant)
+            self.recordings.left(participant.meeting_id, participant.id)  # no notice ack to wait for
             self._broadcast(participant, "participant_left", participant_id=participant.id, reason=reason)
             event(logger, "participant disconnected", room=participant.room, participant=participant.id,
                   reason=reason)
@@ -192,6 +198,7 @@ class Signaling:
 
     async def shutdown(self) -> None:
         """Server stop: tell everyone, close every socket, record "server stopped"."""
+        await self.recordings.shutdown()  # the recordings' files closed, their history written
         for participant in self.rooms.all_participants():
             if participant.via != "ws":
                 continue  # a WHIP/WHEP session: the engine closes it when it stops
@@ -285,8 +292,11 @@ class Signaling:
                         "started_at": meeting.started_at, "creator_name": meeting.creator_name},
             "permissions": {"publish": grants.publish, "subscribe": grants.subscribe,
                             "end_meeting": participant.host, "mute_others": participant.host,
+                            "record": participant.host,
                             "chat_enable": participant.host, "polls": participant.host},
-            "recording": live.recording if (live := self.rooms.live_by_id(meeting.meeting_id)) else False,
+            "recording": bool(live.recording if (live := self.rooms.live_by_id(meeting.meeting_id)) else False)
+            or self.recordings.state(meeting.meeting_id) is not None,
+            "sfu_recording": self.recordings.state(meeting.meeting_id),  # its notice, to acknowledge
             "participants": others,
             "chat": self.chat.join_info(meeting.meeting_id),
             "polls": self.polls.join_info(participant),

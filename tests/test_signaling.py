@@ -156,7 +156,8 @@ async def test_join_returns_meeting_and_others_by_display_name_only(signaling, m
                                    "creator_name": "Alice"}
     assert response["participant_id"] == bob.participant.id and response["name"] == "Bob"
     assert response["permissions"] == {"publish": True, "subscribe": True, "end_meeting": False,
-                                       "mute_others": False, "chat_enable": False, "polls": False}
+                                       "mute_others": False, "chat_enable": False, "polls": False,
+                                       "record": False}
     [other] = response["participants"]
     assert other == {"id": alice.participant.id, "name": "Alice", "tracks": [
         {"id": f"{alice.participant.id}-0", "kind": "audio", "source": "microphone", "muted": False},
@@ -281,7 +282,8 @@ async def test_end_meeting_needs_a_host_and_ends_it_for_everyone(signaling, meet
     assert first.sent[0]["permissions"]["end_meeting"] is False and not first.participant.host
     alice = await joined(signaling, "a", "Alice", grants=HOST)
     assert alice.sent[0]["permissions"] == {"publish": True, "subscribe": True, "end_meeting": True,
-                                            "mute_others": True, "chat_enable": True, "polls": True}
+                                            "mute_others": True, "chat_enable": True, "polls": True,
+                                            "record": True}
     bob = await joined(signaling, "b", "Bob")
     for client in (first, bob):
         response = await client.request("end_meeting")
