@@ -19,6 +19,11 @@
 // The connection indicator shows the server's connection_quality event (protocol 5.3):
 // the level (good, fair, poor) and the reason ("your uplink loses 8% of packets");
 // window.meetingState.quality is {level, reason} (level "unknown" until the server knows).
+// Recording by the SFU (protocol: recording_start/stop/ack): a host sees "Start recording";
+// every page shows the banner when recording_changed says so and then acknowledges the
+// notice (recording_ack), which the server waits for before it records anything.
+// window.meetingState.recordingShown is the time (ms since the epoch) the banner was shown
+// for the last notice, recordingStopped the reason the last recording stopped.
 "use strict";
 
 (() => {
@@ -40,7 +45,7 @@
     form: $("join-form"), room: $("room"), name: $("name"), tokenField: $("token-field"), token: $("token"),
     join: $("join"), controls: $("controls"), camera: $("camera"), microphone: $("microphone"),
     screen: $("screen"), leave: $("leave"), end: $("end"), notice: $("notice"), tiles: $("tiles"),
-    info: $("meeting-info"), recording: $("recording"), quality: $("quality"),
+    info: $("meeting-info"), recording: $("recording"), quality: $("quality"), record: $("record"),
     history: $("history"), historyOpen: $("history-open"), historyClose: $("history-close"),
     historyStatus: $("history-status"), historyTable: $("history-table"), historyRows: $("history-rows"),
   };
@@ -141,9 +146,29 @@
     ui.quality.querySelector(".reason").textContent = reason ? ` \u2014 ${reason}` : "";
   }
 
-  function showRecording(on) {
+  function showRecording(on, ev = null) {
     state.recording = on;
     ui.recording.hidden = !on;
+    if (on) {
+      ui.recording.querySelector(".text").textContent = ev && ev.source === "sfu"
+        ? "This meeting is being recorded by the server." : "This meeting is being recorded.";
+      state.recordingShown = Date.now();
+    }
+    if (ev && ev.source === "sfu") {
+      state.sfuRecording = on;
+      ui.record.textContent = on ? "Stop recording" : "Start recording";
+      ui.record.setAttribute("aria-pressed", String(on));
+      ui.record.disabled = false;
+      if (on && ev.notice) {
+        // shown (the DOM is updated): now tell the server, which records nothing before this
+        setTimeout(() => request("recording_ack", { notice: ev.notice }).catch(() => {}), 0);
+      }
+      if (!on && ev.reason) {
+        state.recordingStopped = ev.reason;
+        notice(ev.reason === "disk_full" ? "The recording stopped: the server's disk is full. The meeting goes on."
+          : ev.reason === "stopped" ? "The recording stopped." : `The recording stopped (${ev.reason}).`);
+      }
+    }
   }
 
   function removeTiles(personId) {
@@ -281,7 +306,7 @@
       notice(`${ev.by ? ev.by.name : "A host"} turned off your ${what}. Turn it back on when you want.`);
     },
     recording_changed(ev) {
-      showRecording(Boolean(ev.recording));
+      showRecording(Boolean(ev.recording), ev);
     },
     connection_quality(ev) {
       showQuality(String(ev.level), typeof ev.reason === "string" ? ev.reason : null);
@@ -427,7 +452,9 @@
     ui.form.hidden = true;
     ui.controls.hidden = false;
     ui.end.hidden = !joined.permissions.end_meeting;
-    showRecording(Boolean(joined.recording));
+    ui.record.hidden = !joined.permissions.record;
+    showRecording(Boolean(joined.recording), joined.sfu_recording
+      ? { recording: true, source: "sfu", ...joined.sfu_recording } : null);
     notice("");
     const me = makeTile("local", `${joined.name} (you)`, true);
     for (const info of joined.participants) addPerson(info);
@@ -700,6 +727,11 @@
   ui.screen.addEventListener("click", () => toggleScreen().catch(fail));
   ui.leave.addEventListener("click", () => leave().catch(fail));
   ui.end.addEventListener("click", () => request("end_meeting").catch(fail));
+  ui.record.addEventListener("click", () => {
+    ui.record.disabled = true;  // until recording_changed says what happened
+    request(state.sfuRecording ? "recording_stop" : "recording_start")
+      .catch((err) => { ui.record.disabled = false; fail(err); });
+  });
   ui.historyOpen.addEventListener("click", () => showHistory().catch((err) => {
     ownHistory.status = "error";
     ownHistory.error = err.message;
