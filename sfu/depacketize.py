@@ -18,6 +18,11 @@ the codec's depacketizer, which strips the payload descriptors:
 - H.264 (RFC 6184 §5.6-5.8): single NAL units, STAP-A and FU-A become an Annex B access
   unit (start codes); a keyframe holds an IDR slice; the size comes from the SPS
   (H.264 §7.3.2.1.1).
+- AV1 (AV1 RTP payload format §4.3-4.4): the OBU elements (fragments joined across
+  packets: Z, Y) become a temporal unit in the low-overhead bitstream format, every OBU
+  with its size field (AV1 §5.2), temporal delimiters and tile lists dropped (as Matroska's
+  AV1 mapping wants); a keyframe is a temporal unit with a sequence header, whose
+  maximum frame size is the size (AV1 §5.5).
 
 The assembler asks each codec whether a packet starts a frame, so a frame that lost its
 first packet is dropped rather than written truncated.
@@ -400,11 +405,157 @@ class H264Depacketizer(Depacketizer):
         return data, keyframe, size
 
 
+def _leb128(data: bytes, i: int) -> tuple[int, int]:
+    """(value, next index) of an unsigned LEB128 at ``i`` (AV1 §4.10.5)."""
+    value = 0
+    for k in range(8):
+        if i >= len(data):
+            raise ValueError("LEB128 truncated")
+        byte = data[i]
+        value |= (byte & 0x7F) << (7 * k)
+        i += 1
+        if not byte & 0x80:
+            return value, i
+    raise ValueError("LEB128 too long")
+
+
+def _leb128_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+OBU_SEQUENCE_HEADER = 1
+OBU_TEMPORAL_DELIMITER = 2
+OBU_TILE_LIST = 8
+OBU_PADDING = 15
+_AV1_DROPPED = (OBU_TEMPORAL_DELIMITER, OBU_TILE_LIST, OBU_PADDING)
+
+
+def av1_sequence_size(obu_payload: bytes) -> tuple[int, int] | None:
+    """(max_frame_width, max_frame_height) of a sequence header OBU's payload (AV1 §5.5.1)."""
+    try:
+        b = _Bits(obu_payload)
+        b.bits(3)  # seq_profile
+        b.bit()  # still_picture
+        if b.bit():  # reduced_still_picture_header
+            b.bits(5)  # seq_level_idx[0]
+        else:
+            decoder_model = False
+            delay_bits = 0
+            if b.bit():  # timing_info_present_flag
+                b.bits(32)
+                b.bits(32)
+                if b.bit():  # equal_picture_interval: num_ticks_per_picture_minus_1, uvlc()
+                    zeros = 0
+                    while not b.bit():
+                        zeros += 1
+                        if zeros >= 32:
+                            raise ValueError("uvlc too long")
+                    b.bits(zeros)
+                if b.bit():  # decoder_model_info_present_flag
+                    decoder_model = True
+                    delay_bits = b.bits(5) + 1
+                    b.bits(32)
+                    b.bits(10)  # buffer_removal_time_length_minus_1, frame_presentation_time_length_minus_1
+            display_delay = b.bit()
+            for _ in range(b.bits(5) + 1):  # operating points
+                b.bits(12)  # operating_point_idc
+                if b.bits(5) > 7:  # seq_level_idx
+                    b.bit()  # seq_tier
+                if decoder_model and b.bit():  # decoder_model_present_for_this_op
+                    b.bits(2 * delay_bits + 1)
+                if display_delay and b.bit():
+                    b.bits(4)
+        width_bits = b.bits(4) + 1
+        height_bits = b.bits(4) + 1
+        return b.bits(width_bits) + 1, b.bits(height_bits) + 1
+    except ValueError:
+        return None
+
+
+class Av1Depacketizer(Depacketizer):
+    name = "av1"
+
+    def starts_frame(self, payload):
+        return len(payload) > 1 and not payload[0] & 0x80  # Z=0: begins with a whole OBU's start
+
+    def frame(self, payloads):
+        obus: list[bytes] = []
+        fragment: bytearray | None = None
+        for p in payloads:
+            if not p:
+                return None
+            aggregation = p[0]
+            z, y, w = aggregation & 0x80, aggregation & 0x40, (aggregation >> 4) & 0x03
+            elements: list[bytes] = []
+            i = 1
+            try:
+                while i < len(p):
+                    if w and len(elements) == w - 1:
+                        size = len(p) - i  # the last of W elements has no length field
+                    else:
+                        size, i = _leb128(p, i)
+                    if i + size > len(p):
+                        return None
+                    elements.append(p[i:i + size])
+                    i += size
+            except ValueError:
+                return None
+            for k, element in enumerate(elements):
+                if k == 0 and z:
+                    if fragment is None:
+                        return None  # the start of this OBU was lost
+                    fragment += element
+                else:
+                    if fragment is not None:
+                        obus.append(bytes(fragment))
+                    fragment = bytearray(element)
+                if k == len(elements) - 1 and not y:
+                    obus.append(bytes(fragment))
+                    fragment = None
+        if fragment is not None:
+            return None  # the temporal unit ends inside an OBU
+        out = bytearray()
+        keyframe = False
+        size = None
+        for obu in obus:
+            if not obu:
+                return None
+            header = obu[0]
+            kind = (header >> 3) & 0x0F
+            i = 2 if header & 0x04 else 1  # the extension byte
+            if i > len(obu):
+                return None
+            if header & 0x02:  # has its size field: the payload is that long
+                try:
+                    length, start = _leb128(obu, i)
+                except ValueError:
+                    return None
+                payload = obu[start:start + length]
+            else:
+                payload = obu[i:]
+            if kind in _AV1_DROPPED:
+                continue
+            if kind == OBU_SEQUENCE_HEADER:
+                keyframe = True
+                size = size or av1_sequence_size(payload)
+            out += bytes([header | 0x02]) + obu[1:i] + _leb128_bytes(len(payload)) + payload
+        if not out:
+            return None
+        return bytes(out), keyframe, size
+
+
 DEPACKETIZERS: dict[str, type[Depacketizer]] = {
     "opus": OpusDepacketizer,
     "vp8": Vp8Depacketizer,
     "vp9": Vp9Depacketizer,
     "h264": H264Depacketizer,
+    "av1": Av1Depacketizer,
 }
 
 

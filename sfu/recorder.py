@@ -9,7 +9,7 @@ like any other. The plane sends the same SRTP it sends to a browser; the child r
 socket, unprotects (``sfu.srtp.SrtpPair``), puts packets back in order and into frames
 (``sfu.depacketize``) and muxes them, never decoded, with PyAV:
 
-    Opus -> WebM (Matroska), VP8 / VP9 -> WebM, H.264 -> fragmented MP4
+    Opus -> WebM (Matroska), VP8 / VP9 / AV1 -> WebM, H.264 -> fragmented MP4
 
 one file per track, ``<dir>/<nn>-<kind>-<codec>.<ext>``, plus ``manifest.json`` (the
 tracks, their labels, their start offsets and counters).
@@ -66,6 +66,7 @@ CONTAINERS: dict[str, tuple[str, str]] = {
     "vp8": ("webm", "webm"),
     "vp9": ("webm", "webm"),
     "h264": ("mp4", "mp4"),
+    "av1": ("webm", "webm"),
 }
 # fragmented MP4, a fragment at least every second: what was written before a failure (a
 # full disk) stays playable and the muxer holds at most a second of video; delay_moov so

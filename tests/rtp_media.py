@@ -166,7 +166,7 @@ def h264_payloads(frame: bytes) -> list[bytes]:
     return out
 
 
-PT = {"vp8": 96, "vp9": 98, "h264": 102, "opus": 111}
+PT = {"vp8": 96, "vp9": 98, "h264": 102, "av1": 45, "opus": 111}
 
 
 def video_rtp(codec: str, frames, ssrc: int, *, fps: int = 30, seq0: int = 65000,
@@ -177,6 +177,8 @@ def video_rtp(codec: str, frames, ssrc: int, *, fps: int = 30, seq0: int = 65000
     for n, (index, data, key) in enumerate(frames):
         if codec == "vp8":
             payloads = vp8_payloads(data, n & 0x7FFF)
+        elif codec == "av1":
+            payloads = av1_payloads(data, key)
         elif codec == "vp9":
             payloads = vp9_payloads(data, n & 0x7FFF, key, width, height)
         else:
@@ -192,3 +194,84 @@ def video_rtp(codec: str, frames, ssrc: int, *, fps: int = 30, seq0: int = 65000
 def opus_rtp(packets, ssrc: int, *, seq0: int = 100, ts0: int = 12345) -> list[bytes]:
     return [rtp(PT["opus"], seq0 + i, ts0 + offset, ssrc, data, extension=True)
             for i, (offset, data) in enumerate(packets)]
+
+
+def encode_av1(seconds: float = 2.0, width: int = 320, height: int = 240, fps: int = 30):
+    """[(frame index, temporal unit, keyframe)] from SVT-AV1 in low-delay mode (no reordering)."""
+    import av
+
+    ctx = av.CodecContext.create("libsvtav1", "w")
+    ctx.width, ctx.height = width, height
+    ctx.pix_fmt = "yuv420p"
+    ctx.time_base = Fraction(1, fps)
+    ctx.framerate = fps
+    ctx.bit_rate = 300_000
+    ctx.gop_size = fps
+    ctx.options = {"preset": "11", "svtav1-params": "lookahead=0"}
+    out = []
+    for frame in _frames(width, height, int(seconds * fps)):
+        for packet in ctx.encode(frame):
+            out.append((int(packet.pts), bytes(packet), packet.is_keyframe))
+    for packet in ctx.encode(None):
+        out.append((int(packet.pts), bytes(packet), packet.is_keyframe))
+    return out
+
+
+def av1_obus(tu: bytes) -> list[bytes]:
+    """The OBUs of a low-overhead temporal unit, each without its size field (as RTP carries
+    them), temporal delimiters left out."""
+    obus = []
+    i = 0
+    while i < len(tu):
+        header = tu[i]
+        ext = 1 if header & 0x04 else 0
+        j = i + 1 + ext
+        size = shift = 0
+        while True:
+            byte = tu[j]
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            j += 1
+            if not byte & 0x80:
+                break
+        if (header >> 3) & 0x0F != 2:
+            obus.append(bytes([header & ~0x02]) + tu[i + 1:i + 1 + ext] + tu[j:j + size])
+        i = j + size
+    return obus
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def av1_payloads(tu: bytes, keyframe: bool, mtu: int = 600) -> list[bytes]:
+    """AV1 RTP payload format §4.3: W=0 (every element with its length), OBUs fragmented
+    across packets (Y on the packet an OBU continues from, Z on the one it continues in),
+    N on the first packet of a keyframe's temporal unit."""
+    packets: list[bytearray] = []
+    current = bytearray([0])
+    for obu in av1_obus(tu):
+        rest = obu
+        while rest:
+            room = mtu - len(current) - 2
+            if room <= 16:
+                packets.append(current)
+                current = bytearray([0])
+                continue
+            piece, rest = rest[:room], rest[room:]
+            current += _leb128(len(piece)) + piece
+            if rest:  # continues in the next packet
+                current[0] |= 0x40
+                packets.append(current)
+                current = bytearray([0x80])
+    if len(current) > 1:
+        packets.append(current)
+    if keyframe and packets:
+        packets[0][0] |= 0x08
+    return [bytes(p) for p in packets]

@@ -16,7 +16,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from sfu.depacketize import (FrameAssembler, H264Depacketizer, Vp8Depacketizer, Vp9Depacketizer,
+from sfu.depacketize import (Av1Depacketizer, FrameAssembler, H264Depacketizer, Vp8Depacketizer, Vp9Depacketizer,
                              _vp9_header, depacketizer, h264_sps_size)
 from sfu.recorder import RecorderProcess
 from sfu.rtp import parse_rtp_header
@@ -36,7 +36,8 @@ def assemble(codec: str, packets: list[bytes], window: int = 64):
 
 @pytest.fixture(scope="module")
 def coded():
-    return {codec: media.encode_video(codec) for codec in ("vp8", "vp9", "h264")} | {"opus": media.encode_opus()}
+    return {codec: media.encode_video(codec) for codec in ("vp8", "vp9", "h264")} | {
+        "opus": media.encode_opus(), "av1": media.encode_av1(seconds=3)}
 
 
 # -- depacketizers ---------------------------------------------------------------------
@@ -52,6 +53,20 @@ def test_vpx_frames_come_back_byte_for_byte(coded, codec):
     assert counters["lost"] == counters["frames_dropped"] == 0
     # timestamps are extended across the 2^32 wrap of video_rtp's numbering
     assert [f.timestamp - out[0].timestamp for f in out] == [i * 3000 for i, _d, _k in frames]
+
+
+def test_av1_temporal_units_come_back_without_temporal_delimiters(coded):
+    frames = coded["av1"]
+    packets = media.video_rtp("av1", frames, 7)
+    assert any(p[12 + 8] & 0x40 for p in packets if p[0] & 0x10)  # some OBU spans packets (Y)
+    out, counters = assemble("av1", packets)
+    assert counters["frames_dropped"] == 0
+    assert [f.data for f in out] == [d[2:] if d[:2] == b"\x12\x00" else d for _i, d, _k in frames]
+    assert [f.keyframe for f in out] == [k for _i, _d, k in frames]
+    assert out[0].size == (320, 240)
+    decoder = av.CodecContext.create("libdav1d", "r")
+    decoded = sum(len(decoder.decode(av.Packet(f.data))) for f in out) + len(decoder.decode(None))
+    assert decoded == len(frames)
 
 
 def test_h264_access_units_have_the_same_nal_units(coded):
@@ -123,7 +138,7 @@ def test_a_lost_packet_loses_only_its_frame(coded):
         assert counters["frames_dropped"] == 1
 
 
-@pytest.mark.parametrize("codec", ["opus", "vp8", "vp9", "h264"])
+@pytest.mark.parametrize("codec", ["opus", "vp8", "vp9", "h264", "av1"])
 def test_garbage_payloads_never_raise(codec):
     rng = random.Random(codec)
     assembler = FrameAssembler(depacketizer(codec), window=8)
@@ -134,7 +149,8 @@ def test_garbage_payloads_never_raise(codec):
             packet = packet[:rng.randrange(len(packet))]
         assembler.push(packet)
     assembler.flush()
-    for parse in (Vp8Depacketizer().frame, Vp9Depacketizer().frame, H264Depacketizer().frame):
+    for parse in (Vp8Depacketizer().frame, Vp9Depacketizer().frame, H264Depacketizer().frame,
+                  Av1Depacketizer().frame):
         for _ in range(500):
             parse([bytes(rng.randrange(256) for _ in range(rng.randrange(0, 30)))])
 
@@ -169,12 +185,16 @@ class Sender:
         self.sock.close()
 
 
+# decoders PyAV may pick -> the codec's name
+CODEC_NAMES = {"libdav1d": "av1", "libopus": "opus", "libvpx": "vp8", "libvpx-vp9": "vp9"}
+
+
 def probe(path: str) -> dict:
     with av.open(path) as container:
         stream = container.streams[0]
         frames = list(container.decode(stream))
         times = [float(f.pts * f.time_base) for f in frames]
-        info = {"codec": stream.codec_context.name, "frames": len(frames),
+        info = {"codec": CODEC_NAMES.get(stream.codec_context.name, stream.codec_context.name), "frames": len(frames),
                 "start": times[0] if times else None,
                 "duration": times[-1] - times[0] if times else 0.0}
         if stream.type == "video":
@@ -194,12 +214,14 @@ async def test_recording_plays_back_aligned(tmp_path, coded):
         recorder.add_track(12, "vp8", 90000, "alice camera")
         recorder.add_track(13, "h264", 90000, "bob camera")
         recorder.add_track(14, "vp9", 90000, "carol camera")
+        recorder.add_track(16, "av1", 90000, "dave camera")
         recorder.add_track(15, "rtx", 90000, "not recorded")
         await asyncio.sleep(0.1)
         audio = media.opus_rtp(coded["opus"], 11)
         await sender.send(audio[:25])  # half a second of audio before any video
         await asyncio.sleep(0.3)
-        videos = [media.video_rtp(c, coded[c], ssrc) for c, ssrc in (("vp8", 12), ("h264", 13), ("vp9", 14))]
+        videos = [media.video_rtp(c, coded[c], ssrc)
+                  for c, ssrc in (("vp8", 12), ("h264", 13), ("vp9", 14), ("av1", 16))]
         interleaved = [p for group in zip(*[v + [None] * (300 - len(v)) for v in videos]) for p in group if p]
         await sender.send(interleaved)
         await sender.send(audio[25:])
@@ -212,11 +234,12 @@ async def test_recording_plays_back_aligned(tmp_path, coded):
     assert sender.would_block == 0
     assert {"event": "track_error", "ssrc": 15, "reason": "codec rtx is not recorded"} in events
     firsts = {e["ssrc"]: e for e in events if e["event"] == "first_packet"}
-    assert set(firsts) == {11, 12, 13, 14}
+    assert set(firsts) == {11, 12, 13, 14, 16}
     tracks = {t["ssrc"]: t for t in result["tracks"]}
     manifest = json.loads((tmp_path / "rec" / "manifest.json").read_text())
     assert [t["file"] for t in manifest["tracks"]] == [t["file"] for t in result["tracks"]]
-    expected = {11: ("opus", ".webm"), 12: ("vp8", ".webm"), 13: ("h264", ".mp4"), 14: ("vp9", ".webm")}
+    expected = {11: ("opus", ".webm"), 12: ("vp8", ".webm"), 13: ("h264", ".mp4"), 14: ("vp9", ".webm"),
+                16: ("av1", ".webm")}
     for ssrc, (codec, ext) in expected.items():
         track = tracks[ssrc]
         assert track["file"].endswith(ext)
@@ -231,7 +254,7 @@ async def test_recording_plays_back_aligned(tmp_path, coded):
         # the file starts where the track's first packet arrived on the recording's timeline
         assert abs(info["start"] - track["start_offset"]) < 0.02, (codec, info, track)
     # the video started at least 0.3 s after the audio, on the one timeline of all files
-    for ssrc in (12, 13, 14):
+    for ssrc in (12, 13, 14, 16):
         assert tracks[ssrc]["start_offset"] >= tracks[11]["start_offset"] + 0.3
     assert result["counters"]["srtp_errors"] == 0 and result["counters"]["queue_drops"] == 0
     assert recorder._proc.returncode == 0

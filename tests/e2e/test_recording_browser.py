@@ -63,12 +63,16 @@ async def two_pages(browser: Chromium, sfu: SfuProcess, room: str) -> tuple[Tab,
     return alice, bob
 
 
+# decoders PyAV may pick -> the codec's name
+CODEC_NAMES = {"libdav1d": "av1", "libopus": "opus", "libvpx": "vp8", "libvpx-vp9": "vp9"}
+
+
 def probe(path: str) -> dict:
     with av.open(path) as container:
         stream = container.streams[0]
         frames = list(container.decode(stream))
         times = [float(f.pts * f.time_base) for f in frames if f.pts is not None]
-        return {"codec": stream.codec_context.name, "frames": len(frames),
+        return {"codec": CODEC_NAMES.get(stream.codec_context.name, stream.codec_context.name), "frames": len(frames),
                 "duration": (times[-1] - times[0]) if times else 0.0}
 
 
