@@ -95,7 +95,7 @@ class RoomRecording:
         now = time.monotonic()
         for producer_id in list(room.producers) if room is not None else ():
             self.pending[producer_id] = now
-        self._check_pending()
+        self._tick()
 
     async def stop(self) -> dict:
         """Unsubscribe everything, close the files; the recorder's result."""
@@ -122,18 +122,32 @@ class RoomRecording:
             return
         if isinstance(ev, TrackPublished):
             self.pending[ev.producer] = time.monotonic()
-            self._check_pending()
+            self._check_pending()  # most tracks wait for their SSRC: the tick tries again
         elif isinstance(ev, TrackUnpublished):
             self.pending.pop(ev.producer, None)
             track = self.tracks.pop(ev.producer, None)
             if track is not None:
+                track["producer"] = None
                 self.engine.plane.remove_subscription(track["sub"])
                 self.process.remove_track(track["ssrc"])
 
-    def _check_pending(self) -> None:
+    def _tick(self) -> None:
+        """Every PENDING_CHECK seconds while recording: the tracks still waiting to be
+        subscribed, and each recorded track held as its producer is (a host's mute holds
+        a track for everyone: for the recorder too)."""
         self._timer = None
         if not self._active:
             return
+        self._check_pending()
+        plane = self.engine.plane
+        for track in self.tracks.values():
+            paused = bool(track["producer"].paused)
+            if paused != track["paused"]:
+                track["paused"] = paused
+                plane.set_paused(track["sub"], paused)
+        self._timer = asyncio.get_running_loop().call_later(PENDING_CHECK, self._tick)
+
+    def _check_pending(self) -> None:
         now = time.monotonic()
         for producer_id, since in list(self.pending.items()):
             producer = self.engine.router.producer(producer_id, self.room)
@@ -145,8 +159,6 @@ class RoomRecording:
                 continue  # its SSRC is not known yet, or its publisher not registered yet
             del self.pending[producer_id]
             self._subscribe(producer, owner)
-        if self.pending:
-            self._timer = asyncio.get_running_loop().call_later(PENDING_CHECK, self._check_pending)
 
     def _subscribe(self, producer, owner: tuple) -> None:
         from .recorder import supported
@@ -161,7 +173,7 @@ class RoomRecording:
         ssrc = random.getrandbits(32) or 1
         identity, name = owner
         track = {"sub": sub, "ssrc": ssrc, "identity": identity, "name": name, "kind": producer.kind,
-                 "codec": codec}
+                 "codec": codec, "producer": producer, "paused": False}
         self.tracks[producer.id] = self.by_ssrc[ssrc] = track
         self.process.add_track(ssrc, codec, producer.codec.clock_rate, f"{name} {producer.kind}")
         plane.add_subscription(sub, self.peer, ssrc, producer.codec.clock_rate,
@@ -169,6 +181,9 @@ class RoomRecording:
         pt = producer.codec.payload_type
         plane.bind(sub, producer.plane_id, {pt: pt}, {},
                    codec_id(codec) if producer.kind == "video" else CODEC_OTHER)
+        if producer.paused:  # held by a host
+            track["paused"] = True
+            plane.set_paused(sub, True)
         if producer.kind == "video":
             self.engine.request_keyframe(producer, self.engine.now())
 
