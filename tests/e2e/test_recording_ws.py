@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -205,4 +206,51 @@ async def test_full_disk_stops_the_recording_and_the_meeting_goes_on(tmp_path, n
                 await client.close()
         sfu.stop()
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    assert not recorder_processes(), "a recorder process was left behind"
+
+
+def recorder_of(sfu: SfuProcess) -> int:
+    out = subprocess.run(["pgrep", "-P", str(sfu.proc.pid), "-f", "sfu.recorder"], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 1, out
+    return pids[0]
+
+
+async def test_a_stalled_recorder_does_not_slow_the_meeting(tmp_path, netns):
+    """The recorder stopped dead (SIGSTOP: a hung disk, a descheduled process): the plane
+    keeps sending to its socket without waiting, everyone keeps receiving at the same rate;
+    resumed, it finishes its files."""
+    sfu = SfuProcess(tmp_path).start()
+    host = guest = None
+    try:
+        host, guest = await meeting(sfu, "stall")
+        notice_wait = (await host.request("recording_start"))["recording_id"]
+        assert await wait_until(lambda: log_events(sfu, "recording first packet"), 20), sfu.log()[-3000:]
+        pid = recorder_of(sfu)
+
+        async def rate(seconds: float = 3.0) -> float:
+            before = guest.received_kinds(host.participant_id)["video"]
+            await asyncio.sleep(seconds)
+            return (guest.received_kinds(host.participant_id)["video"] - before) / seconds
+
+        normal = await rate()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stalled = await rate()
+            assert (await host.request("ping"))["pong"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print(f"frames/s decoded by the guest: {normal:.1f} recording, {stalled:.1f} with the recorder stopped")
+        assert normal > 5 and stalled >= 0.7 * normal, (normal, stalled)
+        await host.request("recording_stop")
+        assert await wait_until(lambda: any(not n[1]["recording"] for n in guest.notices), 15)
+        ann = sfu.token("stall", "ann@example.com", "Ann", host=True)
+        status, body = await http_get(sfu, f"/api/meetings/{host.joined['meeting']['id']}/recordings", ann)
+        [rec] = json.loads(body)["recordings"]
+        assert rec["recording_id"] == notice_wait and rec["status"] == "stopped" and len(rec["files"]) == 4
+    finally:
+        for client in (host, guest):
+            if client is not None:
+                await client.close()
+        sfu.stop()
     assert not recorder_processes(), "a recorder process was left behind"
