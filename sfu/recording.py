@@ -496,8 +496,12 @@ class Recordings:
         status = result.get("reason") if result.get("reason") != "stopped" else active.reason
         files = active.room_recording.files(result) if active.room_recording is not None else []
         await self._close_row(active, status, files)
+        counters = result.get("counters") or {}
+        lost = sum((t.get("counters") or {}).get("lost", 0) for t in result.get("tracks", ()))
         event(logger, "recording stopped", meeting=active.meeting_id, recording=active.recording_id,
-              reason=status, files=len(files))
+              reason=status, files=len(files), packets=counters.get("packets", 0),
+              queue_drops=counters.get("queue_drops", 0), srtp_errors=counters.get("srtp_errors", 0),
+              packets_lost=lost)
         self.notify(active.meeting_id, active.room, {"recording": False, "source": "sfu",
                                                      "recording_id": active.recording_id, "reason": status})
 
