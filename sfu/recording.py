@@ -175,7 +175,9 @@ class RoomRecording:
         track = {"sub": sub, "ssrc": ssrc, "identity": identity, "name": name, "kind": producer.kind,
                  "codec": codec, "producer": producer, "paused": False}
         self.tracks[producer.id] = self.by_ssrc[ssrc] = track
-        self.process.add_track(ssrc, codec, producer.codec.clock_rate, f"{name} {producer.kind}")
+        # no name in the recorder's manifest: who published a track is in the history only,
+        # where erasure reaches it
+        self.process.add_track(ssrc, codec, producer.codec.clock_rate, producer.kind)
         plane.add_subscription(sub, self.peer, ssrc, producer.codec.clock_rate,
                                initial_seq=random.getrandbits(16), initial_ts=random.getrandbits(32))
         pt = producer.codec.payload_type
@@ -460,14 +462,16 @@ class Recordings:
                 lambda result: self._spawn(self._finished(active, result)))
             active.room_recording = room_recording
             await room_recording.start()
-        except Exception as exc:  # the recorder could not start: the meeting goes on
+        except Exception:  # the recorder could not start: the meeting goes on
             logger.exception("recording failed to start")
+            if active.room_recording is not None:
+                active.room_recording._detach()
+                await active.room_recording.process.close()
             self.active.pop(active.meeting_id, None)
             await self._close_row(active, "write_error", [])
             self.notify(active.meeting_id, active.room, {"recording": False, "source": "sfu",
                                                          "recording_id": active.recording_id,
                                                          "reason": "write_error"})
-            del exc
             return
         event(logger, "recording started", meeting=active.meeting_id, recording=active.recording_id,
               wall=time.time())

@@ -254,3 +254,31 @@ async def test_a_stalled_recorder_does_not_slow_the_meeting(tmp_path, netns):
                 await client.close()
         sfu.stop()
     assert not recorder_processes(), "a recorder process was left behind"
+
+
+async def test_server_stop_closes_the_recording(tmp_path, netns):
+    """SIGTERM while recording: the files are closed and playable, the history says why."""
+    import sqlite3
+
+    sfu = SfuProcess(tmp_path).start()
+    host = guest = None
+    try:
+        host, guest = await meeting(sfu, "bye")
+        recording_id = (await host.request("recording_start"))["recording_id"]
+        assert await wait_until(lambda: log_events(sfu, "recording first packet"), 20), sfu.log()[-3000:]
+        await asyncio.sleep(2)
+    finally:
+        assert sfu.stop() == 0
+        for client in (host, guest):
+            if client is not None:
+                await client.close()
+    assert not recorder_processes(), "a recorder process was left behind"
+    with sqlite3.connect(os.path.join(sfu.data_dir, "history.sqlite3")) as db:
+        [(status, path)] = db.execute("SELECT status, path FROM recordings WHERE recording_id = ?",
+                                      (recording_id,)).fetchall()
+        files = [row[0] for row in db.execute("SELECT file FROM recording_tracks WHERE recording_id = ?",
+                                              (recording_id,))]
+    assert status == "server_stopped" and len(files) == 4
+    for name in files:
+        info = probe(os.path.join(path, name))
+        assert info["frames"] > 5, (name, info)
