@@ -282,3 +282,47 @@ async def test_server_stop_closes_the_recording(tmp_path, netns):
     for name in files:
         info = probe(os.path.join(path, name))
         assert info["frames"] > 5, (name, info)
+
+
+class H264Client(Client):
+    """Publishes its camera in H.264 only (aiortc's packetizer: STAP-A and FU-A)."""
+
+    async def publish(self) -> None:
+        from aiortc import RTCRtpSender
+
+        from .ws_client import AudioStreamTrack, PacedPatternTrack
+
+        self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        video = self.pc.addTransceiver(PacedPatternTrack(self.width, self.height, self.fps), direction="sendonly")
+        video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                   if c.mimeType == "video/H264"])
+        await self.negotiate()
+
+
+async def test_h264_is_recorded_to_mp4(tmp_path, netns):
+    sfu = SfuProcess(tmp_path).start()
+    host = None
+    try:
+        host = H264Client(sfu.url, sfu.token("h264", "ann@example.com", "Ann", host=True), fps=15)
+        await host.join()
+        await host.publish()
+        notice = (await host.request("recording_start"))["notice"]
+        assert notice
+        assert await wait_until(lambda: len(log_events(sfu, "recording first packet")) >= 1, 20), sfu.log()[-3000:]
+        await asyncio.sleep(4)
+        await host.request("recording_stop")
+        assert await wait_until(lambda: any(not n[1]["recording"] for n in host.notices), 10)
+        ann = sfu.token("h264", "ann@example.com", "Ann", host=True)
+        status, body = await http_get(sfu, f"/api/meetings/{host.joined['meeting']['id']}/recordings", ann)
+        [rec] = json.loads(body)["recordings"]
+        [video] = [f for f in rec["files"] if f["kind"] == "video"]
+        assert video["codec"] == "h264" and video["file"].endswith(".mp4"), rec
+        status, data = await http_get(sfu, video["url"], ann)
+        assert status == 200
+        (tmp_path / video["file"]).write_bytes(data)
+        info = probe(str(tmp_path / video["file"]))
+        assert info["codec"] == "h264" and info["frames"] > 20 and 2.0 < info["duration"] < 15.0, info
+    finally:
+        if host is not None:
+            await host.close()
+        sfu.stop()
