@@ -14,6 +14,8 @@ later talk to it across a process boundary with the same calls:
 - ``close_session(session_id) -> bool``
 - ``set_paused(session_id, paused)``
 - ``pause_producer(producer_id, paused)`` (hold one published track for everyone)
+- ``record(room, directory, owner, on_stopped) -> RoomRecording`` (a recorder of the room's
+  tracks: sfu/recording.py)
 - ``snapshot() -> dict`` (counters and population)
 
 and events (the dataclasses of sfu/events.py) given to every listener added with
@@ -458,6 +460,13 @@ class MediaEngine:
         if self.router.pause_producer(producer, paused):
             self.request_keyframe(producer, self.now())
         return True
+
+    def record(self, room: str, directory: str, owner, on_stopped):
+        """A recorder of ``room``'s current and future tracks into ``directory``: one more plane
+        peer, with no WebRTC (sfu/recording.py: ``await .start()``, ``await .stop()``)."""
+        from .recording import RoomRecording
+
+        return RoomRecording(self, room, directory, owner, on_stopped, lambda: next(self._plane_ids))
 
     def snapshot(self) -> dict:
         self._fold_counters()

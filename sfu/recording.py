@@ -455,9 +455,7 @@ class Recordings:
             if self.store is not None:
                 await store_started(self.store, (active.recording_id, active.meeting_id, started, None, identity,
                                                  name, "recording", os.path.abspath(path)))
-            record = getattr(self.engine, "record", None) or (lambda *args: RoomRecording(
-                self.engine, *args, new_id=lambda: next(self.engine._plane_ids)))  # TEMP until engine.record
-            room_recording = record(
+            room_recording = self.engine.record(
                 active.room, path, lambda session: self.owner(active.room, session),
                 lambda result: self._spawn(self._finished(active, result)))
             active.room_recording = room_recording
