@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import pytest
 
-av = pytest.importorskip("av")
+import av  # noqa: E402 (a test dependency: pyproject.toml, extra "test")
 
 from sfu.depacketize import (Av1Depacketizer, FrameAssembler, H264Depacketizer, Vp8Depacketizer, Vp9Depacketizer,
                              _vp9_header, depacketizer, h264_sps_size)
@@ -292,7 +292,7 @@ def _mount_tmpfs(path: str, size: str) -> bool:
 async def test_full_disk_stops_the_recording_not_the_sender(tmp_path):
     disk = str(tmp_path / "disk")
     if not _mount_tmpfs(disk, "256k"):
-        pytest.skip("needs root to mount a tmpfs")
+        pytest.fail("mounting the small tmpfs of the full-disk test failed: it needs root (make test runs the suite as root)")
     try:
         events = []
         recorder = RecorderProcess(os.path.join(disk, "rec"), events.append)

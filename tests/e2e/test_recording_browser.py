@@ -20,7 +20,7 @@ from ..conftest import SfuProcess
 from .cdp import Chromium, Tab
 from .test_meeting_browser import diagnose, wait_media
 
-av = pytest.importorskip("av")
+import av  # noqa: E402 (a test dependency: pyproject.toml, extra "test")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -138,7 +138,7 @@ async def test_full_disk_stops_the_recording_with_a_notice(tmp_path, chromium):
     disk.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
                                            capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a tmpfs")
+        pytest.fail("mounting the small tmpfs of the full-disk test failed: it needs root (make test runs the suite as root)")
     sfu = SfuProcess(tmp_path, "--recordings-dir", str(disk)).start()
     try:
         alice, bob = await two_pages(chromium, sfu, "full")
