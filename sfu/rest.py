@@ -109,17 +109,8 @@ def _now(request: web.Request) -> float:
 async def _readable_meeting(request: web.Request, action: str = audit.READ, detail: str = ""):
     """The meeting if the caller may read its history; the read (or export) is
     audited (sfu/audit.py) before the caller gets anything."""
-    meetings = request.app[MEETINGS_KEY]
-    claims = claims_of(request)
-    meeting = await meetings.store.get_meeting(request.match_info["meeting_id"])
-    if meeting is None:
-        raise NotFound(request.match_info["meeting_id"])
-    if not can_read_history(meeting, claims):
-        raise AuthError(403, "only the meeting's creator or an admin may read its history")
-    as_creator = bool(meeting.creator_identity) and meeting.creator_identity == claims.identity
-    how = "creator" if as_creator else "admin"
-    await audit.record(meetings.store, claims.identity, action, audit.ATTENDANCE, meeting.meeting_id,
-                       f"{how} {detail}".strip())
+    meeting = await _meeting_for_reader(request, "history")
+    await _audit(request, meeting, action, audit.ATTENDANCE, meeting.meeting_id, detail)
     return meeting
 
 
@@ -287,18 +278,30 @@ async def dev_token(request: web.Request) -> web.Response:
     return web.json_response({"token": token, "identity": identity, "room": room})
 
 
-async def _chat_or_polls_of(request: web.Request, action: str, kind: str, detail: str = ""):
-    """The meeting whose chat or polls the caller (its creator, or an admin) reads;
-    audited (sfu/audit.py) before anything is answered."""
-    store = request.app[MEETINGS_KEY].store
-    claims = claims_of(request)
-    meeting = await store.get_meeting(request.match_info["meeting_id"])
+async def _meeting_for_reader(request: web.Request, what: str):
+    """The meeting of the URL, when the caller may read its personal history (its
+    creator, or an admin): 404 when there is none, 403 otherwise."""
+    claims = claims_of(request)  # 401 before anything is looked up
+    meeting = await request.app[MEETINGS_KEY].store.get_meeting(request.match_info["meeting_id"])
     if meeting is None:
         raise NotFound(request.match_info["meeting_id"])
     if not can_read_history(meeting, claims):
-        raise AuthError(403, f"only the meeting's creator or an admin may read its {kind}")
+        raise AuthError(403, f"only the meeting's creator or an admin may read its {what}")
+    return meeting
+
+
+async def _audit(request: web.Request, meeting, action: str, kind: str, object_id: str, detail: str = "") -> None:
+    """Record the read (sfu/audit.py) before anything is answered; the detail says as whom."""
+    claims = claims_of(request)
     how = "creator" if meeting.creator_identity and meeting.creator_identity == claims.identity else "admin"
-    await audit.record(store, claims.identity, action, kind, meeting.meeting_id, f"{how} {detail}".strip())
+    await audit.record(request.app[MEETINGS_KEY].store, claims.identity, action, kind, object_id,
+                       f"{how} {detail}".strip())
+
+
+async def _chat_or_polls_of(request: web.Request, action: str, kind: str, detail: str = ""):
+    """The meeting whose chat, polls or recordings the caller reads; audited."""
+    meeting = await _meeting_for_reader(request, kind)
+    await _audit(request, meeting, action, kind, meeting.meeting_id, detail)
     return meeting
 
 
@@ -338,18 +341,12 @@ async def meeting_recordings(request: web.Request) -> web.Response:
 async def recording_file(request: web.Request) -> web.StreamResponse:
     """One file of a recording, for the meeting's creator (or an admin); audited first."""
     store = request.app[MEETINGS_KEY].store
-    claims = claims_of(request)
-    meeting = await store.get_meeting(request.match_info["meeting_id"])
-    if meeting is None:
-        raise NotFound(request.match_info["meeting_id"])
-    if not can_read_history(meeting, claims):
-        raise AuthError(403, "only the meeting's creator or an admin may download its recordings")
     recording_id, name = request.match_info["recording_id"], request.match_info["file"]
+    meeting = await _meeting_for_reader(request, "recordings")
     path = await stored_file(store, meeting.meeting_id, recording_id, name)
     if path is None:
         return json_error(404, "no such recording file")
-    how = "creator" if meeting.creator_identity and meeting.creator_identity == claims.identity else "admin"
-    await audit.record(store, claims.identity, audit.EXPORT, audit.RECORDING, recording_id, f"{how} {name}"[:200])
+    await _audit(request, meeting, audit.EXPORT, audit.RECORDING, recording_id, name[:160])
     return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 

@@ -9,6 +9,8 @@ import math
 import struct
 from fractions import Fraction
 
+from sfu.depacketize import _leb128_bytes as leb128_bytes
+
 MTU_PAYLOAD = 1100
 
 
@@ -240,14 +242,6 @@ def av1_obus(tu: bytes) -> list[bytes]:
     return obus
 
 
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def av1_payloads(tu: bytes, keyframe: bool, mtu: int = 600) -> list[bytes]:
@@ -265,7 +259,7 @@ def av1_payloads(tu: bytes, keyframe: bool, mtu: int = 600) -> list[bytes]:
                 current = bytearray([0])
                 continue
             piece, rest = rest[:room], rest[room:]
-            current += _leb128(len(piece)) + piece
+            current += leb128_bytes(len(piece)) + piece
             if rest:  # continues in the next packet
                 current[0] |= 0x40
                 packets.append(current)

@@ -13,37 +13,18 @@ import os
 import subprocess
 import urllib.parse
 
-import aiohttp
 import pytest
 
 from ..conftest import SfuProcess
 from .cdp import Chromium, Tab
 from .test_meeting_browser import diagnose, wait_media
+from .test_recording_ws import http_get, log_events, probe
 
-import av  # noqa: E402 (a test dependency: pyproject.toml, extra "test")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(150)]
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
-
-
-def log_events(sfu: SfuProcess, msg: str) -> list[dict]:
-    out = []
-    for line in sfu.log().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("msg") == msg:
-            out.append(entry)
-    return out
-
-
-async def http_get(sfu: SfuProcess, path: str, token: str) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(sfu.url + path, headers={"Authorization": f"Bearer {token}"}) as r:
-            return r.status, await r.read()
 
 
 async def two_pages(browser: Chromium, sfu: SfuProcess, room: str) -> tuple[Tab, Tab]:
@@ -61,19 +42,6 @@ async def two_pages(browser: Chromium, sfu: SfuProcess, room: str) -> tuple[Tab,
         assert any(p["name"] == other and p["video"] > 30 for p in stats["participants"].values()), \
             await diagnose(tab, sfu)
     return alice, bob
-
-
-# decoders PyAV may pick -> the codec's name
-CODEC_NAMES = {"libdav1d": "av1", "libopus": "opus", "libvpx": "vp8", "libvpx-vp9": "vp9"}
-
-
-def probe(path: str) -> dict:
-    with av.open(path) as container:
-        stream = container.streams[0]
-        frames = list(container.decode(stream))
-        times = [float(f.pts * f.time_base) for f in frames if f.pts is not None]
-        return {"codec": CODEC_NAMES.get(stream.codec_context.name, stream.codec_context.name), "frames": len(frames),
-                "duration": (times[-1] - times[0]) if times else 0.0}
 
 
 async def test_notice_on_every_page_before_the_first_recorded_packet(tmp_path, chromium):
