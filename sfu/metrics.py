@@ -43,6 +43,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__, limits
 from .events import EngineEvent, MeetingEnded, MeetingEvent, MeetingStarted, SessionClosed, SessionCreated
+from .plane import LATENCY_BUCKETS  # forwarding latency: one definition for both planes and the metrics
 
 logger = logging.getLogger("sfu.metrics")
 
@@ -74,7 +75,6 @@ VIDEO_1MBPS_PPS = 1_000_000 / 8 / 1200  # a 1 Mbps video in 1200-byte packets: ~
 
 # histogram buckets, base units
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.05)
 JOIN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
 SESSION_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 28800)
 LOSS_BUCKETS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)

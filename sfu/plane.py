@@ -40,6 +40,11 @@ RECOVERED = "recovered"
 CLEAR = "clear"
 
 
+# upper bounds (seconds) of the forwarding-latency histogram of every plane (``latency()``;
+# the last bucket is +Inf); sfu.metrics serves it, sfu/_fast/_latency.pxi keeps the same in µs
+LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.05)
+
+
 class PlaneListener(Protocol):
     """What a forwarding plane reports to the control plane (called on the plane's loop)."""
 
@@ -204,7 +209,7 @@ class ForwardingPlane(ABC):
     @abstractmethod
     def latency(self) -> dict:
         """Forwarding latency histogram: {"buckets": [(upper bound s, cumulative count)...],
-        "count", "sum"} (the buckets of ``sfu.metrics.LATENCY_BUCKETS``)."""
+        "count", "sum"} (the buckets of ``LATENCY_BUCKETS``)."""
 
     @abstractmethod
     def queued_bytes(self) -> int:

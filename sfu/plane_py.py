@@ -37,7 +37,7 @@ from collections import deque
 
 from pylibsrtp import Error as SrtpError
 
-from .plane import CLEAR, ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
+from .plane import CLEAR, LATENCY_BUCKETS, ForwardingPlane, PlaneListener, StreamStats, SubscriptionStats
 from .plane_py_state import Peer, Stream, Sub, address, build_rtx
 from .tracks import KEYFRAME_RETRY
 from .rtp import CODEC_OTHER, is_keyframe, parse_rtp_header
@@ -52,9 +52,6 @@ RX_MAX = 1500  # longest SRTP packet unprotected (pylibsrtp's limit too)
 RX_PER_CALL = 1024  # datagrams read per readiness callback (then yield to the loop)
 SEND_QUEUE_LIMIT = 4 * 1024 * 1024  # bytes waiting for a full socket before sends are dropped
 LATENCY_SAMPLE_MASK = 63  # 1 forwarded datagram in 64 is timed
-# upper bounds in microseconds (last: +Inf), as sfu._fast.datapath and sfu.metrics.LATENCY_BUCKETS
-LATENCY_BUCKETS_US = (20, 50, 100, 200, 500, 1000, 1500, 2000, 3000, 5000, 10000, 50000)
-_BOUNDS = tuple(us * 1e-6 for us in LATENCY_BUCKETS_US)
 
 # the counters, in the C path's order and with its names (take_counters)
 STAT_NAMES = (
@@ -103,7 +100,7 @@ class PythonPlane(ForwardingPlane):
         self._queued = 0
         self._writing = False
         self._tick = 0
-        self._hist = [0] * (len(_BOUNDS) + 1)
+        self._hist = [0] * (len(LATENCY_BUCKETS) + 1)
         self._hist_sum = 0.0
         self._hist_count = 0
 
@@ -170,7 +167,7 @@ class PythonPlane(ForwardingPlane):
 
     def _record(self, seconds: float) -> None:
         i = 0
-        for bound in _BOUNDS:
+        for bound in LATENCY_BUCKETS:
             if seconds <= bound:
                 break
             i += 1
@@ -666,7 +663,7 @@ class PythonPlane(ForwardingPlane):
         total = 0
         for i, count in enumerate(self._hist):
             total += count
-            out.append((_BOUNDS[i] if i < len(_BOUNDS) else float("inf"), total))
+            out.append((LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else float("inf"), total))
         return {"buckets": out, "count": self._hist_count, "sum": self._hist_sum}
 
     def queued_bytes(self) -> int:

@@ -163,3 +163,14 @@ def history_db(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "history.sqlite3")
     return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+async def store(history_db, tmp_path):
+    """An open HistoryStore on that database."""
+    from sfu.history import HistoryStore
+
+    s = HistoryStore.from_config(history_db, str(tmp_path))
+    await s.open()
+    yield s
+    await s.close()

@@ -19,13 +19,6 @@ pytestmark = pytest.mark.timeout(60)
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture
-async def store(history_db, tmp_path):
-    s = HistoryStore.from_config(history_db, str(tmp_path))
-    await s.open()
-    yield s
-    await s.close()
-
 
 def meeting(mid="abc-def-ghj", room="r1", start=T0, creator="alice"):
     return Meeting(mid, room, "Weekly", creator, creator.title(), start, None)

@@ -8,19 +8,12 @@ import os
 
 import pytest
 
-from sfu.history import HistoryStore, Meeting
+from sfu.history import Meeting
 from sfu.recording import stored_file, stored_recordings, store_finished, store_started
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_800_000_000.0
 
-
-@pytest.fixture
-async def store(history_db, tmp_path):
-    s = HistoryStore.from_config(history_db, str(tmp_path))
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def recorded(store, tmp_path, meeting_id: str, recording_id: str, people: list[str]) -> str:
