@@ -497,7 +497,7 @@ def _parse_media(lines: list[tuple[str, str]], sd: SessionDescription, index: in
                 ssrc_msid = val
         elif name == "ssrc-group":
             semantics, *ids = arg_text.split() or [""]
-            if not ids or not all(_is_number(i) for i in ids):
+            if not ids or not all(_is_number(i) and int(i) <= 0xFFFFFFFF for i in ids):
                 raise SdpError(f"malformed a=ssrc-group: {arg_text[:60]!r}")
             md.ssrc_groups.append((semantics, [int(i) for i in ids]))
         elif name == "candidate":

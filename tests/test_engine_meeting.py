@@ -447,3 +447,14 @@ def test_a_renegotiated_video_subscription_waits_for_the_subscribers_report(data
     assert [(p[1] & 0x7F, int.from_bytes(p[2:4], "big")) for p in forwarded] == \
         [(96, consumer.initial_seq + i) for i in range(3)]
     assert {int.from_bytes(p[4:8], "big") for p in forwarded} == {consumer.initial_ts + 3000 * i for i in range(3)}
+
+
+@pytest.mark.parametrize("bad", ["4617778433 80971137", "80971137 4294967296"])
+def test_an_out_of_range_ssrc_group_is_refused_before_anything_is_built(engine, bad):
+    """Found by the SDP fuzzer: an a=ssrc-group SSRC over 32 bits passed the decision and
+    failed at the commit, half committed. The parser refuses it; the engine is unchanged."""
+    text = OfferPeer().offer([("0", "video", "sendonly")])
+    text = text.replace("a=mid:0\r\n", f"a=mid:0\r\na=ssrc-group:FID {bad}\r\n", 1)
+    with pytest.raises(sdp.SdpError, match="malformed a=ssrc-group"):
+        engine.create_session("r", "meeting", text, {})
+    assert not engine.transports and not engine.rooms
